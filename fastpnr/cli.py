@@ -1,0 +1,52 @@
+"""The ``fastpnr`` console script: ``fastpnr <command> ...`` dispatches to the fire scripts in ``scripts/``."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": "continual SSL training (all tasks) with evaluation after each task",
+    "linear": "offline linear evaluation of a checkpoint",
+    "knn": "kNN evaluation of a checkpoint",
+    "to_beton": "write an FFCV .beton file from a dataset",
+    "bench": "side-by-side step benchmark (anchors' pipeline vs fastpnr)",
+    "bench_loaders": "loader throughput benchmark",
+    "bench_kernels": "fused InfoNCE kernel benchmark",
+    "profile": "torch.profiler trace of training steps",
+}
+
+
+def _module(command: str):
+    try:
+        return importlib.import_module(f"fastpnr.scripts.{command}")
+    except ModuleNotFoundError:
+        # Running from a source checkout without installation.
+        return importlib.import_module(f"scripts.{command}")
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print("usage: fastpnr <command> [options]   (fastpnr <command> --help for its options)\n\ncommands:")
+        for name, what in COMMANDS.items():
+            print(f"  {name:<14} {what}")
+        return
+    command = argv[0].replace("-", "_")
+    if command not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        module = _module(command)
+    except ModuleNotFoundError as e:
+        print(f"error: command {command!r} is not available in this installation ({e})", file=sys.stderr)
+        sys.exit(2)
+    if hasattr(module, "cli"):
+        module.cli(argv[1:])
+    else:
+        import fire
+
+        fire.Fire(module.main, command=argv[1:], name=f"fastpnr {command}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,383 @@
+"""Run configuration: one frozen, validated dataclass per concern, named presets, dotted overrides.
+
+``build_config(preset, overrides)`` resolves a run: defaults <- preset <- the preset's per-method block
+(``per_method[<method>]``, the anchors' per-method learning rates etc.) <- overrides such as
+``{"optim.lr": 0.1, "method": "byol"}``. An unknown key, a value of the wrong type or out of range fails at
+once with one line naming the field, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from .errors import ConfigError, require
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+SCENARIOS = ("class", "data", "domain")
+PROTOCOLS = ("linear", "knn", "online")
+OPTIMIZERS = ("lars", "sgd")
+PROBES = ("full", "task", "off")
+FROZEN_BN = ("eval", "train")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "cifar10"
+    data_dir: Optional[str] = None          # else $FASTPNR_DATA, else ../shared/data beside the checkout
+    image_size: Optional[int] = None        # resize at load time (e.g. Tiny-ImageNet to 32 for a CIFAR-like setting)
+    scenario: str = "class"
+    num_tasks: int = 5
+    split_seed: int = 5                     # class-IL permutation seed (anchors: seed_everything(5))
+    data_split_seed: int = 42               # data-IL random_split seed (anchors: Generator().manual_seed(42))
+    domain_order: Optional[tuple] = None    # domain-IL task order; default: the dataset's order
+    train_fraction: float = 1.0             # seeded subsample of each task's images (smoke runs)
+    test_fraction: float = 1.0              # seeded subsample of the test set (smoke runs)
+    loader: str = "gpu"
+    num_workers: int = 4                    # torchvision / ffcv loaders
+    crop_size: Optional[int] = None         # default: the image size
+    min_scale: float = 0.08                 # RandomResizedCrop lower scale (VICReg: 0.2)
+    solarize_prob: tuple = (0.0, 0.2)
+    blur_prob: tuple = (0.0, 0.0)
+    skip_corrupt: bool = False
+    cache_dir: Optional[str] = None
+
+    def __post_init__(self):
+        require(self.scenario in SCENARIOS, "data.scenario", self.scenario, SCENARIOS)
+        require(isinstance(self.num_tasks, int) and self.num_tasks >= 1, "data.num_tasks", self.num_tasks, "an integer >= 1")
+        require(0 < self.train_fraction <= 1, "data.train_fraction", self.train_fraction, "0 < fraction <= 1")
+        require(0 < self.test_fraction <= 1, "data.test_fraction", self.test_fraction, "0 < fraction <= 1")
+        require(0 < self.min_scale <= 1, "data.min_scale", self.min_scale, "0 < min_scale <= 1")
+        require(self.image_size is None or self.image_size >= 8, "data.image_size", self.image_size, "None or >= 8")
+        require(self.crop_size is None or self.crop_size >= 8, "data.crop_size", self.crop_size, "None or >= 8")
+        for name in ("solarize_prob", "blur_prob"):
+            v = getattr(self, name)
+            require(len(v) in (1, 2) and all(0 <= p <= 1 for p in v), f"data.{name}", v, "one or two probabilities in [0, 1]")
+        require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet18"
+    cifar_stem: bool = True
+    stem_padding: int = 2                   # the anchors' quirk (not 1)
+    zero_init_residual: bool = False
+    channels_last: bool = True
+
+    def __post_init__(self):
+        from .models import BACKBONES
+        require(self.backbone in BACKBONES, "model.backbone", self.backbone, sorted(BACKBONES))
+        require(self.stem_padding in (0, 1, 2, 3), "model.stem_padding", self.stem_padding, "0..3")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = "lars"
+    lr: float = 0.4
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    lars_eta: float = 0.02
+    lars_clip: bool = True
+    exclude_bias_n_norm: bool = True
+    classifier_lr: float = 0.1
+    batch_size: int = 256
+    epochs: int = 500                       # per task
+    warmup_epochs: int = 10
+    warmup_start_lr: float = 0.003
+    min_lr: float = 0.0
+    scale_lr_by_batch: bool = True          # effective lr = lr * batch_size / 256
+    schedule_interval: str = "epoch"        # the anchors step the scheduler per epoch
+
+    def __post_init__(self):
+        require(self.optimizer in OPTIMIZERS, "optim.optimizer", self.optimizer, OPTIMIZERS)
+        require(self.lr > 0, "optim.lr", self.lr, "> 0")
+        require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
+        require(0 <= self.momentum < 1, "optim.momentum", self.momentum, "0 <= momentum < 1")
+        require(self.classifier_lr > 0, "optim.classifier_lr", self.classifier_lr, "> 0")
+        require(isinstance(self.batch_size, int) and self.batch_size >= 2, "optim.batch_size", self.batch_size, "an integer >= 2")
+        require(isinstance(self.epochs, int) and self.epochs >= 1, "optim.epochs", self.epochs, "an integer >= 1")
+        require(0 <= self.warmup_epochs, "optim.warmup_epochs", self.warmup_epochs, ">= 0")
+        require(self.schedule_interval in ("epoch", "step"), "optim.schedule_interval", self.schedule_interval, ("epoch", "step"))
+
+    def effective_lr(self, lr: float) -> float:
+        return lr * self.batch_size / 256 if self.scale_lr_by_batch else lr
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    device: str = "auto"                    # auto = cuda when available
+    precision: str = "bf16"
+    seed: int = 5
+    deterministic: bool = False
+    log_every: int = 20                     # steps between host reads of the loss (a sync)
+    online_probe: str = "full"              # full: the anchors' probe on the whole labelled train set; task; off
+    frozen_stream: bool = True              # frozen previous model on its own CUDA stream
+    steps_per_epoch: Optional[int] = None   # cap (smoke runs)
+    progress: bool = True
+    threads: Optional[int] = None           # CPU threads
+
+    def __post_init__(self):
+        require(self.precision in PRECISIONS, "train.precision", self.precision, PRECISIONS)
+        require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "train.device", self.device, "auto, cpu, cuda[:N]")
+        require(self.online_probe in PROBES, "train.online_probe", self.online_probe, PROBES)
+        require(self.log_every >= 1, "train.log_every", self.log_every, ">= 1")
+        require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "train.steps_per_epoch", self.steps_per_epoch, "None or >= 1")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    protocol: str = "linear"                # which accuracy fills the accuracy matrix
+    linear_epochs: int = 100
+    linear_lr: float = 0.1
+    linear_batch_size: int = 512
+    linear_weight_decay: float = 0.0
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    train_fraction: float = 1.0             # share of the labelled train set used to fit the probe
+    batch_size: int = 512                   # feature extraction
+
+    def __post_init__(self):
+        require(self.protocol in PROTOCOLS, "eval.protocol", self.protocol, PROTOCOLS)
+        require(self.linear_epochs >= 1, "eval.linear_epochs", self.linear_epochs, ">= 1")
+        require(self.knn_k >= 1, "eval.knn_k", self.knn_k, ">= 1")
+        require(0 < self.train_fraction <= 1, "eval.train_fraction", self.train_fraction, "0 < fraction <= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: Any = None
+    regularizer: Any = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig, "eval": EvalConfig}
+ALIASES = {  # short command-line names -> dotted fields
+    "method": "method.name", "regularizer": "regularizer.name", "dataset": "data.dataset",
+    "scenario": "data.scenario", "num_tasks": "data.num_tasks", "data_dir": "data.data_dir", "loader": "data.loader",
+    "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.lr", "seed": "train.seed",
+    "device": "train.device", "precision": "train.precision", "skip_corrupt": "data.skip_corrupt",
+}
+
+
+# ----------------------------------------------------------------------------------------------- presets
+# Hyper-parameters per method as shipped in csm9493/PNR bash_files/continual/cifar/*_pnr.sh (anchors §1.3).
+_CIFAR_PER_METHOD = {
+    "simclr": {"optim": {"lr": 0.6, "classifier_lr": 0.1, "weight_decay": 1e-4}, "method": {"temperature": 0.2}},
+    "mocov2plus": {"optim": {"lr": 0.6, "classifier_lr": 0.3, "weight_decay": 1e-4, "exclude_bias_n_norm": False},
+                   "method": {"temperature": 0.2, "queue_size": 65536, "base_tau": 0.99, "final_tau": 0.999}},
+    "byol": {"optim": {"lr": 1.0, "classifier_lr": 0.1, "weight_decay": 1e-5},
+             "method": {"proj_hidden": 4096, "proj_out": 256, "pred_hidden": 4096}, "regularizer": {"neg_weight": 0.5}},
+    "barlow": {"optim": {"lr": 0.4, "classifier_lr": 0.1, "weight_decay": 1e-4}, "method": {"scale": 0.1},
+               "regularizer": {"neg_weight": 1.0}},
+    "vicreg": {"optim": {"lr": 0.3, "classifier_lr": 0.3, "weight_decay": 1e-4},
+               "data": {"min_scale": 0.2, "solarize_prob": (0.1, 0.1)}, "regularizer": {"neg_weight": 23.0, "pos_weight": 25.0}},
+    "simsiam": {"optim": {"lr": 0.5, "classifier_lr": 0.1, "weight_decay": 1e-5}},
+}
+# ImageNet-100 scripts (anchors §1.3): 400 epochs, DALI recipe (blur 1.0/0.1).
+_IN100_PER_METHOD = {
+    "simclr": {"optim": {"lr": 0.4, "weight_decay": 1e-4}, "method": {"temperature": 0.2}},
+    "mocov2plus": {"optim": {"lr": 0.6, "classifier_lr": 0.3, "weight_decay": 1e-4, "exclude_bias_n_norm": False},
+                   "method": {"temperature": 0.2, "base_tau": 0.99, "final_tau": 0.999}},
+    "byol": {"optim": {"lr": 0.6, "weight_decay": 1e-5}, "method": {"proj_hidden": 4096, "proj_out": 256, "pred_hidden": 8192},
+             "regularizer": {"neg_weight": 1.0}},
+    "barlow": {"optim": {"lr": 0.4, "weight_decay": 1e-4}, "method": {"scale": 0.1}, "regularizer": {"neg_weight": 1.0}},
+    "vicreg": {"optim": {"lr": 0.4, "weight_decay": 1e-4}, "data": {"min_scale": 0.2, "solarize_prob": (0.1, 0.1), "blur_prob": (0.5, 0.5)},
+               "regularizer": {"neg_weight": 23.0, "pos_weight": 25.0}},
+}
+
+PRESETS: dict[str, dict] = {
+    # The README's first command: real CIFAR-10, 2 class-IL tasks, SimCLR + PNR, a few minutes on a 2-core CPU.
+    "smoke": {
+        "description": "CIFAR-10, 2 class-IL tasks, 10% of each task, 1 epoch, SimCLR+PNR; minutes on a 2-core CPU",
+        "data": {"dataset": "cifar10", "num_tasks": 2, "train_fraction": 0.1, "test_fraction": 0.2},
+        "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
+        "optim": {"batch_size": 128, "epochs": 1, "warmup_epochs": 0, "lr": 0.3},
+        "train": {"online_probe": "task", "log_every": 5},
+        "eval": {"protocol": "linear", "linear_epochs": 30, "train_fraction": 0.1},
+        "per_method": _CIFAR_PER_METHOD,
+    },
+    "cifar100-5t": {
+        "description": "CIFAR-100 class-IL, 5 tasks, 500 epochs per task, PNR CIFAR scripts (online probe)",
+        "data": {"dataset": "cifar100", "num_tasks": 5}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
+        "optim": {"epochs": 500}, "eval": {"protocol": "online"}, "per_method": _CIFAR_PER_METHOD,
+    },
+    "cifar100-10t": {
+        "description": "CIFAR-100 class-IL, 10 tasks, 500 epochs per task, PNR CIFAR scripts (online probe)",
+        "data": {"dataset": "cifar100", "num_tasks": 10}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
+        "optim": {"epochs": 500}, "eval": {"protocol": "online"}, "per_method": _CIFAR_PER_METHOD,
+    },
+    "cifar10-5t": {
+        "description": "CIFAR-10 (shipped JPEGs) class-IL, 5 tasks x 2 classes, 200 epochs per task",
+        "data": {"dataset": "cifar10", "num_tasks": 5}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
+        "optim": {"epochs": 200}, "per_method": _CIFAR_PER_METHOD,
+    },
+    "tinyimagenet100-5t": {
+        "description": "Tiny-ImageNet-100 (64 px) class-IL, 5 tasks x 20 classes, 200 epochs, ImageNet-100 recipes",
+        "data": {"dataset": "tinyimagenet100", "num_tasks": 5, "blur_prob": (1.0, 0.1)},
+        "model": {"cifar_stem": True}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
+        "optim": {"epochs": 200}, "per_method": _IN100_PER_METHOD,
+    },
+    "imagenet100-5t": {
+        "description": "ImageNet-100 (imagefolder) class-IL, 5 tasks, 400 epochs, 224 px, the anchors' IN-100 recipe",
+        "data": {"dataset": "imagefolder", "num_tasks": 5, "crop_size": 224, "blur_prob": (1.0, 0.1), "loader": "dali"},
+        "model": {"cifar_stem": False}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
+        "optim": {"epochs": 400}, "per_method": _IN100_PER_METHOD,
+    },
+    "pacs-domain": {
+        "description": "PACS domain-IL photo -> art_painting -> cartoon -> sketch (128 px resized to 64), 100 epochs",
+        "data": {"dataset": "pacs", "scenario": "domain", "num_tasks": 4, "image_size": 64,
+                 "domain_order": ("photo", "art_painting", "cartoon", "sketch"), "blur_prob": (1.0, 0.1)},
+        "model": {"cifar_stem": True}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
+        "optim": {"epochs": 100}, "per_method": _IN100_PER_METHOD,
+    },
+}
+
+
+# ----------------------------------------------------------------------------------------------- building
+def _type_of(cls, name):
+    return typing.get_type_hints(cls)[name]
+
+
+def _cast(value, typ, field_name):
+    """Cast a command-line value to the dataclass field's type, or fail with one line."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin is typing.Union:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _cast(value, inner, field_name)
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+                return value.lower() in ("true", "1", "yes", "on")
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if typ is str:
+            return str(value)
+        if typ is tuple:
+            if isinstance(value, str):
+                value = [v.strip() for v in value.strip("()[]").split(",") if v.strip()]
+                value = [_number_or_str(v) for v in value]
+            if not isinstance(value, (list, tuple)):
+                value = [value]
+            return tuple(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise ConfigError(f"{field_name}={value!r} is invalid; allowed: a value of type {getattr(typ, '__name__', typ)}")
+
+
+def _number_or_str(v: str):
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
+
+
+def _make(cls, values: dict, section: str, strict_keys: set):
+    """Build dataclass ``cls`` from ``values``; keys in ``strict_keys`` must exist, others are dropped if unknown."""
+    names = {f.name for f in fields(cls) if f.init}
+    unknown = sorted(k for k in values if k not in names and k in strict_keys)
+    if unknown:
+        raise ConfigError(f"{section}.{unknown[0]} is not a known option; allowed: {', '.join(sorted(names))}")
+    kwargs = {k: _cast(v, _type_of(cls, k), f"{section}.{k}") for k, v in values.items() if k in names}
+    return cls(**kwargs)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def normalize_overrides(overrides: dict) -> dict:
+    """{"optim.lr": 0.1, "method": "byol", "data-dir": "x"} -> {"optim": {"lr": 0.1}, "method": {"name": "byol"}, ...}."""
+    nested: dict = {}
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        if key in ALIASES:
+            key = ALIASES[key]
+        if key == "out":
+            nested["out"] = value
+            continue
+        if "." not in key:
+            allowed = sorted(set(ALIASES) | {f"{s}.<field>" for s in (*SECTIONS, "method", "regularizer")} | {"out"})
+            raise ConfigError(f"option {key!r} is not known; allowed: {', '.join(allowed)}")
+        section, name = key.split(".", 1)
+        if section not in (*SECTIONS, "method", "regularizer"):
+            raise ConfigError(f"option {key!r} is not known; sections allowed: {', '.join((*SECTIONS, 'method', 'regularizer'))}")
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def build_config(preset: str = "smoke", overrides: Optional[dict] = None) -> RunConfig:
+    """Resolve a run configuration from a preset name and dotted overrides (see module docstring)."""
+    from .methods import METHODS
+    from .regularizers import REGULARIZERS
+
+    require(preset in PRESETS, "preset", preset, sorted(PRESETS))
+    base = {k: v for k, v in PRESETS[preset].items() if k not in ("description", "per_method")}
+    user = normalize_overrides(overrides or {})
+    method_name = user.get("method", {}).get("name", base.get("method", {}).get("name", "simclr"))
+    require(method_name in METHODS, "method", method_name, sorted(METHODS))
+    per_method = PRESETS[preset].get("per_method", {}).get(method_name, {})
+    merged = _deep_merge(_deep_merge(base, per_method), user)
+
+    sections = {}
+    for name, cls in SECTIONS.items():
+        sections[name] = _make(cls, merged.get(name, {}), name, set(user.get(name, {})))
+    method_cls, method_cfg_cls = METHODS[method_name]
+    method_values = dict(merged.get("method", {}), name=method_name)
+    method_cfg = _make(method_cfg_cls, method_values, "method", set(user.get("method", {})))
+
+    reg_values = dict(merged.get("regularizer", {}))
+    reg_name = reg_values.get("name", "finetune")
+    require(reg_name in REGULARIZERS, "regularizer", reg_name, sorted(REGULARIZERS))
+    reg_cfg = _make(REGULARIZERS[reg_name][1], reg_values, "regularizer", set(user.get("regularizer", {})))
+    return RunConfig(method=method_cfg, regularizer=reg_cfg, out=merged.get("out"), **sections)
+
+
+def config_from_dict(d: dict) -> RunConfig:
+    """Inverse of ``RunConfig.to_dict`` (used when resuming from a checkpoint)."""
+    from .methods import METHODS
+    from .regularizers import REGULARIZERS
+
+    sections = {name: _make(cls, d[name], name, set(d[name])) for name, cls in SECTIONS.items()}
+    method_cfg = _make(METHODS[d["method"]["name"]][1], d["method"], "method", set(d["method"]))
+    reg_cfg = _make(REGULARIZERS[d["regularizer"]["name"]][1], d["regularizer"], "regularizer", set(d["regularizer"]))
+    return RunConfig(method=method_cfg, regularizer=reg_cfg, out=d.get("out"), **sections)
+
+
+def format_config(cfg: RunConfig) -> str:
+    lines = []
+    for sec, value in cfg.to_dict().items():
+        if isinstance(value, dict):
+            lines.append(f"{sec}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
+        else:
+            lines.append(f"{sec}: {value}")
+    return "\n".join(lines)

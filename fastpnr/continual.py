@@ -1,0 +1,391 @@
+"""The continual loop: tasks in sequence, evaluation after each, atomic checkpoints, metrics and plots.
+
+Run folder (``--out``):
+    config.json            the resolved configuration
+    tasks.json             task -> classes / domains / number of images
+    checkpoint.pt          everything needed to resume (written atomically after every epoch and task)
+    task{t}.pt             the model after task t (for ``fastpnr linear`` / ``fastpnr knn``)
+    metrics.json           accuracy_matrix (T x T, percent), per-protocol matrices, average accuracy, forgetting, ...
+    accuracy_matrix.csv    and accuracy_matrix.png (heatmap)
+    tb/                    TensorBoard scalars
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import evaluation as ev
+from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from .config import RunConfig, config_from_dict, format_config
+from .errors import ConfigError, FastPNRError
+from .methods import build_method
+from .optim import build_optimizer, set_lr
+from .regularizers import build_regularizer
+from .trainer import AUTOCAST_DTYPES, Trainer
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} is invalid; allowed here: cpu, auto (no CUDA device is visible)")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _subsample(indices: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    if fraction >= 1:
+        return indices
+    rng = np.random.default_rng(seed)
+    keep = max(1, int(round(len(indices) * fraction)))
+    return np.sort(rng.choice(indices, size=keep, replace=False))
+
+
+class ContinualRun:
+    """Train ``cfg.data.num_tasks`` tasks in sequence and evaluate after each one."""
+
+    def __init__(self, cfg: RunConfig, out: str | os.PathLike, resume: bool = False, log=print):
+        self.cfg = cfg
+        self.out = Path(out)
+        self.resume = resume
+        self.log = log
+        self.device = resolve_device(cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not cfg.train.deterministic
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def _load_data(self):
+        from .data import load_dataset
+        from .data.registry import get_spec
+        from .scenarios import describe_tasks, make_tasks, task_test_indices
+
+        d = self.cfg.data
+        spec = get_spec(d.dataset)
+        eval_split = spec.splits[-1] if spec.splits else "val"
+        kw = dict(image_size=d.image_size, skip_corrupt=d.skip_corrupt, cache_dir=d.cache_dir, progress=self.cfg.train.progress)
+        self.train_set = load_dataset(d.dataset, "train", d.data_dir, **kw)
+        self.test_set = load_dataset(d.dataset, eval_split, d.data_dir, **kw)
+        self.num_corrupt = int(self.train_set.num_corrupt + self.test_set.num_corrupt)
+        self.tasks = make_tasks(d.scenario, self.train_set, d.num_tasks, seed=d.split_seed if d.scenario != "data" else d.data_split_seed,
+                                domain_order=d.domain_order)
+        self.task_train = [_subsample(t.train_indices, d.train_fraction, d.split_seed + 1000 + t.index) for t in self.tasks]
+        test_all = _subsample(np.arange(len(self.test_set)), d.test_fraction, d.split_seed + 999)
+        parts = task_test_indices(d.scenario, self.tasks, self.test_set)
+        # Positions inside ``test_all`` of each task's test images.
+        pos = {int(i): k for k, i in enumerate(test_all)}
+        self.test_indices = test_all
+        self.test_parts = [np.array([pos[int(i)] for i in p if int(i) in pos], dtype=np.int64) for p in parts]
+        self.eval_train = _subsample(np.arange(len(self.train_set)), self.cfg.eval.train_fraction, d.split_seed + 998)
+        self.num_classes = len(self.train_set.classes)
+        desc = describe_tasks(self.tasks, self.train_set)
+        for t, item in enumerate(desc if isinstance(desc, list) else desc.get("tasks", [])):
+            if isinstance(item, dict):
+                item["train_images_used"] = int(len(self.task_train[t]))
+                item["test_images"] = int(len(self.test_parts[t]))
+        _write_json(self.out / "tasks.json", {"scenario": d.scenario, "dataset": d.dataset, "tasks": desc})
+        self.image_size = self.train_set.images.shape[1] if self.train_set.images is not None else (d.image_size or spec.native_size)
+        self.crop_size = d.crop_size or self.image_size
+
+    def _view_configs(self):
+        from loaders import ViewConfig
+
+        d = self.cfg.data
+        mean, std = self.train_set.mean, self.train_set.std
+        views = []
+        for v in range(self.method.num_views):
+            pick = lambda probs: probs[min(v % 2, len(probs) - 1)]  # asymmetric per-view recipes (BYOL-style)
+            views.append(ViewConfig(size=self.crop_size, crop_scale=(d.min_scale, 1.0), blur_prob=pick(d.blur_prob),
+                                    solarize_prob=pick(d.solarize_prob), mean=mean, std=std))
+        return views
+
+    def _build(self):
+        cfg = self.cfg
+        seed_everything(cfg.train.seed)
+        self.method = build_method(cfg.method, cfg.model, self.num_classes)
+        self.regularizer = build_regularizer(cfg.regularizer, self.method)
+        memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+        self.method.to(self.device, memory_format=memory_format)
+        self.regularizer.to(self.device, memory_format=memory_format)
+
+    def _loader(self, indices, num_views, view_configs, seed, shuffle=True, drop_last=True):
+        from loaders import make_loader
+
+        return make_loader(self.cfg.data.loader, self.train_set, batch_size=self.cfg.optim.batch_size, num_views=num_views,
+                           device=self.device, seed=seed, shuffle=shuffle, drop_last=drop_last,
+                           view_configs=view_configs, subset=indices)
+
+    # ------------------------------------------------------------------------------------------------ state
+    def _state(self, next_task, next_epoch, optimizer, trainer) -> dict:
+        return {
+            "format": 1, "config": self.cfg.to_dict(), "next_task": next_task, "next_epoch": next_epoch,
+            "method": self.method.state_dict(), "regularizer": self.regularizer.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scaler": trainer.scaler.state_dict() if trainer is not None else None,
+            "rng": rng_state(), "metrics": self.metrics, "global_step": self.global_step,
+        }
+
+    def _save(self, next_task, next_epoch, optimizer=None, trainer=None):
+        atomic_save(self._state(next_task, next_epoch, optimizer, trainer), self.out / CHECKPOINT)
+
+    # ------------------------------------------------------------------------------------------------ run
+    def fit(self, stop_after_epochs: int | None = None) -> dict:
+        """Run (or resume) all tasks. ``stop_after_epochs`` simulates a kill after that many epochs (tests)."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        start_task, start_epoch, ckpt = 0, 0, None
+        if self.resume:
+            ckpt = load_checkpoint(self.out / CHECKPOINT)
+            start_task, start_epoch = ckpt["next_task"], ckpt["next_epoch"]
+        _write_json(self.out / "config.json", cfg.to_dict())
+        self.log(format_config(cfg))
+        t0 = time.perf_counter()
+        self._load_data()
+        self.log(f"data: {self.cfg.data.dataset} train={len(self.train_set)} test={len(self.test_indices)} "
+                 f"tasks={[len(t) for t in self.task_train]} corrupt={self.num_corrupt} ({time.perf_counter() - t0:.1f}s)")
+        self._build()
+        self.metrics = {"accuracy_matrix": [], "test_accuracy": [], "matrices": {}, "task_time_s": [], "images_per_second": []}
+        self.global_step = 0
+        if ckpt is not None:
+            self.method.load_state_dict(ckpt["method"])
+            self.regularizer.load_state_dict(ckpt["regularizer"])
+            self.metrics = ckpt["metrics"]
+            self.global_step = ckpt["global_step"]
+            self.log(f"resumed from {self.out / CHECKPOINT}: task {start_task}, epoch {start_epoch}")
+
+        T, E = cfg.data.num_tasks, cfg.optim.epochs
+        steps = [self._steps_per_epoch(len(idx)) for idx in self.task_train]
+        total_steps = sum(s * E for s in steps)
+        done_steps = sum(steps[t] * E for t in range(start_task)) + (steps[start_task] * start_epoch if start_task < T else 0)
+        progress = _progress(total_steps, done_steps, cfg.train.progress)
+        writer = _tensorboard(self.out / "tb")
+        epochs_run = 0
+        try:
+            for task in range(start_task, T):
+                view_configs = self._view_configs()
+                if not (ckpt is not None and task == start_task and start_epoch > 0):
+                    self.regularizer.begin_task(self.method, task)
+                groups = self.method.param_groups(cfg.optim) + self.regularizer.param_groups(cfg.optim)
+                optimizer = build_optimizer(groups, cfg.optim)  # fresh per task, as the anchors
+                trainer = Trainer(self.method, self.regularizer, optimizer, cfg.train, self.device)
+                first_epoch = 0
+                if ckpt is not None and task == start_task:
+                    first_epoch = start_epoch
+                    if start_epoch > 0:
+                        optimizer.load_state_dict(ckpt["optimizer"])
+                        trainer.scaler.load_state_dict(ckpt["scaler"])
+                    set_rng_state(ckpt["rng"])
+                loader = self._loader(self.task_train[task], self.method.num_views, view_configs, seed=cfg.train.seed * 1000 + task)
+                probe_loader = None
+                if cfg.train.online_probe == "full":
+                    probe_loader = self._loader(self.eval_train, 1, [view_configs[-1]], seed=cfg.train.seed * 1000 + 500 + task)
+                task_start, task_images = time.perf_counter(), 0
+                for epoch in range(first_epoch, E):
+                    set_lr(optimizer, epoch, E, cfg.optim)
+                    loader.set_epoch(epoch)
+                    probe_iter = _cycle(probe_loader, epoch) if probe_loader is not None else None
+                    if progress is not None:
+                        progress.set_description(f"task {task + 1}/{T} epoch {epoch + 1}/{E}")
+
+                    def on_log(step, host, ips, task=task):
+                        for k, v in host.items():
+                            writer and writer.add_scalar(f"train/{k}", v, self.global_step + step)
+                        writer and writer.add_scalar("train/images_per_second", ips, self.global_step + step)
+
+                    trainer.train_epoch(loader, probe_iter, epoch, epoch * steps[task], steps[task] * E, steps[task],
+                                        progress=progress, on_log=lambda s, h, i: on_log(s - epoch * steps[task], h, i))
+                    self.global_step += steps[task]
+                    task_images += steps[task] * cfg.optim.batch_size
+                    if epoch + 1 < E:
+                        self._save(task, epoch + 1, optimizer, trainer)
+                    epochs_run += 1
+                    if stop_after_epochs is not None and epochs_run >= stop_after_epochs and epoch + 1 < E:
+                        raise _Interrupted()
+                elapsed = time.perf_counter() - task_start
+                self.metrics["task_time_s"].append(elapsed)
+                self.metrics["images_per_second"].append(task_images / max(elapsed, 1e-9))
+                self._evaluate(task, writer)
+                atomic_save({"config": cfg.to_dict(), "task": task, "method": self.method.state_dict()}, self.out / f"task{task}.pt")
+                self._save(task + 1, 0)
+                self._write_metrics()
+                if stop_after_epochs is not None and epochs_run >= stop_after_epochs and task + 1 < T:
+                    raise _Interrupted()
+        except _Interrupted:
+            self.log(f"stopped after {epochs_run} epochs (simulated interruption); resume with --resume {self.out}")
+            return self.metrics
+        finally:
+            if progress is not None:
+                progress.close()
+            if writer is not None:
+                writer.close()
+        self.log(_summary(self.metrics))
+        return self.metrics
+
+    def _steps_per_epoch(self, n: int) -> int:
+        b = self.cfg.optim.batch_size
+        if n < b:
+            raise ConfigError(f"optim.batch_size={b} is invalid; allowed: <= the smallest task's {n} training images "
+                              "(lower the batch size or raise data.train_fraction)")
+        steps = n // b  # drop_last: fixed shapes
+        cap = self.cfg.train.steps_per_epoch
+        return min(steps, cap) if cap else steps
+
+    # ------------------------------------------------------------------------------------------------ eval
+    def _evaluate(self, task: int, writer) -> None:
+        cfg, m = self.cfg, self.metrics
+        size = self.crop_size if self.crop_size != self.image_size else None
+        kw = dict(batch_size=cfg.eval.batch_size, device=self.device, mean=self.train_set.mean, std=self.train_set.std,
+                  size=size, autocast_dtype=AUTOCAST_DTYPES[cfg.train.precision])
+        t0 = time.perf_counter()
+        train_x = ev.extract_features(self.method.backbone, _images(self.train_set), self.eval_train, **kw)
+        test_x = ev.extract_features(self.method.backbone, _images(self.test_set), self.test_indices, **kw)
+        train_y = torch.as_tensor(self.train_set.labels[self.eval_train], device=self.device)
+        test_y = torch.as_tensor(self.test_set.labels[self.test_indices], device=self.device)
+        logits = {}
+        predict = ev.linear_probe(train_x, train_y, self.num_classes, epochs=cfg.eval.linear_epochs, lr=cfg.eval.linear_lr,
+                                  batch_size=cfg.eval.linear_batch_size, weight_decay=cfg.eval.linear_weight_decay,
+                                  seed=cfg.train.seed + task)
+        logits["linear"] = predict(test_x)
+        logits["knn"] = ev.knn_predict(train_x, train_y, test_x, self.num_classes, k=cfg.eval.knn_k,
+                                       temperature=cfg.eval.knn_temperature)
+        with torch.no_grad():
+            logits["online"] = self.method.classifier(test_x)
+        for name, lg in logits.items():
+            row = ev.part_accuracies(lg, test_y, self.test_parts)
+            m["matrices"].setdefault(name, []).append(row)
+            m.setdefault("test_accuracy_by_protocol", {}).setdefault(name, []).append(ev.accuracy(lg, test_y))
+            if writer is not None:
+                writer.add_scalar(f"eval/{name}_test_accuracy", m["test_accuracy_by_protocol"][name][-1], task)
+                for j, a in enumerate(row):
+                    writer.add_scalar(f"eval/{name}_task{j}", a, task)
+        proto = cfg.eval.protocol
+        m["accuracy_matrix"] = m["matrices"][proto]
+        m["test_accuracy"] = m["test_accuracy_by_protocol"][proto]
+        cm = ev.ContinualMetrics(m["accuracy_matrix"])
+        m["average_accuracy"] = cm.average_accuracy()
+        m["forgetting"] = cm.forgetting()
+        m["num_corrupt"] = self.num_corrupt
+        m["eval_time_s"] = m.get("eval_time_s", []) + [time.perf_counter() - t0]
+        row = ", ".join(f"{a:.1f}" for a in m["accuracy_matrix"][-1])
+        self.log(f"\nafter task {task}: {proto} test acc {m['test_accuracy'][-1]:.2f}% | per task [{row}] | "
+                 f"knn {m['test_accuracy_by_protocol']['knn'][-1]:.2f}% | online {m['test_accuracy_by_protocol']['online'][-1]:.2f}%")
+
+    def _write_metrics(self) -> None:
+        m = dict(self.metrics)
+        m["protocol"] = self.cfg.eval.protocol
+        m["num_tasks"] = self.cfg.data.num_tasks
+        _write_json(self.out / "metrics.json", m)
+        with open(self.out / "accuracy_matrix.csv", "w") as f:
+            T = self.cfg.data.num_tasks
+            f.write("after_task," + ",".join(f"task{j}" for j in range(T)) + "\n")
+            for i, row in enumerate(m["accuracy_matrix"]):
+                f.write(f"{i}," + ",".join(f"{a:.4f}" for a in row) + "\n")
+        ev.save_heatmap(m["accuracy_matrix"], self.out / "accuracy_matrix.png",
+                        title=f"{self.cfg.method.name}+{self.cfg.regularizer.name}: {self.cfg.eval.protocol} accuracy (%)")
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _images(ds):
+    if ds.images is not None:
+        return ds.images
+    return _LazyImages(ds)
+
+
+class _LazyImages:
+    """Index like an (N, H, W, 3) array, decoding on the fly (datasets kept as encoded bytes)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __getitem__(self, idx):
+        return np.stack([self.ds.image(int(i)) for i in np.atleast_1d(idx)])
+
+
+def _cycle(loader, epoch):
+    """Endless iterator over ``loader`` (the full-train online-probe batches), reshuffled on every pass."""
+    k = 0
+    while True:
+        loader.set_epoch(epoch * 1000 + k)
+        for views, labels, _ in loader:
+            yield views[0], labels
+        k += 1
+
+
+def _progress(total, initial, enabled):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1)
+
+
+def _tensorboard(path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a core requirement; tolerate its absence in odd environments
+        return None
+    return SummaryWriter(str(path))
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (np.ndarray,)):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    return str(o)
+
+
+def _summary(m: dict) -> str:
+    lines = ["accuracy matrix (%), rows: after task i, columns: task j"]
+    for i, row in enumerate(m["accuracy_matrix"]):
+        lines.append(f"  after {i}: " + "  ".join(f"{a:6.2f}" for a in row))
+    lines.append(f"average accuracy {m['average_accuracy']:.2f}%  forgetting {m['forgetting']:.2f}  "
+                 f"final test accuracy {m['test_accuracy'][-1]:.2f}%")
+    return "\n".join(lines)
+
+
+def resume_run(run_dir, log=print, **train_overrides) -> dict:
+    """Continue the run in ``run_dir`` from its last checkpoint with the configuration it was started with."""
+    ckpt = load_checkpoint(Path(run_dir) / CHECKPOINT)
+    d = ckpt["config"]
+    for k, v in train_overrides.items():
+        if k not in d["train"]:
+            raise ConfigError(f"train.{k} cannot be changed on resume; allowed: {', '.join(sorted(d['train']))}")
+        d["train"][k] = v
+    cfg = config_from_dict(d)
+    if ckpt["next_task"] >= cfg.data.num_tasks:
+        raise FastPNRError(f"the run in {run_dir} is already complete ({cfg.data.num_tasks} tasks); see metrics.json")
+    return ContinualRun(cfg, run_dir, resume=True, log=log).fit()

@@ -1,0 +1,139 @@
+"""`ImageDataset` and `load_dataset`: read a split once, decode it once, cache the decoded arrays on disk."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fastpnr.data import cache
+from fastpnr.data.decode import Decoded, _corrupt_error, decode_image, read_entries, resize_array
+from fastpnr.data.registry import get_spec
+from fastpnr.data.sources import Source, find_source
+from fastpnr.errors import DataError, require
+
+
+@dataclass(eq=False)
+class ImageDataset:
+    """One split of a dataset, indexable by position (the archive member order).
+
+    images: uint8 (N, H, W, 3) when decoded, else None (then `image(i)` decodes the kept bytes).
+    labels: int64 (N,) into `classes`; domain_ids: int64 (N,) into `domains`, or None.
+    members: "archive::member" (or file path) per image, for messages.
+    """
+
+    name: str
+    split: str
+    classes: list[str]
+    labels: np.ndarray
+    members: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    images: np.ndarray | None = None
+    domains: list[str] | None = None
+    domain_ids: np.ndarray | None = None
+    num_corrupt: int = 0
+    image_size: tuple[int, int] | None = None
+    from_cache: bool = False
+    _encoded: list[bytes] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> np.ndarray:
+        """uint8 (H, W, 3) of image i."""
+        if self.images is not None:
+            return np.asarray(self.images[i])
+        try:
+            return decode_image(self._encoded[i], self.image_size)
+        except Exception as e:
+            raise _corrupt_error(self.members[i], f"{type(e).__name__}: {e}") from None
+
+    def encoded(self, i: int) -> bytes | None:
+        """The original encoded bytes of image i when kept (decode=False), else None."""
+        return None if self._encoded is None else self._encoded[i]
+
+    def __repr__(self) -> str:
+        shape = None if self.images is None else tuple(self.images.shape)
+        return (f"ImageDataset({self.name}/{self.split}: {len(self)} images, {len(self.classes)} classes, "
+                f"images={shape}, domains={self.domains}, num_corrupt={self.num_corrupt})")
+
+
+def _size(image_size) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        image_size = (image_size, image_size)
+    ok = (isinstance(image_size, (tuple, list)) and len(image_size) == 2
+          and all(isinstance(s, int) and s > 0 for s in image_size))
+    require(ok, "image_size", image_size, "None, a positive int or (height, width)")
+    return tuple(image_size)
+
+
+def _labels(source: Source, read: Decoded, name: str, num_classes: int | None) -> tuple[list[str], np.ndarray]:
+    classes = source.classes or sorted(set(read.class_names))
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = next((m for m, c in zip(read.members, read.class_names) if c not in index), None)
+    if unknown is not None:
+        raise DataError(f"class folder of '{unknown}' is not one of the {len(classes)} classes in {name}'s "
+                        f"classes.tsv")
+    if num_classes is not None and len(classes) != num_classes:
+        raise DataError(f"{name} in {source.location} has {len(classes)} class folders, expected {num_classes}")
+    return classes, np.fromiter((index[c] for c in read.class_names), np.int64, len(read.class_names))
+
+
+def load_dataset(name: str, split: str, data_dir=None, *, image_size=None, skip_corrupt: bool = False,
+                 cache_dir=None, decode: bool = True, progress: bool = False, download: bool = False) -> ImageDataset:
+    """Load one split of a registered dataset (see `DATASETS`).
+
+    data_dir: the data root holding `<name>/` (or the dataset folder itself); default `resolve_data_root()`.
+    image_size: resize every image (PIL bicubic) to this int or (H, W); default the native size.
+    decode: decode all images into `images` and cache them under `cache_dir` (default $FASTPNR_CACHE or
+      ~/.cache/fastpnr) for datasets whose spec has cache_decoded; decode=False keeps the encoded bytes.
+    skip_corrupt: skip images that fail to decode (counted in `num_corrupt`) instead of raising DataError.
+    download: fetch the official archive into the data root when missing (cifar10, cifar100).
+    """
+    spec = get_spec(name)
+    split = spec.canonical_split(split)
+    size = _size(image_size)
+    source = find_source(spec, split, data_dir, download_missing=download)
+    common = dict(name=name, split=split, mean=spec.mean, std=spec.std, image_size=size)
+
+    use_cache = (decode or source.kind == "pickle") and spec.cache_decoded
+    folder = cache.cache_folder(cache.cache_root(cache_dir), name, split, size, source.files) if use_cache else None
+    hit = cache.load(folder) if folder is not None else None
+    if hit is not None:
+        images, labels, domain_ids, meta = hit
+        if meta["corrupt"] and not skip_corrupt:
+            raise _corrupt_error(*meta["corrupt"][0])
+        return ImageDataset(classes=meta["classes"], labels=labels, members=meta["members"], images=images,
+                            domains=meta["domains"], domain_ids=domain_ids, num_corrupt=len(meta["corrupt"]),
+                            from_cache=True, **common)
+
+    if source.kind == "pickle":
+        images, labels, members, classes = source.arrays()
+        if size is not None:
+            images = resize_array(images, size)
+        ds = ImageDataset(classes=classes, labels=labels, members=members, images=images, **common)
+        corrupt = []
+    else:
+        total = spec.num_images.get(split)  # progress-bar hint only
+        read = read_entries(source.entries(), decode=decode, size=size, skip_corrupt=skip_corrupt,
+                            progress=progress, total=total, desc=f"decode {name}/{split}")
+        if not read.members or (decode and read.images is None):
+            raise DataError(f"split {split!r} of {name} in {source.location} holds no images"
+                            + (f" that decode ({len(read.corrupt)} corrupt)" if read.corrupt else ""))
+        classes, labels = _labels(source, read, name, spec.num_classes)
+        keep = read.keep if decode else np.ones(len(labels), bool)
+        domain_ids = None
+        if source.domains is not None:
+            domain_ids = np.array([source.domains.index(d) for d in read.domains], np.int64)[keep]
+        members = [m for m, k in zip(read.members, keep) if k]
+        ds = ImageDataset(classes=classes, labels=labels[keep], members=members, images=read.images,
+                          domains=list(source.domains) if source.domains else None, domain_ids=domain_ids,
+                          num_corrupt=len(read.corrupt), _encoded=read.blobs, **common)
+        corrupt = read.corrupt
+    if folder is not None:
+        meta = dict(classes=ds.classes, members=ds.members, domains=ds.domains, corrupt=corrupt,
+                    sources=[str(f) for f in source.files[:50]])
+        cache.save(folder, ds.images, ds.labels, ds.domain_ids, meta)
+    return ds

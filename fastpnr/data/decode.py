@@ -1,0 +1,172 @@
+"""Decode encoded images into one uint8 (N, H, W, 3) array, in worker processes when there are many.
+
+Measured on a 2-core machine (CIFAR-10 train, 50,000 32x32 JPEGs): reading the .tar.xz takes ~2.3 s and
+decoding in one process ~3.5 s; worker processes decode while the main process keeps reading the archive.
+Above INLINE_MAX images a pool is used (see `_decode_in_pool` for the timings).
+"""
+from __future__ import annotations
+
+import io
+import multiprocessing as mp
+import os
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, ImageFile
+
+from fastpnr.errors import DataError
+
+CHUNK = 1024            # images per worker task
+INLINE_MAX = 4096       # up to this many images, decoding in-process beats starting workers
+MAX_IN_FLIGHT = 6       # chunks queued per pool, bounds memory while reading ahead
+
+
+@contextmanager
+def _strict_truncation():
+    """Truncated files must fail to decode, never come back half grey (PIL's LOAD_TRUNCATED_IMAGES)."""
+    before, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+def decode_image(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Encoded bytes -> uint8 (H, W, 3); RGB always; resized with PIL BICUBIC to size=(H, W) when given."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()  # raises on truncated data while LOAD_TRUNCATED_IMAGES is False
+        rgb = img.convert("RGB")
+    if size is not None and rgb.size != (size[1], size[0]):
+        rgb = rgb.resize((size[1], size[0]), Image.BICUBIC)
+    return np.asarray(rgb)
+
+
+def resize_array(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> (N, size[0], size[1], 3) with PIL BICUBIC, image by image."""
+    if images.shape[1:3] == tuple(size):
+        return images
+    return np.stack([np.asarray(Image.fromarray(x).resize((size[1], size[0]), Image.BICUBIC)) for x in images])
+
+
+def _decode_chunk(blobs: list[bytes], size) -> tuple[list[np.ndarray | None], list[tuple[int, str]]]:
+    """Worker task: decoded arrays (None where it failed) and [(position in chunk, reason)]."""
+    out, errors = [], []
+    with _strict_truncation():
+        for i, data in enumerate(blobs):
+            try:
+                out.append(decode_image(data, size))
+            except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+                out.append(None)
+                errors.append((i, f"{type(e).__name__}: {e}"))
+    return out, errors
+
+
+@dataclass
+class Decoded:
+    """Everything read from a source; `keep` marks the entries whose image decoded (all when not decoding)."""
+
+    members: list[str] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+    domains: list[str | None] = field(default_factory=list)
+    blobs: list[bytes] | None = None
+    images: np.ndarray | None = None
+    corrupt: list[tuple[str, str]] = field(default_factory=list)  # (member, reason)
+    keep: np.ndarray | None = None
+
+
+def _corrupt_error(member: str, reason: str) -> DataError:
+    where, _, name = member.rpartition("::")
+    what = f"'{name}' in {where}" if where else f"'{member}'"
+    return DataError(f"corrupt image {what}: {reason}; pass skip_corrupt=True (--skip-corrupt) to skip it")
+
+
+def read_entries(entries: Iterator, *, decode: bool, size=None, skip_corrupt: bool = False,
+                 progress: bool = False, total: int | None = None, desc: str = "decode",
+                 workers: int | None = None) -> Decoded:
+    """Consume (member, class, domain, bytes) entries; decode them when `decode`, else keep the bytes."""
+    out = Decoded(blobs=None if decode else [])
+    entries = iter(entries)
+
+    def take(n):
+        chunk = list(islice(entries, n))
+        for member, cls, dom, data in chunk:
+            out.members.append(member)
+            out.class_names.append(cls)
+            out.domains.append(dom)
+        return [e[3] for e in chunk]
+
+    if not decode:
+        while blobs := take(CHUNK):
+            out.blobs.extend(blobs)
+        return out
+
+    from tqdm import tqdm  # imported here: only decoding shows a bar
+
+    shape = None
+    kept: list[np.ndarray] = []
+    keep: list[bool] = []
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
+
+    def collect(start: int, result):
+        nonlocal shape
+        arrays, errors = result
+        bad = dict(errors)
+        for i, x in enumerate(arrays):
+            member = out.members[start + i]
+            if i in bad:
+                if not skip_corrupt:
+                    raise _corrupt_error(member, bad[i])
+                out.corrupt.append((member, bad[i]))
+                keep.append(False)
+                continue
+            if shape is None:
+                shape = x.shape
+            elif x.shape != shape:
+                raise DataError(f"image '{member}' is {x.shape[0]}x{x.shape[1]} but earlier images are "
+                                f"{shape[0]}x{shape[1]}; pass image_size=N to resize all images to NxN")
+            keep.append(True)
+        good = [x for x in arrays if x is not None]
+        if good:
+            kept.append(np.stack(good))
+        bar.update(len(arrays))
+
+    try:
+        first = take(INLINE_MAX + 1)
+        if len(first) <= INLINE_MAX:
+            collect(0, _decode_chunk(first, size))
+        else:
+            _decode_in_pool(first, take, collect, size, workers)
+    finally:
+        bar.close()
+    out.keep = np.asarray(keep, dtype=bool)
+    out.images = np.concatenate(kept) if kept else None
+    return out
+
+
+def _decode_in_pool(first: list[bytes], take, collect, size, workers: int | None) -> None:
+    """Main process reads ahead and submits chunks; results are collected in order (bounded queue)."""
+    # CIFAR-10 train on 2 shared cores (load 3-4 from other jobs): inline 6.8 s, 1 worker 10.7-11.3 s,
+    # 2 workers 8.2-9.5 s; on an idle machine 2 workers took 4.6 s. Hence one worker per core, main reading.
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    # fork: no re-import of the caller's __main__, workers start in milliseconds; they only run PIL and numpy.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    pending: deque = deque()
+    with ctx.Pool(workers) as pool:  # leaving the block terminates the workers, also on errors
+        start = 0
+        chunks = iter([first[i:i + CHUNK] for i in range(0, len(first), CHUNK)])
+        while True:
+            blobs = next(chunks, None) or take(CHUNK)
+            if not blobs:
+                break
+            pending.append((start, pool.apply_async(_decode_chunk, (blobs, size))))
+            start += len(blobs)
+            while len(pending) > MAX_IN_FLIGHT:
+                s, r = pending.popleft()
+                collect(s, r.get())
+        while pending:
+            s, r = pending.popleft()
+            collect(s, r.get())

@@ -1,0 +1,271 @@
+"""Finding a dataset on disk and reading its raw records (encoded image bytes or CIFAR pickle arrays).
+
+Layouts read here:
+- split folders `<dir>/<split>/<class>/<file>` or archives `<dir>/<split>.tar[.xz|.gz]`, sharded as `<split>-<k>.tar.xz`
+  (the archive members are `<split>/<class>/<file>`; the class is the parent folder);
+- the official CIFAR python pickles (`cifar-10-batches-py/`, `cifar-100-python/` or their `.tar.gz`);
+- PACS: one archive (or folder) per domain, `<domain>/<class>/<file>`, split by the rule in shared/data/README.md.
+"""
+from __future__ import annotations
+
+import lzma
+import os
+import pickle
+import re
+import shutil
+import tarfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+import fastpnr
+from fastpnr.data.registry import DatasetSpec
+from fastpnr.errors import DataError
+
+ARCHIVE_SUFFIXES = (".tar.xz", ".txz", ".tar", ".tar.gz", ".tgz")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
+# Official CIFAR pickle folders and tarballs, by dataset name.
+CIFAR_PICKLES = {"cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz"),
+                 "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz")}
+DOWNLOAD_TIMEOUT_S = 20
+
+# An entry is (member name for messages, class folder name, domain or None, encoded bytes).
+Entry = tuple[str, str, "str | None", bytes]
+
+
+@dataclass
+class Source:
+    """Where one split of a dataset lives and how to read it.
+
+    `entries` streams encoded images (kind "encoded"); `arrays` returns decoded CIFAR pickles (kind "pickle") as
+    (images uint8 (N, 32, 32, 3), labels int64 (N,), members, classes).
+    """
+
+    kind: str
+    location: Path
+    files: list[Path]
+    classes: list[str] | None = None
+    domains: tuple[str, ...] | None = None
+    entries: Callable[[], Iterator[Entry]] | None = None
+    arrays: Callable[[], tuple[np.ndarray, np.ndarray, list[str], list[str]]] | None = None
+
+
+def candidate_roots(data_dir=None) -> list[Path]:
+    """Data roots to search, in order: `data_dir`, else `$FASTPNR_DATA`, else `shared/data` beside the checkout."""
+    if data_dir is not None:
+        return [Path(data_dir).expanduser()]
+    if os.environ.get("FASTPNR_DATA"):
+        return [Path(os.environ["FASTPNR_DATA"]).expanduser()]
+    repo_root = Path(fastpnr.__file__).resolve().parents[1]
+    roots = [repo_root.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    return list(dict.fromkeys(r.resolve() for r in roots))
+
+
+def resolve_data_root(data_dir=None) -> Path:
+    """The data root `load_dataset` uses: the first existing candidate root (else the first candidate)."""
+    roots = candidate_roots(data_dir)
+    return next((r for r in roots if r.is_dir()), roots[0])
+
+
+def _is_image(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return not base.startswith(".") and base.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _archive(directory: Path, stem: str) -> Path | None:
+    return next((directory / f"{stem}{s}" for s in ARCHIVE_SUFFIXES if (directory / f"{stem}{s}").is_file()), None)
+
+
+def _split_archives(directory: Path, split: str) -> list[Path]:
+    """`<split>.tar.xz`, or the shards `<split>-0.tar.xz`, `<split>-1.tar.xz`, ... in shard order."""
+    single = _archive(directory, split)
+    if single is not None:
+        return [single]
+    pattern = re.compile(rf"^{re.escape(split)}-(\d+)({'|'.join(re.escape(s) for s in ARCHIVE_SUFFIXES)})$")
+    shards = [(int(m.group(1)), p) for p in directory.glob(f"{split}-*") if (m := pattern.match(p.name))]
+    return [p for _, p in sorted(shards)]
+
+
+def iter_archive(path: Path) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) of every image file in a tar archive, in archive order."""
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            for m in tf:
+                if m.isfile() and _is_image(m.name):
+                    yield m.name, tf.extractfile(m).read()
+    except (tarfile.TarError, lzma.LZMAError, zlib.error, EOFError) as e:
+        raise DataError(f"cannot read archive {path}: {e}; expected a tar or .tar.xz archive") from None
+
+
+def _list_folder(folder: Path) -> list[Path]:
+    """Image files at `<folder>/<class>/<file>`, classes and files sorted by name."""
+    return [f for c in sorted(p for p in folder.iterdir() if p.is_dir())
+            for f in sorted(c.iterdir()) if f.is_file() and _is_image(f.name)]
+
+
+def _class_of(member: str, where: Path) -> str:
+    parts = member.split("/")
+    if len(parts) < 2:
+        raise DataError(f"image '{member}' in {where} has no class folder; expected <split>/<class>/<file>")
+    return parts[-2]
+
+
+def _split_source(directory: Path, split: str, classes: list[str] | None) -> Source | None:
+    folder = directory / split
+    if folder.is_dir():
+        files = _list_folder(folder)
+
+        def entries():
+            for f in files:
+                yield str(f), f.parent.name, None, f.read_bytes()
+        return Source("encoded", folder, files, classes, entries=entries)
+    archives = _split_archives(directory, split)
+    if not archives:
+        return None
+
+    def entries():
+        for a in archives:
+            for name, data in iter_archive(a):
+                yield f"{a}::{name}", _class_of(name, a), None, data
+    return Source("encoded", archives[0] if len(archives) == 1 else directory, archives, classes, entries=entries)
+
+
+def _read_classes_tsv(path: Path) -> list[str]:
+    """classes.tsv rows are `index<TAB>wnid<TAB>words`; returns the wnids in index order."""
+    rows = [line.rstrip("\n").split("\t") for line in path.read_text().splitlines() if line.strip()]
+    try:
+        by_index = {int(r[0]): r[1] for r in rows}
+    except (ValueError, IndexError):
+        raise DataError(f"cannot parse {path}: expected lines 'index<TAB>class<TAB>description'") from None
+    if sorted(by_index) != list(range(len(by_index))):
+        raise DataError(f"{path} indices are not 0..{len(by_index) - 1}")
+    return [by_index[i] for i in range(len(by_index))]
+
+
+def _pacs_source(directory: Path, split: str, domains: tuple[str, ...]) -> Source | None:
+    """Domain archives/folders; test = position % 5 == 4 of the sorted names within each domain/class."""
+    found = {d: (directory / d if (directory / d).is_dir() else _archive(directory, d)) for d in domains}
+    if all(p is None for p in found.values()):
+        return None
+    missing = [d for d, p in found.items() if p is None]
+    if missing:
+        raise DataError(f"PACS domain {missing[0]!r} is missing: no {directory / missing[0]}.tar.xz or folder; "
+                        f"all of {', '.join(domains)} are needed")
+
+    def domain_items(d: str, path: Path) -> list[tuple[str, str, bytes]]:
+        if path.is_dir():
+            return [(str(f), f.parent.name, f.read_bytes()) for f in _list_folder(path)]
+        return [(f"{path}::{n}", _class_of(n, path), b) for n, b in iter_archive(path)]
+
+    def entries():
+        for d in domains:
+            items = domain_items(d, found[d])
+            by_class: dict[str, list[str]] = {}
+            for member, cls, _ in items:
+                by_class.setdefault(cls, []).append(member)
+            test = {m for names in by_class.values() for pos, m in enumerate(sorted(names)) if pos % 5 == 4}
+            for member, cls, data in items:
+                if (member in test) == (split == "test"):
+                    yield member, cls, d, data
+    return Source("encoded", directory, [found[d] for d in domains], None, domains, entries=entries)
+
+
+def _pickle_source(spec: DatasetSpec, directory: Path, split: str) -> Source | None:
+    folder_name, tarball_name = CIFAR_PICKLES[spec.name]
+    folder = directory if directory.name == folder_name else directory / folder_name
+    tarball = directory / tarball_name
+    if spec.name == "cifar10":
+        train_re, test_name, meta_name, label_key, names_key = r"data_batch_\d+", "test_batch", "batches.meta", b"labels", b"label_names"
+    else:
+        train_re, test_name, meta_name, label_key, names_key = r"train", "test", "meta", b"fine_labels", b"fine_label_names"
+    wanted = re.compile(train_re if split == "train" else re.escape(test_name))
+
+    def parse(blobs: dict[str, bytes], where: Path):
+        names = sorted((n for n in blobs if wanted.fullmatch(n)), key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
+        if not names or meta_name not in blobs:
+            raise DataError(f"CIFAR pickles in {where} lack {'the ' + split + ' batches' if not names else meta_name}")
+        try:
+            meta = pickle.loads(blobs[meta_name], encoding="bytes")
+            batches = [pickle.loads(blobs[n], encoding="bytes") for n in names]
+            images = np.concatenate([np.asarray(b[b"data"], np.uint8).reshape(-1, 3, 32, 32) for b in batches])
+            labels = np.concatenate([np.asarray(b[label_key], np.int64) for b in batches])
+            classes = [c.decode() for c in meta[names_key]]
+        except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+            raise DataError(f"cannot read CIFAR pickles in {where}: {type(e).__name__}: {e}") from None
+        members = [f"{where}::{n}[{i}]" for n, b in zip(names, batches) for i in range(len(b[label_key]))]
+        return np.ascontiguousarray(images.transpose(0, 2, 3, 1)), labels, members, classes
+
+    if folder.is_dir():
+        files = [f for f in sorted(folder.iterdir()) if f.is_file()]
+        return Source("pickle", folder, files,
+                      arrays=lambda: parse({f.name: f.read_bytes() for f in files}, folder))
+    if tarball.is_file():
+        def arrays():
+            blobs = {}
+            try:
+                with tarfile.open(tarball, "r:*") as tf:
+                    for m in tf:
+                        if m.isfile():
+                            blobs[m.name.rsplit("/", 1)[-1]] = tf.extractfile(m).read()
+            except (tarfile.TarError, zlib.error, lzma.LZMAError, EOFError) as e:
+                raise DataError(f"cannot read archive {tarball}: {e}; expected the official {tarball_name}") from None
+            return parse(blobs, tarball)
+        return Source("pickle", tarball, [tarball], arrays=arrays)
+    return None
+
+
+def _source_in(spec: DatasetSpec, directory: Path, split: str) -> Source | None:
+    if not directory.is_dir():
+        return None
+    if spec.layout == "pacs":
+        return _pacs_source(directory, split, spec.domains)
+    tsv = directory / "classes.tsv"
+    source = _split_source(directory, split, _read_classes_tsv(tsv) if tsv.is_file() else None)
+    if source is None and spec.layout == "cifar":
+        source = _pickle_source(spec, directory, split)
+    return source
+
+
+def download(url: str, dest_dir: Path) -> Path:
+    """Download `url` into `dest_dir` (tmp file, then os.replace); DataError with the URL when it fails."""
+    dest = dest_dir / url.rsplit("/", 1)[-1]
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(tmp, "wb") as f:
+            shutil.copyfileobj(response, f, length=1 << 20)
+        os.replace(tmp, dest)
+    except (OSError, urllib.error.URLError) as e:  # URLError, timeouts and a read-only data dir are all OSErrors
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"could not download {url} into {dest_dir}: {e}; download it by hand into that folder, "
+                        f"or pass data_dir / set $FASTPNR_DATA to where the data is") from None
+    return dest
+
+
+def find_source(spec: DatasetSpec, split: str, data_dir=None, *, download_missing: bool = False) -> Source:
+    """The `Source` of `spec`'s `split` under the data root(s); DataError listing the places looked."""
+    roots = candidate_roots(data_dir)
+    # A root holds the dataset at <root>/<name>/; data_dir may also point at the dataset folder itself.
+    dirs = list(dict.fromkeys(d for r in roots for d in ([r] if spec.name == "imagefolder" else [r / spec.name, r])))
+    for d in dirs:
+        source = _source_in(spec, d, split)
+        if source is not None:
+            if not source.files:
+                raise DataError(f"split {split!r} of {spec.name} in {source.location} holds no images")
+            return source
+    if download_missing and spec.download_url:
+        target = resolve_data_root(data_dir) / spec.name
+        download(spec.download_url, target)
+        source = _source_in(spec, target, split)
+        if source is not None:
+            return source
+    how = (f"pass download=True to fetch {spec.download_url}, or put" if spec.download_url
+           else "put")
+    layout = ("<domain>.tar.xz per domain" if spec.layout == "pacs" else f"{split}/<class>/<file> or {split}.tar.xz")
+    raise DataError(f"dataset {spec.name!r} split {split!r} not found; looked in: {', '.join(map(str, dirs))}; "
+                    f"{how} it there as {layout} (see shared/data/README.md), or pass data_dir / set $FASTPNR_DATA")

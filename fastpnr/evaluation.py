@@ -1,0 +1,166 @@
+"""Evaluation: frozen-backbone features, linear probe, kNN, the accuracy matrix, average accuracy, forgetting.
+
+Protocol (anchors §3.3): after each task a classifier over *all* classes is fit on the labelled train set
+(no task masking, class-IL included) and evaluated on the whole test set and on each task's part of it;
+a[i][j] = accuracy after task i on task j's test images.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+# --------------------------------------------------------------------------------------------- features
+def eval_batches(images: np.ndarray, indices: np.ndarray, batch_size: int, device, mean, std, size: int | None = None,
+                 channels_last: bool = True):
+    """Deterministic evaluation transform: uint8 HWC -> normalized float NCHW (resized to ``size`` if given)."""
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start:start + batch_size]
+        x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float().div_(255)
+        if size is not None and x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp_(0, 1)
+        x = (x - mean_t) / std_t
+        yield x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def extract_features(backbone, images, indices, batch_size, device, mean, std, size=None, autocast_dtype=None):
+    """Backbone features (N, feat_dim) float32 on ``device``, backbone in eval mode (restored afterwards)."""
+    was_training = backbone.training
+    backbone.eval()
+    device_type = torch.device(device).type
+    feats = []
+    try:
+        for x in eval_batches(images, indices, batch_size, device, mean, std, size):
+            with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                feats.append(backbone(x).float())
+    finally:
+        backbone.train(was_training)
+    return torch.cat(feats) if feats else torch.zeros(0, getattr(backbone, "feat_dim", 1), device=device)
+
+
+# --------------------------------------------------------------------------------------------- classifiers
+def linear_probe(train_x, train_y, num_classes: int, epochs: int = 100, lr: float = 0.1, batch_size: int = 512,
+                 weight_decay: float = 0.0, seed: int = 0):
+    """Fit a linear classifier on standardized frozen features with SGD (momentum 0.9) and a cosine schedule.
+
+    Returns ``predict(x) -> logits``.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    mu = train_x.mean(0, keepdim=True)
+    sd = train_x.std(0, keepdim=True).clamp_min(1e-6)
+    xs = (train_x - mu) / sd
+    layer = torch.nn.Linear(train_x.shape[1], num_classes).to(train_x.device)
+    opt = torch.optim.SGD(layer.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    n = xs.shape[0]
+    steps_per_epoch = max(1, math.ceil(n / batch_size))
+    total = epochs * steps_per_epoch
+    step = 0
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen).to(train_x.device)
+        for s in range(steps_per_epoch):
+            idx = perm[s * batch_size:(s + 1) * batch_size]
+            for g in opt.param_groups:
+                g["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
+            loss = F.cross_entropy(layer(xs[idx]), train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+
+    @torch.no_grad()
+    def predict(x):
+        return layer((x - mu) / sd)
+
+    return predict
+
+
+@torch.no_grad()
+def knn_predict(train_x, train_y, test_x, num_classes: int, k: int = 20, temperature: float = 0.07, chunk: int = 1024):
+    """Weighted kNN on cosine similarity (InstDisc): class score = sum over the k neighbours of exp(sim / T)."""
+    train_n = F.normalize(train_x, dim=1)
+    k = min(k, train_x.shape[0])
+    scores = []
+    for start in range(0, test_x.shape[0], chunk):
+        sim = F.normalize(test_x[start:start + chunk], dim=1) @ train_n.T
+        top_sim, top_idx = sim.topk(k, dim=1)
+        weights = (top_sim / temperature).exp()
+        one_hot = F.one_hot(train_y[top_idx], num_classes).float()
+        scores.append((weights.unsqueeze(-1) * one_hot).sum(1))
+    return torch.cat(scores) if scores else torch.zeros(0, num_classes)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    if labels.numel() == 0:
+        return float("nan")
+    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
+
+
+def part_accuracies(logits, labels, parts: list[np.ndarray]) -> list[float]:
+    """Accuracy on each task's part of the test set; ``parts`` index into the rows of ``logits``."""
+    out = []
+    for idx in parts:
+        t = torch.as_tensor(idx, dtype=torch.long, device=logits.device)
+        out.append(accuracy(logits[t], labels[t]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- continual metrics
+@dataclass
+class ContinualMetrics:
+    """Average accuracy and forgetting from a (possibly partial) accuracy matrix a[i][j] in percent."""
+
+    matrix: list[list[float]]
+
+    @property
+    def tasks_done(self) -> int:
+        return len(self.matrix)
+
+    def average_accuracy(self) -> float:
+        """A_i = mean_j<=i a[i][j] after the last finished task i (the usual class-IL average incremental accuracy)."""
+        last = self.matrix[-1]
+        seen = last[: self.tasks_done]
+        return float(np.mean(seen))
+
+    def final_accuracy_all_tasks(self) -> float:
+        return float(np.mean(self.matrix[-1]))
+
+    def forgetting(self) -> float:
+        """mean over j < i of max_{l < i} a[l][j] - a[i][j], i = the last finished task (0 with one task)."""
+        i = self.tasks_done - 1
+        if i == 0:
+            return 0.0
+        drops = [max(self.matrix[l][j] for l in range(j, i)) - self.matrix[i][j] for j in range(i)]
+        return float(np.mean(drops))
+
+
+def save_heatmap(matrix: list[list[float]], path, title: str = "accuracy a[i][j] (%)") -> None:
+    """A PNG heatmap of the accuracy matrix (rows: after task i, columns: task j)."""
+    import matplotlib
+
+    matrix_np = np.asarray(matrix, dtype=float)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t_rows, t_cols = matrix_np.shape
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * t_cols, 1.0 + 0.8 * t_rows))
+    im = ax.imshow(matrix_np, cmap="viridis", vmin=0, vmax=max(100.0, float(np.nanmax(matrix_np)) if matrix_np.size else 100))
+    for i in range(t_rows):
+        for j in range(t_cols):
+            v = matrix_np[i, j]
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w" if v < 60 else "k", fontsize=9)
+    ax.set_xticks(range(t_cols), [f"task {j}" for j in range(t_cols)])
+    ax.set_yticks(range(t_rows), [f"after {i}" for i in range(t_rows)])
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

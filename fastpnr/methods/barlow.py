@@ -1,0 +1,32 @@
+"""Barlow Twins (anchors §1.2): 3-layer projector, cross-correlation loss."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import require
+from ..losses import barlow_loss
+from ..models import mlp
+from .base import Method, MethodConfig
+
+
+@dataclass(frozen=True)
+class BarlowConfig(MethodConfig):
+    proj_hidden: int = 2048
+    proj_out: int = 2048
+    lamb: float = 5e-3
+    scale: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.lamb >= 0, "method.lamb", self.lamb, ">= 0")
+        require(self.scale > 0, "method.scale", self.scale, "> 0")
+
+
+class BarlowTwins(Method):
+    def build_heads(self):
+        self.projector = mlp(self.feat_dim, self.cfg.proj_hidden, self.cfg.proj_out, layers=3)
+
+    def ssl_loss(self, out):
+        z1, z2 = (z.float() for z in out["z"])
+        loss = barlow_loss(z1, z2, lamb=self.cfg.lamb, scale=self.cfg.scale)
+        return loss, {"barlow": loss.detach()}

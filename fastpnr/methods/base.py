@@ -1,0 +1,130 @@
+"""The method contract: a backbone, heads and a loss. The trainer knows nothing else about a method.
+
+A method is an ``nn.Module`` that
+- embeds every view (``forward_views``) and returns a dict of lists, one entry per view: ``feats``
+  (backbone features), ``z`` (projector outputs) and whatever its loss needs (``p``, ``k``, ...);
+- computes its SSL loss from that dict (``ssl_loss``), a pure function of tensors;
+- updates its EMA networks and queues after the optimizer step (``after_step``), with tensor ops only.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import require
+from ..models import build_backbone
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = ""
+    proj_hidden: int = 2048
+    proj_out: int = 128
+
+    def __post_init__(self):
+        require(self.proj_hidden >= 1, "method.proj_hidden", self.proj_hidden, ">= 1")
+        require(self.proj_out >= 1, "method.proj_out", self.proj_out, ">= 1")
+
+
+def check_tau(cfg) -> None:
+    require(0 <= cfg.base_tau <= 1, "method.base_tau", cfg.base_tau, "0 <= tau <= 1")
+    require(cfg.base_tau <= cfg.final_tau <= 1, "method.final_tau", cfg.final_tau, f"base_tau ({cfg.base_tau}) <= tau <= 1")
+
+
+class Method(nn.Module):
+    """Backbone + heads + online linear probe. Subclasses define ``build_heads`` and ``ssl_loss``."""
+
+    num_views = 2
+    # The modules the regularizers snapshot as "the frozen previous model" (online encoder + projector).
+    frozen_parts = ("backbone", "projector")
+
+    def __init__(self, cfg: MethodConfig, model_cfg, num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = build_backbone(model_cfg.backbone, cifar_stem=model_cfg.cifar_stem,
+                                       stem_padding=model_cfg.stem_padding, zero_init_residual=model_cfg.zero_init_residual)
+        self.feat_dim = self.backbone.feat_dim
+        self.build_heads()
+        self.classifier = nn.Linear(self.feat_dim, num_classes)  # online probe on detached features
+
+    # -- to override ---------------------------------------------------------------------------
+    def build_heads(self) -> None:
+        raise NotImplementedError
+
+    def ssl_loss(self, out: dict):
+        """-> (scalar loss, dict of detached scalar tensors to log)."""
+        raise NotImplementedError
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return []
+
+    @property
+    def proj_dim(self) -> int:
+        return self.cfg.proj_out
+
+    # -- shared ---------------------------------------------------------------------------------
+    def embed(self, x: torch.Tensor):
+        feats = self.backbone(x)
+        return feats, self.projector(feats)
+
+    def forward_views(self, views: list[torch.Tensor]) -> dict:
+        # One forward per view, as the anchors: BN statistics are per view.
+        feats, z = zip(*(self.embed(v) for v in views))
+        return {"feats": list(feats), "z": list(z)}
+
+    def online_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.classifier(feats.detach())
+
+    def param_groups(self, optim_cfg) -> list[dict]:
+        """Parameter groups: everything at the base lr/wd; the online probe at classifier_lr, no weight decay."""
+        head = [p for n, p in self.named_parameters() if not n.startswith(("classifier.", "momentum_"))]
+        groups = [{"name": "ssl", "params": head}]
+        groups.append({"name": "classifier", "params": list(self.classifier.parameters()),
+                       "lr": optim_cfg.effective_lr(optim_cfg.classifier_lr), "weight_decay": 0.0})
+        return groups
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """EMA update with the anchors' cosine tau schedule (restarts every task): foreach ops, no host sync."""
+        pairs = self.momentum_pairs()
+        if not pairs:
+            return
+        tau = self.cfg.final_tau - (self.cfg.final_tau - self.cfg.base_tau) * (math.cos(math.pi * step / max(total_steps, 1)) + 1) / 2
+        ema_params, online_params = [], []
+        for online, ema in pairs:
+            for po, pe in zip(online.parameters(), ema.parameters()):
+                online_params.append(po.detach())
+                ema_params.append(pe)
+        with torch.no_grad():
+            # xi <- tau * xi + (1 - tau) * theta; BN buffers are not averaged (anchors).
+            torch._foreach_lerp_(ema_params, online_params, 1.0 - tau)
+
+    def end_of_step(self, out: dict) -> None:
+        """Called after the optimizer step with this step's outputs (queues)."""
+
+    def make_momentum_copy(self, module: nn.Module) -> nn.Module:
+        ema = copy.deepcopy(module)
+        for p in ema.parameters():
+            p.requires_grad_(False)
+        return ema
+
+    def frozen_copy(self) -> nn.Module:
+        """The online encoder + projector as one frozen module (x -> z)."""
+        return FrozenEncoder(copy.deepcopy(self.backbone), copy.deepcopy(self.projector))
+
+
+class FrozenEncoder(nn.Module):
+    """The previous task's online encoder + projector; parameters never require grad."""
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.backbone(x))

@@ -1,0 +1,29 @@
+"""SimCLR (anchors §1.2): NT-Xent over both views, Linear-ReLU-Linear projector."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import require
+from ..losses import simclr_loss
+from ..models import mlp
+from .base import Method, MethodConfig
+
+
+@dataclass(frozen=True)
+class SimCLRConfig(MethodConfig):
+    temperature: float = 0.2
+    loss_backend: str = "torch"   # "auto" / "triton": the fused InfoNCE kernel (kernels.infonce)
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.temperature > 0, "method.temperature", self.temperature, "> 0")
+
+
+class SimCLR(Method):
+    def build_heads(self):
+        self.projector = mlp(self.feat_dim, self.cfg.proj_hidden, self.cfg.proj_out, bn=False)
+
+    def ssl_loss(self, out):
+        z1, z2 = (z.float() for z in out["z"])
+        loss = simclr_loss(z1, z2, temperature=self.cfg.temperature)
+        return loss, {"simclr": loss.detach()}

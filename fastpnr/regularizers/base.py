@@ -1,0 +1,116 @@
+"""The regularizer contract: how a continual strategy plugs into the training step.
+
+At the start of task t the loop calls ``begin_task(method, t)``; a regularizer that needs the previous
+model snapshots it there (task >= 1). Each step the trainer runs ``frozen_forward(views)`` (no grad, on a
+side CUDA stream when asked) and adds ``penalty(method, out, frozen_out)`` to the loss; when
+``replaces_ssl_loss`` is true (contrastive PNR) the method's own loss is skipped once the regularizer is
+active. The trainer knows nothing else about a regularizer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import require
+
+FROZEN_BN_MODES = ("eval", "train")
+
+
+@dataclass(frozen=True)
+class RegularizerConfig:
+    name: str = "finetune"
+
+
+class Regularizer(nn.Module):
+    """Fine-tuning: no frozen model, no penalty (the base class is the identity strategy)."""
+
+    replaces_ssl_loss = False
+    needs_frozen = False
+
+    def __init__(self, cfg: RegularizerConfig, method):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("task", torch.zeros((), dtype=torch.long))
+        self.frozen = None
+
+    @property
+    def active(self) -> bool:
+        """True from task 1 on for regularizers that use the previous model (task 0 is plain SSL)."""
+        return self.frozen is not None
+
+    def begin_task(self, method, task: int) -> None:
+        self.task.fill_(task)
+
+    def frozen_forward(self, views: list[torch.Tensor]) -> dict:
+        return {}
+
+    def penalty(self, method, out: dict, frozen_out: dict):
+        """-> (scalar loss, dict of detached scalar tensors to log)."""
+        raise NotImplementedError
+
+    def param_groups(self, optim_cfg) -> list[dict]:
+        return []
+
+    def end_of_step(self, out: dict, frozen_out: dict) -> None:
+        """Called after the optimizer step (e.g. MoCo-PNR's frozen queue)."""
+
+
+@dataclass(frozen=True)
+class FrozenModelConfig(RegularizerConfig):
+    frozen_bn: str = "eval"   # eval: PNR on ImageNet-100/DomainNet; train: CaSSLe, and PNR on CIFAR (anchors §2.0)
+    distill_hidden: int = 2048
+
+    def __post_init__(self):
+        require(self.frozen_bn in FROZEN_BN_MODES, "regularizer.frozen_bn", self.frozen_bn, FROZEN_BN_MODES)
+        require(self.distill_hidden >= 1, "regularizer.distill_hidden", self.distill_hidden, ">= 1")
+
+
+class FrozenModelRegularizer(Regularizer):
+    """Base for regularizers that hold the previous task's frozen online encoder + projector."""
+
+    needs_frozen = True
+
+    def __init__(self, cfg, method):
+        super().__init__(cfg, method)
+        # Built at construction (weights replaced in begin_task) so a checkpoint of any task loads into it.
+        self.frozen = method.frozen_copy()
+        self.register_buffer("has_frozen", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def active(self) -> bool:
+        return bool(self._has_frozen_host)
+
+    def _set_has_frozen(self, value: bool):
+        self.has_frozen.fill_(value)
+        self._has_frozen_host = value
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._has_frozen_host = bool(self.has_frozen)
+        return result
+
+    _has_frozen_host = False
+
+    def begin_task(self, method, task: int) -> None:
+        super().begin_task(method, task)
+        if task >= 1:
+            # The previous task's *online* encoder + projector (not the EMA networks), as the anchors.
+            snapshot = method.frozen_copy()
+            self.frozen.load_state_dict(snapshot.state_dict())
+            self._set_has_frozen(True)
+        self.frozen.train(self.cfg.frozen_bn == "train")
+        for p in self.frozen.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen is not None:
+            # The frozen model's BN mode is a setting, not the trainer's mode (anchors §2.0).
+            self.frozen.train(mode and self.cfg.frozen_bn == "train")
+        return self
+
+    @torch.no_grad()
+    def frozen_forward(self, views):
+        return {"z": [self.frozen(v) for v in views]}

@@ -1,0 +1,147 @@
+"""One task's training: the step (a function of device tensors, no host sync) and the epoch loop.
+
+The step takes views already on the device. The frozen previous model's forward can run on its own CUDA
+stream, overlapped with the current model's forward. The loss is read on the host only every
+``train.log_every`` steps (the one sync), where a non-finite loss stops the run with a clear error.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from .errors import FastPNRError
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+class NonFiniteLossError(FastPNRError):
+    """The loss became NaN or infinite."""
+
+
+class Trainer:
+    def __init__(self, method, regularizer, optimizer, train_cfg, device: torch.device):
+        self.method = method
+        self.regularizer = regularizer
+        self.optimizer = optimizer
+        self.cfg = train_cfg
+        self.device = device
+        self.autocast_dtype = AUTOCAST_DTYPES[train_cfg.precision]
+        if train_cfg.precision == "fp16" and device.type != "cuda":
+            raise FastPNRError("train.precision='fp16' needs a CUDA device; allowed on CPU: bf16, fp32")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
+        use_stream = train_cfg.frozen_stream and device.type == "cuda"
+        self.side_stream = torch.cuda.Stream(device) if use_stream else None
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    # ------------------------------------------------------------------------------------ the step
+    def _frozen_forward(self, views):
+        """Launch the frozen model; returns (outputs, finalize) where finalize joins the side stream."""
+        if self.side_stream is None:
+            with self.autocast():
+                return self.regularizer.frozen_forward(views), lambda out: out
+        current = torch.cuda.current_stream(self.device)
+        self.side_stream.wait_stream(current)
+        with torch.cuda.stream(self.side_stream), self.autocast():
+            frozen_out = self.regularizer.frozen_forward(views)
+
+        def finalize(out):
+            current.wait_stream(self.side_stream)
+            for tensors in out.values():
+                for t in tensors if isinstance(tensors, (list, tuple)) else [tensors]:
+                    if isinstance(t, torch.Tensor):
+                        t.record_stream(current)  # produced on the side stream, consumed on the main one
+            return out
+
+        return frozen_out, finalize
+
+    def step(self, views, labels, probe_batch, step: int, total_steps: int):
+        """One optimization step. Returns a dict of detached scalar tensors (nothing is read on the host)."""
+        method, reg = self.method, self.regularizer
+        reg_active = reg.active
+        if reg_active:
+            frozen_pending, finalize = self._frozen_forward(views)
+        with self.autocast():
+            out = method.forward_views(views)
+            logs = {}
+            loss = torch.zeros((), device=self.device)
+            if not (reg_active and reg.replaces_ssl_loss):
+                ssl, ssl_logs = method.ssl_loss(out)
+                loss = loss + ssl
+                logs.update(ssl_logs)
+            frozen_out = finalize(frozen_pending) if reg_active else {}
+            if reg_active:
+                penalty, reg_logs = reg.penalty(method, out, frozen_out)
+                loss = loss + penalty
+                logs.update(reg_logs)
+            if probe_batch is not None:
+                probe_x, probe_y = probe_batch
+                if probe_x is None:  # "task" probe: the first view of the training batch
+                    feats = out["feats"][0]
+                else:  # "full" probe: the anchors' extra batch from the whole labelled train set
+                    with torch.no_grad():
+                        feats = method.backbone(probe_x)
+                probe_loss = F.cross_entropy(method.online_logits(feats).float(), probe_y)
+                loss = loss + probe_loss
+                logs["probe"] = probe_loss.detach()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        with torch.no_grad():
+            method.end_of_step(out)
+            reg.end_of_step(out, frozen_out)
+            method.after_step(step + 1, total_steps)
+        logs["loss"] = loss.detach()
+        return logs
+
+    # ------------------------------------------------------------------------------------ the epoch
+    def train_epoch(self, loader, probe_iter, epoch: int, step_offset: int, total_steps: int, steps: int,
+                    progress=None, on_log=None):
+        """Run ``steps`` steps from ``loader`` (an epoch). Returns the host means of the logged terms."""
+        self.method.train()
+        self.regularizer.train()
+        sums: dict[str, float] = {}
+        count = 0
+        last_time, last_step = time.perf_counter(), 0
+        batch_size = None
+        for i, (views, labels, _indices) in enumerate(loader):
+            if i >= steps:
+                break
+            batch_size = labels.shape[0]
+            probe = None
+            if probe_iter is not None:
+                probe = next(probe_iter)
+            elif self.cfg.online_probe == "task":
+                probe = (None, labels)
+            logs = self.step(views, labels, probe, step_offset + i, total_steps)
+            done = i + 1
+            if done % self.cfg.log_every == 0 or done == steps:
+                host = {k: float(v) for k, v in logs.items()}  # the one host sync, every log_every steps
+                if not all(map(_finite, host.values())):
+                    terms = ", ".join(f"{k}={v:.4g}" for k, v in host.items())
+                    raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {done} ({terms}); "
+                                             "lower optim.lr, or use train.precision=fp32")
+                now = time.perf_counter()
+                ips = (done - last_step) * batch_size / max(now - last_time, 1e-9)
+                last_time, last_step = now, done
+                for k, v in host.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                if on_log is not None:
+                    on_log(step_offset + done, host, ips)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{host['loss']:.3f}", img_s=f"{ips:.0f}")
+            if progress is not None:
+                progress.update(1)
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def _finite(x: float) -> bool:
+    return x == x and x not in (float("inf"), float("-inf"))

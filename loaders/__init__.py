@@ -1,0 +1,51 @@
+"""Loaders: `make_loader(kind, ...)` → an iterable of `(views, labels, indices)` on the device (docs/ARCHITECTURE.md).
+
+Every kind yields `views`: a list of `num_views` float (B, 3, S, S) tensors, normalized, channels_last, on `device`,
+and int64 `labels`, `indices` on `device`; it has `len()` and `set_epoch(e)`, and epoch e's batches are a function
+of (seed, e). Loader modules are imported on first use, so optional backends (torchvision, ffcv, DALI) cost nothing
+until asked for.
+"""
+from __future__ import annotations
+
+import importlib
+
+from fastpnr.errors import FastPNRError, require
+
+from .config import ViewConfig, cifar_views, imagenet_views
+from .gpu_aug import augment_batch
+
+# kind → (module, class, what it needs); "ffcv" and "dali" are reserved names whose modules are not written yet
+LOADERS = {
+    "gpu": ("loaders.gpu_resident", "GpuResidentLoader", "decoded images (load_dataset(..., decode=True))"),
+    "torchvision": ("loaders.torchvision_loader", "TorchvisionLoader", "pip install torchvision"),
+    "ffcv": ("loaders.ffcv_loader", "FfcvLoader", "pip install ffcv and a .beton file (scripts/write_beton.py)"),
+    "dali": ("loaders.dali_loader", "DaliLoader", "pip install nvidia-dali-cuda120"),
+}
+
+
+def loader_class(kind: str):
+    """The loader class registered as `kind`, imported now."""
+    require(kind in LOADERS, "loader.kind", kind, sorted(LOADERS))
+    module, name, needs = LOADERS[kind]
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        raise FastPNRError(f"loader kind {kind!r} is not available yet ({module} is not written; it will need: "
+                           f"{needs})") from None
+
+
+def make_loader(kind: str, source, batch_size: int, num_views: int, device, seed: int, shuffle: bool = True,
+                drop_last: bool = True, view_configs=None, subset=None, **kw):
+    """Build a loader of `kind` over `source` (an ImageDataset) restricted to `subset` (dataset indices, a task).
+
+    view_configs: one `ViewConfig` per view, or one shared, or None (the default `ViewConfig` at the stored size).
+    Extra kwargs go to the loader class (e.g. `resident=` for "gpu", `num_workers=` for "torchvision").
+    """
+    cls = loader_class(kind)
+    return cls(source, batch_size=batch_size, num_views=num_views, device=device, seed=seed, shuffle=shuffle,
+               drop_last=drop_last, view_configs=view_configs, subset=subset, **kw)
+
+
+__all__ = ["LOADERS", "ViewConfig", "augment_batch", "cifar_views", "imagenet_views", "loader_class", "make_loader"]
