@@ -57,7 +57,9 @@ def linear_probe(train_x, train_y, num_classes: int, epochs: int = 100, lr: floa
     mu = train_x.mean(0, keepdim=True)
     sd = train_x.std(0, keepdim=True).clamp_min(1e-6)
     xs = (train_x - mu) / sd
-    layer = torch.nn.Linear(train_x.shape[1], num_classes).to(train_x.device)
+    with torch.random.fork_rng(devices=[]):  # the probe's init must not depend on (or disturb) the training RNG
+        torch.manual_seed(seed)
+        layer = torch.nn.Linear(train_x.shape[1], num_classes).to(train_x.device)
     opt = torch.optim.SGD(layer.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     n = xs.shape[0]
     steps_per_epoch = max(1, math.ceil(n / batch_size))

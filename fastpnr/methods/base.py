@@ -19,6 +19,9 @@ from ..errors import require
 from ..models import build_backbone
 
 
+LOSS_BACKENDS = ("auto", "torch", "triton")
+
+
 @dataclass(frozen=True)
 class MethodConfig:
     name: str = ""
@@ -75,6 +78,10 @@ class Method(nn.Module):
         # One forward per view, as the anchors: BN statistics are per view.
         feats, z = zip(*(self.embed(v) for v in views))
         return {"feats": list(feats), "z": list(z)}
+
+    def distill_input(self, out: dict) -> list[torch.Tensor]:
+        """What the distill predictor of PNR / CaSSLe takes, per view: the projector output z (MoCo: normalized q)."""
+        return out["z"]
 
     def online_logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self.classifier(feats.detach())

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ..errors import require
 from ..losses import moco_loss
 from ..models import mlp
-from .base import Method, MethodConfig, check_tau
+from .base import LOSS_BACKENDS, Method, MethodConfig, check_tau
 
 
 @dataclass(frozen=True)
@@ -18,11 +18,12 @@ class MoCoV2PlusConfig(MethodConfig):
     queue_size: int = 65536
     base_tau: float = 0.99
     final_tau: float = 0.999
-    loss_backend: str = "torch"
+    loss_backend: str = "auto"    # auto: the fused Triton InfoNCE kernel on CUDA, the PyTorch reference elsewhere
 
     def __post_init__(self):
         super().__post_init__()
         require(self.temperature > 0, "method.temperature", self.temperature, "> 0")
+        require(self.loss_backend in LOSS_BACKENDS, "method.loss_backend", self.loss_backend, LOSS_BACKENDS)
         require(self.queue_size >= 1, "method.queue_size", self.queue_size, ">= 1")
         check_tau(self)
 
@@ -50,18 +51,22 @@ class MoCoV2Plus(Method):
 
     def ssl_loss(self, out):
         (q1, q2), (k1, k2), queue = out["q"], out["k"], out["queue"]
-        t = self.cfg.temperature
-        loss = 0.5 * (moco_loss(q1, k2, queue[1], temperature=t) + moco_loss(q2, k1, queue[0], temperature=t))
+        t, b = self.cfg.temperature, self.cfg.loss_backend
+        loss = 0.5 * (moco_loss(q1, k2, queue[1], temperature=t, backend=b) + moco_loss(q2, k1, queue[0], temperature=t, backend=b))
         return loss, {"moco": loss.detach()}
 
-    @torch.no_grad()
-    def enqueue(self, keys: list[torch.Tensor]) -> None:
-        """Ring-buffer write without host sync: positions (ptr + arange(B)) % K."""
-        b = keys[0].shape[0]
-        idx = (self.queue_ptr + torch.arange(b, device=self.queue.device)) % self.cfg.queue_size
-        for v, k in enumerate(keys):
-            self.queue[v].index_copy_(0, idx, k.to(self.queue.dtype))
-        self.queue_ptr.copy_((self.queue_ptr + b) % self.cfg.queue_size)
+    def distill_input(self, out):
+        return out["q"]  # the anchors feed the normalized q to the distill predictor
 
     def end_of_step(self, out):
-        self.enqueue(out["k"])
+        ring_enqueue(self.queue, self.queue_ptr, out["k"])
+
+
+@torch.no_grad()
+def ring_enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: list[torch.Tensor]) -> None:
+    """Write ``keys[v]`` (B, D) into ``queue[v]`` (K, D) at rows (ptr + arange(B)) % K; advance ``ptr``. No host sync."""
+    b, size = keys[0].shape[0], queue.shape[1]
+    idx = (ptr + torch.arange(b, device=queue.device)) % size
+    for v, k in enumerate(keys):
+        queue[v].index_copy_(0, idx, k.to(queue.dtype))
+    ptr.copy_((ptr + b) % size)

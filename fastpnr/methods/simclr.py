@@ -6,17 +6,18 @@ from dataclasses import dataclass
 from ..errors import require
 from ..losses import simclr_loss
 from ..models import mlp
-from .base import Method, MethodConfig
+from .base import LOSS_BACKENDS, Method, MethodConfig
 
 
 @dataclass(frozen=True)
 class SimCLRConfig(MethodConfig):
     temperature: float = 0.2
-    loss_backend: str = "torch"   # "auto" / "triton": the fused InfoNCE kernel (kernels.infonce)
+    loss_backend: str = "auto"    # auto: the fused Triton InfoNCE kernel on CUDA, the PyTorch reference elsewhere
 
     def __post_init__(self):
         super().__post_init__()
         require(self.temperature > 0, "method.temperature", self.temperature, "> 0")
+        require(self.loss_backend in LOSS_BACKENDS, "method.loss_backend", self.loss_backend, LOSS_BACKENDS)
 
 
 class SimCLR(Method):
@@ -25,5 +26,5 @@ class SimCLR(Method):
 
     def ssl_loss(self, out):
         z1, z2 = (z.float() for z in out["z"])
-        loss = simclr_loss(z1, z2, temperature=self.cfg.temperature)
+        loss = simclr_loss(z1, z2, temperature=self.cfg.temperature, backend=self.cfg.loss_backend)
         return loss, {"simclr": loss.detach()}

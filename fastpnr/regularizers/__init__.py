@@ -1,8 +1,12 @@
 """Continual strategies registry: name -> (Regularizer class, config dataclass)."""
-from .base import FrozenModelRegularizer, Regularizer, RegularizerConfig
+from .base import DistillRegularizer, FrozenModelRegularizer, Regularizer, RegularizerConfig
+from .cassle import CaSSLe, CaSSLeConfig
+from .pnr import PNR, PNRConfig
 
 REGULARIZERS = {
     "finetune": (Regularizer, RegularizerConfig),
+    "pnr": (PNR, PNRConfig),
+    "cassle": (CaSSLe, CaSSLeConfig),
 }
 
 
@@ -10,4 +14,5 @@ def build_regularizer(cfg, method) -> Regularizer:
     return REGULARIZERS[cfg.name][0](cfg, method)
 
 
-__all__ = ["REGULARIZERS", "Regularizer", "RegularizerConfig", "FrozenModelRegularizer", "build_regularizer"]
+__all__ = ["REGULARIZERS", "Regularizer", "RegularizerConfig", "FrozenModelRegularizer", "DistillRegularizer",
+           "PNR", "CaSSLe", "build_regularizer"]

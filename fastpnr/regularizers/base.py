@@ -113,4 +113,36 @@ class FrozenModelRegularizer(Regularizer):
 
     @torch.no_grad()
     def frozen_forward(self, views):
-        return {"z": [self.frozen(v) for v in views]}
+        # Every regularizer is two-view; 4-view methods (GSG) are regularized on their first image's two views.
+        return {"z": [self.frozen(v) for v in views[:2]]}
+
+
+class DistillRegularizer(FrozenModelRegularizer):
+    """Frozen model + the distill predictor q = Linear(D, H) - BN - ReLU - Linear(H, D) of PNR and CaSSLe.
+
+    q is applied to the current projector output (``method.distill_input``; MoCo: the normalized q), never to
+    BYOL's predictor output (anchors §2.0). It has its own parameter group.
+    """
+
+    def __init__(self, cfg, method):
+        super().__init__(cfg, method)
+        from ..models import mlp
+
+        dim = method.proj_dim
+        self.distill_predictor = mlp(dim, cfg.distill_hidden, dim)
+
+    def distill_lr_scale(self) -> float:
+        return 1.0
+
+    def param_groups(self, optim_cfg):
+        lr = optim_cfg.effective_lr(optim_cfg.lr) * self.distill_lr_scale()
+        return [{"name": "distill_predictor", "params": list(self.distill_predictor.parameters()), "lr": lr,
+                 "weight_decay": optim_cfg.weight_decay}]
+
+    def predict(self, method, out) -> list[torch.Tensor]:
+        return [self.distill_predictor(z) for z in method.distill_input(out)[:2]]
+
+
+def method_kind(method) -> str:
+    """Which family of loss a method's regularizer uses: contrastive (SimCLR, MoCo) or the asymmetric form."""
+    return getattr(method, "regularizer_kind", method.cfg.name)

@@ -1,0 +1,59 @@
+"""CaSSLe (Fini et al., CVPR 2022) distillers, the baseline PNR is compared with (anchors §3.1).
+
+L = L_SSL + lambda * L_distill, with the distill predictor q applied to the current projection:
+- contrastive (SimCLR, MoCo): 1/2 [SD(P, F) + SD(F, P)], no mask, tau_d = 0.2
+- predictive (BYOL, SimSiam, GSG): 1/2 sum_i [2 - 2 cos(q(z_i), sg z'_i)]
+- decorrelative (Barlow): 1/2 sum_i BT(q(z_i), z'_i; 5e-3, 0.1)
+- predictive_mse (VICReg): 1/2 sum_i MSE(q(z_i), z'_i), lambda = 25
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..errors import require
+from ..losses import contrastive_distill, decorrelative_distill, predictive_distill, predictive_mse_distill
+from .base import DistillRegularizer, FrozenModelConfig, method_kind
+
+DEFAULT_WEIGHT = {"vicreg": 25.0}
+
+
+@dataclass(frozen=True)
+class CaSSLeConfig(FrozenModelConfig):
+    name: str = "cassle"
+    frozen_bn: str = "train"               # CaSSLe never puts the frozen model in eval mode
+    weight: Optional[float] = None         # lambda ("distill_lamb"); None: 1, VICReg 25
+    distill_temperature: float = 0.2
+    barlow_lamb: float = 5e-3
+    barlow_scale: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.weight is None or self.weight >= 0, "regularizer.weight", self.weight, "None or >= 0")
+        require(self.distill_temperature > 0, "regularizer.distill_temperature", self.distill_temperature, "> 0")
+
+
+class CaSSLe(DistillRegularizer):
+    def __init__(self, cfg: CaSSLeConfig, method):
+        super().__init__(cfg, method)
+        self.kind = method_kind(method)
+        self.weight = DEFAULT_WEIGHT.get(self.kind, 1.0) if cfg.weight is None else cfg.weight
+
+    def distill_lr_scale(self) -> float:
+        if self.kind in ("byol", "simsiam") and self.weight < 1:
+            return 1.0 / max(self.weight, 1e-12)
+        return 1.0
+
+    def penalty(self, method, out, frozen_out):
+        f1, f2 = (f.float() for f in frozen_out["z"])
+        u1, u2 = (u.float() for u in self.predict(method, out))
+        if self.kind in ("simclr", "mocov2plus"):
+            loss = contrastive_distill(u1, u2, f1, f2, temperature=self.cfg.distill_temperature)
+        elif self.kind == "barlow":
+            loss = decorrelative_distill(u1, u2, f1, f2, lamb=self.cfg.barlow_lamb, scale=self.cfg.barlow_scale)
+        elif self.kind == "vicreg":
+            loss = predictive_mse_distill(u1, u2, f1, f2)
+        else:
+            loss = predictive_distill(u1, u2, f1, f2)
+        loss = self.weight * loss
+        return loss, {"cassle": loss.detach()}

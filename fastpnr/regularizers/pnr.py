@@ -1,0 +1,102 @@
+"""Pseudo-Negative Regularization (Cha, Cho & Moon, ICML 2024), anchors §2.
+
+- SimCLR-PNR and MoCo-PNR (symmetric): from task 1 on the base loss is *replaced* by the PNR loss, whose main term
+  gets the previous model's embeddings as extra negatives and whose regularization term gets the current ones.
+- BYOL-, Barlow-, VICReg-PNR (asymmetric): the base loss is kept; the distill-predicted current projection is pulled
+  toward the frozen output of the same view and pushed from the frozen output of the other view.
+- SimSiam / GSG methods use the BYOL-style asymmetric form (fastpnr's own combination: no anchor has it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, require
+from ..losses import (pnr_barlow_regularizer, pnr_byol_regularizer, pnr_moco_loss, pnr_simclr_loss,
+                      pnr_vicreg_regularizer)
+from .base import DistillRegularizer, FrozenModelConfig, method_kind
+
+# (pos_weight = distill_lamb, neg_weight = negative_lamb) defaults as shipped for CIFAR-100 (anchors §2.6).
+DEFAULT_WEIGHTS = {"byol": (1.0, 0.5), "simsiam": (1.0, 0.5), "barlow": (1.0, 1.0), "vicreg": (25.0, 23.0)}
+CONTRASTIVE = ("simclr", "mocov2plus")
+
+
+@dataclass(frozen=True)
+class PNRConfig(FrozenModelConfig):
+    name: str = "pnr"
+    distill_temperature: float = 0.2        # SimCLR-/MoCo-PNR tau_d
+    pos_weight: Optional[float] = None      # lambda_d ("distill_lamb"); None: the method's default
+    neg_weight: Optional[float] = None      # lambda_n ("negative_lamb"); None: the method's default
+    barlow_lamb: float = 5e-3               # Barlow-PNR positive term
+    barlow_scale: float = 0.1
+    frozen_queue_size: Optional[int] = None # MoCo-PNR second queue; None: the method's queue size
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.distill_temperature > 0, "regularizer.distill_temperature", self.distill_temperature, "> 0")
+        for name in ("pos_weight", "neg_weight"):
+            v = getattr(self, name)
+            require(v is None or v >= 0, f"regularizer.{name}", v, "None or >= 0")
+
+
+class PNR(DistillRegularizer):
+    def __init__(self, cfg: PNRConfig, method):
+        super().__init__(cfg, method)
+        self.kind = method_kind(method)
+        self.replaces_ssl_loss = self.kind in CONTRASTIVE
+        if self.kind not in CONTRASTIVE:
+            pos, neg = DEFAULT_WEIGHTS.get(self.kind, DEFAULT_WEIGHTS["byol"])
+            self.pos_weight = pos if cfg.pos_weight is None else cfg.pos_weight
+            self.neg_weight = neg if cfg.neg_weight is None else cfg.neg_weight
+            if self.kind == "vicreg" and not self.neg_weight < self.pos_weight:
+                # lambda_d |u-a|^2 - lambda_n |u-b|^2 is unbounded below unless lambda_n < lambda_d (anchors §2.5).
+                raise ConfigError(f"regularizer.neg_weight={self.neg_weight!r} is invalid for VICReg-PNR; allowed: "
+                                  f"< regularizer.pos_weight ({self.pos_weight}), else the loss is unbounded below")
+        if self.kind == "mocov2plus":
+            size = cfg.frozen_queue_size or method.cfg.queue_size
+            # Q': the frozen model's embeddings, slot v holds view v; random at task 1 as in the anchors (strict=False load).
+            self.register_buffer("frozen_queue", F.normalize(torch.randn(2, size, method.proj_dim), dim=-1))
+            self.register_buffer("frozen_queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def distill_lr_scale(self) -> float:
+        # BYOL-PNR: lr if distill_lamb >= 1 else lr / distill_lamb (anchors §1.1).
+        if self.kind in ("byol", "simsiam") and self.pos_weight < 1:
+            return 1.0 / max(self.pos_weight, 1e-12)
+        return 1.0
+
+    def penalty(self, method, out, frozen_out):
+        f1, f2 = (f.float() for f in frozen_out["z"])
+        u1, u2 = (u.float() for u in self.predict(method, out))
+        if self.kind == "simclr":
+            z1, z2 = (z.float() for z in out["z"])
+            loss = pnr_simclr_loss(z1, z2, u1, u2, f1, f2, temperature=self.cfg.distill_temperature,
+                                   backend=method.cfg.loss_backend)
+            return loss, {"pnr_simclr": loss.detach()}
+        if self.kind == "mocov2plus":
+            (q1, q2), (k1, k2), queue = out["q"], out["k"], out["queue"]
+            p1, p2 = F.normalize(u1, dim=-1), F.normalize(u2, dim=-1)
+            n1, n2 = F.normalize(f1, dim=-1), F.normalize(f2, dim=-1)
+            frozen_queue = self.frozen_queue.clone()  # the loss sees the pre-update queues
+            kw = dict(temperature=method.cfg.temperature, distill_temperature=self.cfg.distill_temperature,
+                      backend=method.cfg.loss_backend)
+            loss = 0.5 * (pnr_moco_loss(q1, k2, p1, n1, queue[1], frozen_queue[1], **kw)
+                          + pnr_moco_loss(q2, k1, p2, n2, queue[0], frozen_queue[0], **kw))
+            frozen_out["normalized"] = [n1, n2]
+            return loss, {"pnr_moco": loss.detach()}
+        if self.kind == "barlow":
+            loss = pnr_barlow_regularizer(u1, u2, f1, f2, pos_weight=self.pos_weight, neg_weight=self.neg_weight,
+                                          lamb=self.cfg.barlow_lamb, scale=self.cfg.barlow_scale)
+        elif self.kind == "vicreg":
+            loss = pnr_vicreg_regularizer(u1, u2, f1, f2, pos_weight=self.pos_weight, neg_weight=self.neg_weight)
+        else:  # byol, simsiam and the GSG methods
+            loss = pnr_byol_regularizer(u1, u2, f1, f2, pos_weight=self.pos_weight, neg_weight=self.neg_weight)
+        return loss, {"pnr": loss.detach()}
+
+    def end_of_step(self, out, frozen_out):
+        if self.kind == "mocov2plus" and "normalized" in frozen_out:
+            from ..methods.mocov2plus import ring_enqueue
+
+            ring_enqueue(self.frozen_queue, self.frozen_queue_ptr, frozen_out["normalized"])
