@@ -42,6 +42,7 @@ class DataConfig:
     blur_prob: tuple = (0.0, 0.0)
     skip_corrupt: bool = False
     cache_dir: Optional[str] = None
+    download: bool = True                   # fetch the official archive (CIFAR) into the data root when missing
 
     def __post_init__(self):
         require(self.scenario in SCENARIOS, "data.scenario", self.scenario, SCENARIOS)

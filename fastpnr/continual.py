@@ -73,7 +73,7 @@ class ContinualRun:
             torch.backends.cudnn.benchmark = not cfg.train.deterministic
 
     # ------------------------------------------------------------------------------------------------ setup
-    def _load_data(self):
+    def _load_data(self, write_tasks: bool = True):
         from .data import load_dataset
         from .data.registry import get_spec
         from .scenarios import describe_tasks, make_tasks, task_test_indices
@@ -81,7 +81,8 @@ class ContinualRun:
         d = self.cfg.data
         spec = get_spec(d.dataset)
         eval_split = spec.splits[-1] if spec.splits else "val"
-        kw = dict(image_size=d.image_size, skip_corrupt=d.skip_corrupt, cache_dir=d.cache_dir, progress=self.cfg.train.progress)
+        kw = dict(image_size=d.image_size, skip_corrupt=d.skip_corrupt, cache_dir=d.cache_dir, progress=self.cfg.train.progress,
+                  download=d.download)
         self.train_set = load_dataset(d.dataset, "train", d.data_dir, **kw)
         self.test_set = load_dataset(d.dataset, eval_split, d.data_dir, **kw)
         self.num_corrupt = int(self.train_set.num_corrupt + self.test_set.num_corrupt)
@@ -101,7 +102,8 @@ class ContinualRun:
             if isinstance(item, dict):
                 item["train_images_used"] = int(len(self.task_train[t]))
                 item["test_images"] = int(len(self.test_parts[t]))
-        _write_json(self.out / "tasks.json", {"scenario": d.scenario, "dataset": d.dataset, "tasks": desc})
+        if write_tasks:
+            _write_json(self.out / "tasks.json", {"scenario": d.scenario, "dataset": d.dataset, "tasks": desc})
         self.image_size = self.train_set.images.shape[1] if self.train_set.images is not None else (d.image_size or spec.native_size)
         self.crop_size = d.crop_size or self.image_size
 

@@ -72,9 +72,13 @@ def help_text() -> str:
 
 def cli(argv=None):
     """Entry point with one-line errors for bad input (no traceback)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in args or "-h" in args:
+        print(help_text())
+        return
     main.__doc__ = help_text()
     try:
-        fire.Fire(main, command=argv, name="fastpnr train")
+        fire.Fire(main, command=args, name="fastpnr train")
     except FastPNRError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

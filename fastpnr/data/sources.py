@@ -243,7 +243,7 @@ def download(url: str, dest_dir: Path) -> Path:
     except (OSError, urllib.error.URLError) as e:  # URLError, timeouts and a read-only data dir are all OSErrors
         tmp.unlink(missing_ok=True)
         raise DataError(f"could not download {url} into {dest_dir}: {e}; download it by hand into that folder, "
-                        f"or pass data_dir / set $FASTPNR_DATA to where the data is") from None
+                        f"or pass --data-dir / set $FASTPNR_DATA to where the data is") from None
     return dest
 
 
@@ -258,14 +258,18 @@ def find_source(spec: DatasetSpec, split: str, data_dir=None, *, download_missin
             if not source.files:
                 raise DataError(f"split {split!r} of {spec.name} in {source.location} holds no images")
             return source
+    looked = ", ".join(map(str, dirs))
     if download_missing and spec.download_url:
         target = resolve_data_root(data_dir) / spec.name
-        download(spec.download_url, target)
+        try:
+            download(spec.download_url, target)
+        except DataError as e:
+            raise DataError(f"dataset {spec.name!r} split {split!r} not found (looked in: {looked}) and {e}") from None
         source = _source_in(spec, target, split)
         if source is not None:
             return source
-    how = (f"pass download=True to fetch {spec.download_url}, or put" if spec.download_url
+    how = (f"download {spec.download_url} (download=True, --data.download true), or put" if spec.download_url
            else "put")
     layout = ("<domain>.tar.xz per domain" if spec.layout == "pacs" else f"{split}/<class>/<file> or {split}.tar.xz")
-    raise DataError(f"dataset {spec.name!r} split {split!r} not found; looked in: {', '.join(map(str, dirs))}; "
-                    f"{how} it there as {layout} (see shared/data/README.md), or pass data_dir / set $FASTPNR_DATA")
+    raise DataError(f"dataset {spec.name!r} split {split!r} not found; looked in: {looked}; "
+                    f"{how} it there as {layout} (see shared/data/README.md), or pass --data-dir / set $FASTPNR_DATA")

@@ -2,6 +2,7 @@
 from .barlow import BarlowConfig, BarlowTwins
 from .base import FrozenEncoder, Method, MethodConfig
 from .byol import BYOL, BYOLConfig
+from .gsg import BYOLGSG, BYOLGSGConfig, SimSiamGSG, SimSiamGSGConfig
 from .mocov2plus import MoCoV2Plus, MoCoV2PlusConfig
 from .simclr import SimCLR, SimCLRConfig
 from .simsiam import SimSiam, SimSiamConfig
@@ -14,6 +15,8 @@ METHODS = {
     "simsiam": (SimSiam, SimSiamConfig),
     "barlow": (BarlowTwins, BarlowConfig),
     "vicreg": (VICReg, VICRegConfig),
+    "simsiam_gsg": (SimSiamGSG, SimSiamGSGConfig),
+    "byol_gsg": (BYOLGSG, BYOLGSGConfig),
 }
 
 

@@ -1,0 +1,103 @@
+"""Guided Stop-Gradient (anchors §4; bych-lee/gsg): SimSiam-GSG and BYOL-GSG.
+
+Four views per batch: views 0, 1 are image 1's two views; views 2, 3 are the "second image"'s, the same batch
+permuted by ``r = randperm(N)`` (``x21 = views[2][r]``, ``x22 = views[3][r]``), so row ``i`` pairs image ``i``
+with image ``r(i)``. Per row, the closest cross-image pair of (unnormalized, detached) targets are the sources
+(predictor side, gradient flows) and their sibling views the stop-gradient targets (``losses.gsg_loss``).
+
+- SimSiam-GSG: targets are the online projections, detached.
+- BYOL-GSG: targets are the EMA encoder's projections (fixed momentum 0.99 in the anchor: base_tau = final_tau =
+  0.99, so the base class's cosine schedule is a constant). The anchor updates the EMA at the start of every
+  forward; updating after every optimizer step (``after_step``) is the same sequence of weights.
+- Both use SimSiam's heads (3-layer projector ending in affine-free BN, bottleneck predictor; anchors §4.2).
+- Continual regularizers see the first image's two views only (``distill_input``, ``frozen_forward(views[:2])``)
+  and use the BYOL-style asymmetric form (``regularizer_kind = "byol"``): fastpnr's own combination.
+
+``forward_views`` returns lists of 4 (one per view, in the order 11, 12, 21, 22; entries 2, 3 belong to the
+permuted batch): ``feats``, ``z`` (online projections), ``p`` (predictions), ``k`` (targets), and ``perm`` (r).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import FastPNRError
+from ..losses import gsg_loss
+from .base import Method, check_tau
+from .simsiam import SimSiamConfig, simsiam_heads, static_predictor_groups
+
+
+@dataclass(frozen=True)
+class SimSiamGSGConfig(SimSiamConfig):
+    """SimSiam's heads and predictor-lr rule (the anchor's ``--fix-pred-lr``): 2048-2048-2048 projector, 512 bottleneck."""
+
+
+@dataclass(frozen=True)
+class BYOLGSGConfig(SimSiamGSGConfig):
+    """SimSiam-style heads plus an EMA target; the anchor's momentum is a constant 0.99 (no tau schedule)."""
+
+    base_tau: float = 0.99
+    final_tau: float = 0.99
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_tau(self)
+
+
+def second_image_views(views: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``[v0, v1, v2[r], v3[r]]`` and ``r = randperm(N)`` drawn on the views' device (global RNG, no host sync)."""
+    if len(views) != 4:
+        raise FastPNRError(f"GSG needs 4 views per batch, got {len(views)}; build the loader with num_views=method.num_views")
+    r = torch.randperm(views[2].shape[0], device=views[2].device)
+    return [views[0], views[1], views[2][r], views[3][r]], r
+
+
+class _GSG(Method):
+    num_views = 4
+    regularizer_kind = "byol"  # PNR: the BYOL-style asymmetric regularizer; CaSSLe: the predictive distiller
+
+    def build_heads(self):
+        simsiam_heads(self)
+
+    def _online(self, views):
+        views, r = second_image_views(views)
+        out = super().forward_views(views)
+        out["p"] = [self.predictor(z) for z in out["z"]]
+        out["perm"] = r
+        return out, views
+
+    def distill_input(self, out):
+        return out["z"][:2]  # the first image's two online projections
+
+    def ssl_loss(self, out):
+        p = [x.float() for x in out["p"]]
+        k = [x.float() for x in out["k"]]
+        loss = gsg_loss(*p, *k)
+        return loss, {self.cfg.name: loss.detach()}
+
+    def param_groups(self, optim_cfg):
+        return static_predictor_groups(self, super().param_groups(optim_cfg))
+
+
+class SimSiamGSG(_GSG):
+    def forward_views(self, views):
+        out, _ = self._online(views)
+        out["k"] = [z.detach() for z in out["z"]]
+        return out
+
+
+class BYOLGSG(_GSG):
+    def build_heads(self):
+        super().build_heads()
+        self.momentum_backbone = self.make_momentum_copy(self.backbone)
+        self.momentum_projector = self.make_momentum_copy(self.projector)
+
+    def momentum_pairs(self):
+        return [(self.backbone, self.momentum_backbone), (self.projector, self.momentum_projector)]
+
+    def forward_views(self, views):
+        out, views = self._online(views)
+        with torch.no_grad():
+            out["k"] = [self.momentum_projector(self.momentum_backbone(v)) for v in views]
+        return out

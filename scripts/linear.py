@@ -1,0 +1,33 @@
+"""fastpnr linear: offline linear evaluation of a saved model.
+
+    fastpnr linear --checkpoint runs/smoke/task1.pt [--mode features|augmented] [--epochs 100] [--data-dir DIR]
+"""
+from __future__ import annotations
+
+import sys
+
+import fire
+
+from fastpnr.errors import FastPNRError
+
+
+def main(checkpoint: str, data_dir: str | None = None, mode: str = "features", epochs: int | None = None,
+         lr: float | None = None, batch_size: int = 256, momentum: float = 0.0, train_fraction: float | None = None,
+         device: str = "auto", out: str | None = None):
+    """Linear probe of a checkpoint's frozen backbone; prints and optionally writes (--out) a JSON result."""
+    from fastpnr.offline_eval import linear_eval
+
+    linear_eval(checkpoint, data_dir=data_dir, mode=mode, epochs=epochs, lr=lr, batch_size=batch_size,
+                momentum=momentum, train_fraction=train_fraction, device=device, out=out)
+
+
+def cli(argv=None):
+    try:
+        fire.Fire(main, command=argv, name="fastpnr linear")
+    except FastPNRError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,75 @@
+"""Backbones (torchvision layout, the anchors' CIFAR stem) and method mechanics: heads, EMA, queue."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fastpnr.config import ModelConfig
+from fastpnr.methods import METHODS, build_method
+from fastpnr.models import build_backbone
+
+
+def test_resnet_sizes_match_torchvision_layouts():
+    r18 = build_backbone("resnet18")
+    assert sum(p.numel() for p in r18.parameters()) == 11_689_512 - 513_000  # torchvision resnet18 minus fc
+    r50 = build_backbone("resnet50")
+    assert sum(p.numel() for p in r50.parameters()) == 25_557_032 - 2_049_000
+    assert r18.feat_dim == 512 and r50.feat_dim == 2048
+
+
+def test_cifar_stem_padding_two_gives_34_17_9_5():
+    net = build_backbone("resnet18", cifar_stem=True, stem_padding=2)
+    sizes = []
+    x = net.maxpool(net.relu(net.bn1(net.conv1(torch.randn(2, 3, 32, 32)))))
+    sizes.append(x.shape[-1])
+    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        x = layer(x)
+        sizes.append(x.shape[-1])
+    assert sizes == [34, 34, 17, 9, 5]
+
+
+def _small(name, **kw):
+    cfg_cls = METHODS[name][1]
+    extra = {"proj_hidden": 32, "proj_out": 16, **kw}
+    if "pred_hidden" in {f for f in cfg_cls.__dataclass_fields__}:
+        extra["pred_hidden"] = 16
+    if name == "mocov2plus":
+        extra["queue_size"] = 40
+    return build_method(cfg_cls(name=name, **extra), ModelConfig(), num_classes=10)
+
+
+def test_every_method_forward_loss_and_backward():
+    for name in METHODS:
+        torch.manual_seed(0)
+        m = _small(name)
+        views = [torch.randn(6, 3, 16, 16) for _ in range(m.num_views)]
+        out = m.forward_views(views)
+        loss, logs = m.ssl_loss(out)
+        assert loss.ndim == 0 and torch.isfinite(loss), name
+        loss.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.backbone.parameters()), name
+
+
+def test_ema_update_follows_cosine_tau_schedule():
+    m = _small("byol", base_tau=0.9, final_tau=1.0)
+    with torch.no_grad():
+        for p in m.backbone.parameters():
+            p.add_(1.0)
+    online = [p.detach().clone() for p in m.backbone.parameters()]
+    ema = [p.detach().clone() for p in m.momentum_backbone.parameters()]
+    step, total = 3, 10
+    m.after_step(step, total)
+    tau = 1.0 - (1.0 - 0.9) * (math.cos(math.pi * step / total) + 1) / 2
+    for e0, o, e1 in zip(ema, online, m.momentum_backbone.parameters()):
+        assert torch.allclose(e1, tau * e0 + (1 - tau) * o, atol=1e-6)
+
+
+def test_moco_queue_is_a_ring_buffer_without_host_sync():
+    m = _small("mocov2plus")
+    keys = [torch.nn.functional.normalize(torch.randn(16, 16), dim=1) for _ in range(2)]
+    for _ in range(3):  # 48 rows into a 40-row queue: wraps around
+        m.end_of_step({"k": keys})
+    assert int(m.queue_ptr) == 48 % 40
+    assert torch.equal(m.queue[0, 8:16], keys[0][8:16])   # third write covered rows 32..39 and 0..7
+    assert torch.equal(m.queue[1, 0:8], keys[1][8:16])

@@ -1,0 +1,71 @@
+"""Configuration: presets resolve, overrides cast, bad values fail with one line naming field, value and allowed."""
+from __future__ import annotations
+
+import pytest
+
+from fastpnr.config import PRESETS, build_config, config_from_dict
+from fastpnr.errors import ConfigError
+
+
+def test_every_preset_resolves_for_every_method():
+    from fastpnr.methods import METHODS
+
+    for preset in PRESETS:
+        for method in METHODS:
+            cfg = build_config(preset, {"method": method})
+            assert cfg.method.name == method
+
+
+def test_per_method_preset_values_follow_the_anchor_scripts():
+    byol = build_config("cifar100-5t", {"method": "byol"})
+    assert (byol.optim.lr, byol.optim.weight_decay, byol.method.proj_hidden, byol.method.pred_hidden) == (1.0, 1e-5, 4096, 4096)
+    assert byol.regularizer.neg_weight == 0.5
+    moco = build_config("cifar100-5t", {"method": "mocov2plus"})
+    assert moco.optim.exclude_bias_n_norm is False and moco.method.final_tau == 0.999
+    vic = build_config("cifar100-5t", {"method": "vicreg"})
+    assert vic.data.min_scale == 0.2 and vic.regularizer.neg_weight == 23.0
+
+
+def test_overrides_are_cast_and_user_values_win():
+    cfg = build_config("smoke", {"optim.lr": "0.25", "train.precision": "fp32", "data.solarize_prob": "0.1,0.3",
+                                 "model.cifar_stem": "false", "epochs": 3, "data-dir": "/x"})
+    assert cfg.optim.lr == 0.25 and cfg.train.precision == "fp32" and cfg.data.solarize_prob == (0.1, 0.3)
+    assert cfg.model.cifar_stem is False and cfg.optim.epochs == 3 and cfg.data.data_dir == "/x"
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"method": "simclrr"}, "method='simclrr' is invalid; allowed: barlow"),
+    ({"regularizer": "ewc"}, "regularizer='ewc' is invalid; allowed: cassle"),
+    ({"optim.lrr": 1}, "optim.lrr is not a known option"),
+    ({"optim.lr": -1}, "optim.lr=-1.0 is invalid; allowed: > 0"),
+    ({"optim.batch_size": 2.5}, "optim.batch_size=2.5 is invalid"),
+    ({"data.scenario": "task"}, "data.scenario='task' is invalid; allowed: class, data, domain"),
+    ({"train.precision": "fp8"}, "train.precision='fp8' is invalid; allowed: bf16, fp16, fp32"),
+    ({"bogus": 1}, "option 'bogus' is not known"),
+    ({"data.train_fraction": 0}, "data.train_fraction=0.0 is invalid"),
+    ({"model.backbone": "vit"}, "model.backbone='vit' is invalid; allowed: resnet18, resnet50"),
+    ({"regularizer.frozen_bn": "off"}, "regularizer.frozen_bn='off' is invalid; allowed: eval, train"),
+    ({"method": "byol", "method.final_tau": 0.5}, "method.final_tau=0.5 is invalid"),
+])
+def test_bad_configuration_fails_with_one_line(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        build_config("smoke", overrides)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="preset='nope' is invalid; allowed: cifar10-5t"):
+        build_config("nope")
+
+
+def test_vicreg_pnr_rejects_unbounded_weights():
+    from fastpnr.config import ModelConfig
+    from fastpnr.methods import build_method
+    from fastpnr.regularizers import build_regularizer
+
+    cfg = build_config("smoke", {"method": "vicreg", "regularizer": "pnr", "regularizer.neg_weight": 25.0,
+                                 "regularizer.pos_weight": 25.0, "method.proj_hidden": 16, "method.proj_out": 8})
+    method = build_method(cfg.method, ModelConfig(), 10)
+    with pytest.raises(ConfigError, match=r"regularizer.neg_weight=25.0 is invalid for VICReg-PNR; allowed: < regularizer.pos_weight"):
+        build_regularizer(cfg.regularizer, method)

@@ -1,0 +1,187 @@
+"""End-to-end continual runs on real CIFAR-10 (CPU): all method x strategy pairs, metrics files, resume, accuracy."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from fastpnr.config import build_config
+from fastpnr.continual import ContinualRun, resume_run
+from fastpnr.methods import METHODS
+from tests.conftest import tiny_overrides
+
+BASE_METHODS = ["simclr", "mocov2plus", "byol", "simsiam", "barlow", "vicreg"]
+
+
+def _method_extra(method: str, reg: str) -> dict:
+    extra = {}
+    if method == "mocov2plus":
+        extra["method.queue_size"] = 64
+    if method in ("byol", "simsiam") or "gsg" in method:
+        extra["method.pred_hidden"] = 32
+    if reg != "finetune":
+        extra["regularizer.distill_hidden"] = 32
+    return extra
+
+
+def quiet(*_a, **_k):
+    pass
+
+
+@pytest.mark.parametrize("reg", ["finetune", "cassle", "pnr"])
+@pytest.mark.parametrize("method", BASE_METHODS)
+def test_every_method_and_strategy_runs_two_tasks(data_root, tmp_path, method, reg):
+    cfg = build_config("smoke", tiny_overrides(data_root, method=method, regularizer=reg, **_method_extra(method, reg)))
+    run = ContinualRun(cfg, tmp_path, log=quiet)
+    metrics = run.fit()
+    matrix = metrics["accuracy_matrix"]
+    assert len(matrix) == 2 and all(len(r) == 2 for r in matrix)
+    assert all(math.isfinite(a) and 0 <= a <= 100 for r in matrix for a in r)
+    assert run.regularizer.active == (reg != "finetune")
+    if reg != "finetune":
+        # The frozen model is the task-0 model: it differs from the current model after task 1's steps.
+        frozen = dict(run.regularizer.frozen.backbone.named_parameters())
+        diff = sum((p - frozen[n]).abs().sum().item() for n, p in run.method.backbone.named_parameters())
+        assert diff > 0
+        assert all(not p.requires_grad for p in run.regularizer.frozen.parameters())
+
+
+def test_run_folder_holds_metrics_csv_png_tensorboard_and_tasks(data_root, tmp_path):
+    cfg = build_config("smoke", tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32}))
+    ContinualRun(cfg, tmp_path, log=quiet).fit()
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(m["accuracy_matrix"]) == 2 and len(m["accuracy_matrix"][1]) == 2
+    assert set(m["matrices"]) == {"linear", "knn", "online"}
+    assert "average_accuracy" in m and "forgetting" in m and m["num_corrupt"] == 0
+    rows = (tmp_path / "accuracy_matrix.csv").read_text().strip().splitlines()
+    assert rows[0] == "after_task,task0,task1" and len(rows) == 3
+    assert (tmp_path / "accuracy_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any((tmp_path / "tb").iterdir())
+    tasks = json.loads((tmp_path / "tasks.json").read_text())
+    assert tasks["scenario"] == "class"
+    for t in (0, 1):
+        assert (tmp_path / f"task{t}.pt").exists()
+
+
+def test_frozen_model_is_previous_task_model_and_stays_frozen(data_root, tmp_path):
+    cfg = build_config("smoke", tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32}))
+    ContinualRun(cfg, tmp_path, log=quiet).fit()
+    task0 = torch.load(tmp_path / "task0.pt", weights_only=False)["method"]
+    final = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["regularizer"]
+    for name, value in task0.items():
+        if name.startswith(("backbone.", "projector.")) and "running" not in name and "num_batches" not in name:
+            assert torch.equal(final[f"frozen.{name}"], value), name  # snapshot == end of task 0, unchanged since
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(data_root, tmp_path):
+    ov = tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32, "optim.epochs": 2,
+                                                          "train.online_probe": "full"})
+    full = ContinualRun(build_config("smoke", ov), tmp_path / "full", log=quiet).fit()
+    for stop in (1, 3):  # mid-task (after epoch 1 of task 0) and mid-task 1
+        out = tmp_path / f"stop{stop}"
+        ContinualRun(build_config("smoke", ov), out, log=quiet).fit(stop_after_epochs=stop)
+        assert not (out / "metrics.json").exists() or len(json.loads((out / "metrics.json").read_text())["accuracy_matrix"]) < 2
+        resumed = resume_run(out, log=quiet)
+        assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+        assert resumed["matrices"] == full["matrices"]
+        a = torch.load(tmp_path / "full" / "task1.pt", weights_only=False)["method"]
+        b = torch.load(out / "task1.pt", weights_only=False)["method"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_task_run_linear_probe_clearly_above_chance(data_root, tmp_path):
+    ov = tiny_overrides(data_root, **{"data.image_size": 32, "eval.train_fraction": 0.05, "data.test_fraction": 0.1,
+                                      "eval.linear_epochs": 30, "optim.batch_size": 32})
+    metrics = ContinualRun(build_config("smoke", ov), tmp_path, log=quiet).fit()
+    assert metrics["test_accuracy"][-1] > 20.0  # chance is 10% on CIFAR-10
+
+
+def test_moco_pnr_second_queue_fills_with_frozen_embeddings():
+    from fastpnr.config import ModelConfig, OptimConfig, TrainConfig
+    from fastpnr.methods import build_method
+    from fastpnr.optim import build_optimizer
+    from fastpnr.regularizers import build_regularizer
+    from fastpnr.trainer import Trainer
+    from fastpnr.methods.mocov2plus import MoCoV2PlusConfig
+    from fastpnr.regularizers.pnr import PNRConfig
+
+    torch.manual_seed(0)
+    method = build_method(MoCoV2PlusConfig(name="mocov2plus", proj_hidden=32, proj_out=16, queue_size=24),
+                          ModelConfig(), num_classes=10)
+    reg = build_regularizer(PNRConfig(distill_hidden=16), method)
+    reg.begin_task(method, 1)
+    optim = build_optimizer(method.param_groups(OptimConfig()) + reg.param_groups(OptimConfig()), OptimConfig())
+    trainer = Trainer(method, reg, optim, TrainConfig(precision="fp32", online_probe="off"), torch.device("cpu"))
+    views = [torch.randn(8, 3, 16, 16) for _ in range(2)]
+    with torch.no_grad():
+        expected = [torch.nn.functional.normalize(reg.frozen(v), dim=-1) for v in views]  # frozen_bn=eval: deterministic
+    before = reg.frozen_queue.clone()
+    trainer.step(views, torch.zeros(8, dtype=torch.long), None, 0, 10)
+    assert int(reg.frozen_queue_ptr) == 8
+    for v in range(2):
+        assert torch.allclose(reg.frozen_queue[v, :8], expected[v], atol=1e-5)  # slot v holds view v's frozen embedding
+        assert torch.equal(reg.frozen_queue[v, 8:], before[v, 8:])             # the rest untouched
+    # The current queue got the EMA keys, not the frozen embeddings.
+    assert not torch.allclose(method.queue[0, :8], expected[0], atol=1e-3)
+
+
+def _write_imagefolder(root, corrupt: bool):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("val", 12)):
+        for c, cls in enumerate(("ants", "bees")):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                img = np.clip(rng.normal(60 + 120 * c, 30, (16, 16, 3)), 0, 255).astype(np.uint8)
+                buf = io.BytesIO()
+                Image.fromarray(img).save(buf, format="JPEG")
+                data = buf.getvalue()
+                if corrupt and split == "train" and c == 0 and i == 3:
+                    data = data[: len(data) // 3]  # truncated JPEG
+                (folder / f"{i:03d}.jpg").write_bytes(data)
+
+
+def test_corrupt_image_errors_or_is_skipped_and_counted(tmp_path):
+    from fastpnr.errors import DataError
+
+    _write_imagefolder(tmp_path / "data", corrupt=True)
+    ov = {"dataset": "imagefolder", "data.data_dir": str(tmp_path / "data"), "data.num_tasks": 2, "data.train_fraction": 1.0,
+          "data.test_fraction": 1.0, "eval.train_fraction": 1.0, "optim.batch_size": 8, "train.steps_per_epoch": 1,
+          "train.progress": False, "eval.linear_epochs": 2, "method.proj_hidden": 32, "method.proj_out": 16,
+          "regularizer.distill_hidden": 16, "data.cache_dir": str(tmp_path / "cache")}
+    with pytest.raises(DataError, match=r"corrupt image .*ants/003.jpg"):
+        ContinualRun(build_config("smoke", ov), tmp_path / "run1", log=quiet).fit()
+    metrics = ContinualRun(build_config("smoke", {**ov, "data.skip_corrupt": True}), tmp_path / "run2", log=quiet).fit()
+    assert metrics["num_corrupt"] == 1
+    assert json.loads((tmp_path / "run2" / "metrics.json").read_text())["num_corrupt"] == 1
+
+
+def test_data_incremental_and_domain_incremental_runs(data_root, tmp_path):
+    data = ContinualRun(build_config("smoke", tiny_overrides(data_root, scenario="data")), tmp_path / "data", log=quiet).fit()
+    assert len(data["accuracy_matrix"]) == 2
+    ov = tiny_overrides(data_root, **{"data.image_size": 16, "data.train_fraction": 0.05, "data.test_fraction": 0.1,
+                                      "eval.train_fraction": 0.05})
+    dom = ContinualRun(build_config("pacs-domain", {**ov, "optim.epochs": 1}), tmp_path / "pacs", log=quiet).fit()
+    assert len(dom["accuracy_matrix"]) == 4
+    tasks = json.loads((tmp_path / "pacs" / "tasks.json").read_text())
+    assert "photo" in json.dumps(tasks["tasks"])
+
+
+def test_offline_linear_and_knn_of_a_saved_task_model(data_root, tmp_path):
+    from fastpnr.offline_eval import knn_eval, linear_eval
+
+    ContinualRun(build_config("smoke", tiny_overrides(data_root)), tmp_path, log=quiet).fit()
+    lin = linear_eval(str(tmp_path / "task1.pt"), epochs=2, out=str(tmp_path / "lin.json"))
+    knn = knn_eval(str(tmp_path / "task1.pt"), k=5)
+    for r in (lin, knn):
+        assert r["task"] == 1 and len(r["per_task_accuracy"]) == 2 and 0 <= r["test_accuracy"] <= 100
+    assert json.loads((tmp_path / "lin.json").read_text())["protocol"] == "linear-features"
+    aug = linear_eval(str(tmp_path / "task1.pt"), mode="augmented", epochs=1, batch_size=16)
+    assert aug["protocol"] == "linear-augmented"
