@@ -16,6 +16,19 @@ COMMANDS = {
 }
 
 
+def run_fire(main, argv=None, name: str = "fastpnr"):
+    """Run a fire CLI; bad input (any FastPNRError) is one line on stderr and exit code 2, not a traceback."""
+    import fire
+
+    from .errors import FastPNRError
+
+    try:
+        fire.Fire(main, command=argv, name=name)
+    except FastPNRError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def _module(command: str):
     try:
         return importlib.import_module(f"fastpnr.scripts.{command}")
@@ -43,9 +56,7 @@ def main(argv=None) -> None:
     if hasattr(module, "cli"):
         module.cli(argv[1:])
     else:
-        import fire
-
-        fire.Fire(module.main, command=argv[1:], name=f"fastpnr {command}")
+        run_fire(module.main, argv[1:], name=f"fastpnr {command}")
 
 
 if __name__ == "__main__":

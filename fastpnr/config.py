@@ -114,6 +114,8 @@ class TrainConfig:
     log_every: int = 20                     # steps between host reads of the loss (a sync)
     online_probe: str = "full"              # full: the anchors' probe on the whole labelled train set; task; off
     frozen_stream: bool = True              # frozen previous model on its own CUDA stream
+    cuda_graph: bool = True                 # capture the whole step in a CUDA graph (CUDA only; else eager)
+    graph_warmup: int = 3                   # eager rehearsal steps before capture (state restored after)
     steps_per_epoch: Optional[int] = None   # cap (smoke runs)
     progress: bool = True
     threads: Optional[int] = None           # CPU threads
@@ -123,6 +125,7 @@ class TrainConfig:
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "train.device", self.device, "auto, cpu, cuda[:N]")
         require(self.online_probe in PROBES, "train.online_probe", self.online_probe, PROBES)
         require(self.log_every >= 1, "train.log_every", self.log_every, ">= 1")
+        require(self.graph_warmup >= 1, "train.graph_warmup", self.graph_warmup, ">= 1")
         require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "train.steps_per_epoch", self.steps_per_epoch, "None or >= 1")
 
 
@@ -195,6 +198,14 @@ _IN100_PER_METHOD = {
                "regularizer": {"neg_weight": 23.0, "pos_weight": 25.0}},
 }
 
+# Data-IL scripts change only the negative weights (anchors §1.3: BYOL 0.1, Barlow 0.1, VICReg 5).
+_IN100_DATA_PER_METHOD = {
+    **_IN100_PER_METHOD,
+    "byol": {**_IN100_PER_METHOD["byol"], "regularizer": {"neg_weight": 0.1}},
+    "barlow": {**_IN100_PER_METHOD["barlow"], "regularizer": {"neg_weight": 0.1}},
+    "vicreg": {**_IN100_PER_METHOD["vicreg"], "regularizer": {"neg_weight": 5.0, "pos_weight": 25.0}},
+}
+
 PRESETS: dict[str, dict] = {
     # The README's first command: real CIFAR-10, 2 class-IL tasks, SimCLR + PNR, a few minutes on a 2-core CPU.
     "smoke": {
@@ -208,12 +219,14 @@ PRESETS: dict[str, dict] = {
     },
     "cifar100-5t": {
         "description": "CIFAR-100 class-IL, 5 tasks, 500 epochs per task, PNR CIFAR scripts (online probe)",
-        "data": {"dataset": "cifar100", "num_tasks": 5}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
+        "data": {"dataset": "cifar100", "num_tasks": 5}, "method": {"name": "simclr"},
+        "regularizer": {"name": "pnr", "frozen_bn": "train"},  # the anchors' CIFAR runs: train-mode BN after epoch 0 (§2.0)
         "optim": {"epochs": 500}, "eval": {"protocol": "online"}, "per_method": _CIFAR_PER_METHOD,
     },
     "cifar100-10t": {
         "description": "CIFAR-100 class-IL, 10 tasks, 500 epochs per task, PNR CIFAR scripts (online probe)",
-        "data": {"dataset": "cifar100", "num_tasks": 10}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
+        "data": {"dataset": "cifar100", "num_tasks": 10}, "method": {"name": "simclr"},
+        "regularizer": {"name": "pnr", "frozen_bn": "train"},
         "optim": {"epochs": 500}, "eval": {"protocol": "online"}, "per_method": _CIFAR_PER_METHOD,
     },
     "cifar10-5t": {
@@ -232,6 +245,13 @@ PRESETS: dict[str, dict] = {
         "data": {"dataset": "imagefolder", "num_tasks": 5, "crop_size": 224, "blur_prob": (1.0, 0.1), "loader": "dali"},
         "model": {"cifar_stem": False}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
         "optim": {"epochs": 400}, "per_method": _IN100_PER_METHOD,
+    },
+    "imagenet100-data-5t": {
+        "description": "ImageNet-100 (imagefolder) data-IL, 5 random chunks, 400 epochs, 224 px, data-IL negative weights",
+        "data": {"dataset": "imagefolder", "scenario": "data", "num_tasks": 5, "crop_size": 224, "blur_prob": (1.0, 0.1),
+                 "loader": "dali"},
+        "model": {"cifar_stem": False}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
+        "optim": {"epochs": 400}, "per_method": _IN100_DATA_PER_METHOD,
     },
     "pacs-domain": {
         "description": "PACS domain-IL photo -> art_painting -> cartoon -> sketch (128 px resized to 64), 100 epochs",

@@ -18,8 +18,8 @@ from .gpu_aug import augment_batch
 LOADERS = {
     "gpu": ("loaders.gpu_resident", "GpuResidentLoader", "decoded images (load_dataset(..., decode=True))"),
     "torchvision": ("loaders.torchvision_loader", "TorchvisionLoader", "pip install torchvision"),
-    "ffcv": ("loaders.ffcv_loader", "FfcvLoader", "pip install ffcv and a .beton file (scripts/write_beton.py)"),
-    "dali": ("loaders.dali_loader", "DaliLoader", "pip install nvidia-dali-cuda120"),
+    "ffcv": ("loaders.ffcv_loader", "FfcvLoader", "pip install ffcv==1.0.2 and a .beton file (fastpnr to_beton)"),
+    "dali": ("loaders.dali_loader", "DaliLoader", "pip install nvidia-dali-cuda130 (the extra fastpnr[dali])"),
 }
 
 

@@ -4,11 +4,7 @@
 """
 from __future__ import annotations
 
-import sys
-
-import fire
-
-from fastpnr.errors import FastPNRError
+from fastpnr.cli import run_fire
 
 
 def main(checkpoint: str, data_dir: str | None = None, mode: str = "features", epochs: int | None = None,
@@ -22,11 +18,7 @@ def main(checkpoint: str, data_dir: str | None = None, mode: str = "features", e
 
 
 def cli(argv=None):
-    try:
-        fire.Fire(main, command=argv, name="fastpnr linear")
-    except FastPNRError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_fire(main, argv, name="fastpnr linear")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import fire
-
+from fastpnr.cli import run_fire
 from fastpnr.errors import FastPNRError
 
 
 def main(preset: str = "smoke", out: str | None = None, resume: str | None = None, **overrides):
-    """(the full help text is generated from the registries; see help_text())"""
+    """Continual SSL training; `fastpnr train --help` prints the options generated from the registries."""
     from fastpnr.config import build_config
     from fastpnr.continual import ContinualRun, resume_run
 
@@ -76,12 +75,7 @@ def cli(argv=None):
     if "--help" in args or "-h" in args:
         print(help_text())
         return
-    main.__doc__ = help_text()
-    try:
-        fire.Fire(main, command=args, name="fastpnr train")
-    except FastPNRError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_fire(main, args, name="fastpnr train")
 
 
 if __name__ == "__main__":

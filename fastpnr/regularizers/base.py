@@ -130,8 +130,13 @@ class DistillRegularizer(FrozenModelRegularizer):
 
         dim = method.proj_dim
         self.distill_predictor = mlp(dim, cfg.distill_hidden, dim)
+        self.kind = method_kind(method)
+        self.distill_weight = 1.0  # lambda_d; subclasses set it
 
     def distill_lr_scale(self) -> float:
+        """BYOL-style distillers (predictive, BYOL-PNR): lr if distill_lamb >= 1 else lr / distill_lamb (anchors §1.1)."""
+        if self.kind in ("byol", "simsiam") and self.distill_weight < 1:
+            return 1.0 / max(self.distill_weight, 1e-12)
         return 1.0
 
     def param_groups(self, optim_cfg):

@@ -13,7 +13,7 @@ from typing import Optional
 
 from ..errors import require
 from ..losses import contrastive_distill, decorrelative_distill, predictive_distill, predictive_mse_distill
-from .base import DistillRegularizer, FrozenModelConfig, method_kind
+from .base import DistillRegularizer, FrozenModelConfig
 
 DEFAULT_WEIGHT = {"vicreg": 25.0}
 
@@ -36,13 +36,8 @@ class CaSSLeConfig(FrozenModelConfig):
 class CaSSLe(DistillRegularizer):
     def __init__(self, cfg: CaSSLeConfig, method):
         super().__init__(cfg, method)
-        self.kind = method_kind(method)
         self.weight = DEFAULT_WEIGHT.get(self.kind, 1.0) if cfg.weight is None else cfg.weight
-
-    def distill_lr_scale(self) -> float:
-        if self.kind in ("byol", "simsiam") and self.weight < 1:
-            return 1.0 / max(self.weight, 1e-12)
-        return 1.0
+        self.distill_weight = self.weight
 
     def penalty(self, method, out, frozen_out):
         f1, f2 = (f.float() for f in frozen_out["z"])

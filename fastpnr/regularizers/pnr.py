@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError, require
 from ..losses import (pnr_barlow_regularizer, pnr_byol_regularizer, pnr_moco_loss, pnr_simclr_loss,
                       pnr_vicreg_regularizer)
-from .base import DistillRegularizer, FrozenModelConfig, method_kind
+from .base import DistillRegularizer, FrozenModelConfig
 
 # (pos_weight = distill_lamb, neg_weight = negative_lamb) defaults as shipped for CIFAR-100 (anchors §2.6).
 DEFAULT_WEIGHTS = {"byol": (1.0, 0.5), "simsiam": (1.0, 0.5), "barlow": (1.0, 1.0), "vicreg": (25.0, 23.0)}
@@ -45,12 +45,12 @@ class PNRConfig(FrozenModelConfig):
 class PNR(DistillRegularizer):
     def __init__(self, cfg: PNRConfig, method):
         super().__init__(cfg, method)
-        self.kind = method_kind(method)
         self.replaces_ssl_loss = self.kind in CONTRASTIVE
         if self.kind not in CONTRASTIVE:
             pos, neg = DEFAULT_WEIGHTS.get(self.kind, DEFAULT_WEIGHTS["byol"])
             self.pos_weight = pos if cfg.pos_weight is None else cfg.pos_weight
             self.neg_weight = neg if cfg.neg_weight is None else cfg.neg_weight
+            self.distill_weight = self.pos_weight
             if self.kind == "vicreg" and not self.neg_weight < self.pos_weight:
                 # lambda_d |u-a|^2 - lambda_n |u-b|^2 is unbounded below unless lambda_n < lambda_d (anchors §2.5).
                 raise ConfigError(f"regularizer.neg_weight={self.neg_weight!r} is invalid for VICReg-PNR; allowed: "
@@ -60,12 +60,6 @@ class PNR(DistillRegularizer):
             # Q': the frozen model's embeddings, slot v holds view v; random at task 1 as in the anchors (strict=False load).
             self.register_buffer("frozen_queue", F.normalize(torch.randn(2, size, method.proj_dim), dim=-1))
             self.register_buffer("frozen_queue_ptr", torch.zeros((), dtype=torch.long))
-
-    def distill_lr_scale(self) -> float:
-        # BYOL-PNR: lr if distill_lamb >= 1 else lr / distill_lamb (anchors §1.1).
-        if self.kind in ("byol", "simsiam") and self.pos_weight < 1:
-            return 1.0 / max(self.pos_weight, 1e-12)
-        return 1.0
 
     def penalty(self, method, out, frozen_out):
         f1, f2 = (f.float() for f in frozen_out["z"])

@@ -43,12 +43,12 @@ def test_byol_gsg_ema_momentum_is_a_constant_0_99():
     m = _small("byol_gsg")
     for step, total in ((1, 100), (50, 100), (100, 100)):
         with torch.no_grad():
-            for p in m.backbone.parameters():
+            for p in m.projector.parameters():
                 p.add_(1.0)
-        online = [p.detach().clone() for p in m.backbone.parameters()]
-        ema = [p.detach().clone() for p in m.momentum_backbone.parameters()]
+        online = [p.detach().clone() for p in m.projector.parameters()]
+        ema = [p.detach().clone() for p in m.momentum_projector.parameters()]
         m.after_step(step, total)
-        for o, e, new in zip(online, ema, m.momentum_backbone.parameters()):
+        for o, e, new in zip(online, ema, m.momentum_projector.parameters()):
             torch.testing.assert_close(new, 0.99 * e + 0.01 * o)
 
 
@@ -88,7 +88,7 @@ def test_gsg_picks_the_closer_pair_constructed(name):
 def test_gradient_reaches_only_the_selected_sources_end_to_end(name):
     torch.manual_seed(1)
     m = _small(name)
-    views = [torch.randn(6, 3, 16, 16) for _ in range(4)]
+    views = [torch.randn(6, 3, 8, 8) for _ in range(4)]
     out = m.forward_views(views)
     assert all(len(out[k]) == 4 for k in ("feats", "z", "p", "k"))
     for p in out["p"]:
@@ -105,7 +105,7 @@ def test_gradient_reaches_only_the_selected_sources_end_to_end(name):
         assert all(p.grad is None for p in m.momentum_backbone.parameters())
 
 
-def _identity_dataset(n=32, size=8):
+def _identity_dataset(n=16, size=8):
     from tests.loaders.utils import FakeDataset
 
     ids = np.arange(n)
@@ -124,7 +124,7 @@ def test_four_views_and_the_second_image_is_the_permuted_batch(name):
     m = _small(name)
     ds = _identity_dataset()
     ev = ViewConfig.eval(8, mean=ds.mean, std=ds.std)
-    loader = make_loader("gpu", ds, batch_size=16, num_views=m.num_views, device="cpu", seed=0,
+    loader = make_loader("gpu", ds, batch_size=8, num_views=m.num_views, device="cpu", seed=0,
                          view_configs=[ev] * m.num_views)
     views, labels, indices = next(iter(loader))
     assert len(views) == 4
@@ -140,8 +140,8 @@ def test_four_views_and_the_second_image_is_the_permuted_batch(name):
     seen = seen[:4]  # BYOL-GSG also runs the EMA backbone (its own module): only the online forwards are hooked
     assert torch.equal(seen[0], indices) and torch.equal(seen[1], indices)
     assert torch.equal(seen[2], indices[r]) and torch.equal(seen[3], indices[r])
-    assert (seen[2] != indices).sum() >= 12  # row i pairs image i with another image r(i)
-    assert sorted(r.tolist()) == list(range(16))
+    assert (seen[2] != indices).sum() >= 4  # row i pairs image i with another image r(i)
+    assert sorted(r.tolist()) == list(range(8))
     torch.manual_seed(3)  # r comes from the global RNG: reseeding (resume) reproduces it
     assert torch.equal(m.forward_views(views)["perm"], r)
     # Regularizers see the first image's two views only.
