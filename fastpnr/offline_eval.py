@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from . import evaluation as ev
 from .checkpoint import load_checkpoint
 from .config import config_from_dict
-from .continual import ContinualRun, _images, resolve_device
+from .continual import ContinualRun, _images
 from .errors import require
 from .methods import build_method
 from .trainer import AUTOCAST_DTYPES

@@ -32,7 +32,7 @@ from fastpnr.errors import DataError, FastPNRError, require
 
 from .config import CIFAR_MEAN, CIFAR_STD, ViewConfig
 from .gpu_resident import resolve_subset, resolve_views
-from .seeding import AUGMENTATION, PERMUTATION, epoch_seed
+from .seeding import AUGMENTATION, PERMUTATION, EpochBatches, epoch_seed
 
 INSTALL_HINT = "pip install nvidia-dali-cuda130 (the extra fastpnr[dali])"
 MISSING = f"loader kind 'dali' needs NVIDIA DALI: {INSTALL_HINT}"
@@ -105,7 +105,7 @@ def _augment_view(fn, types, jpegs, cfg: ViewConfig, decoder: str, dev: str):
                                     mean=[255.0 * m for m in cfg.mean], std=[255.0 * s for s in cfg.std], **kw)
 
 
-class DaliLoader:
+class DaliLoader(EpochBatches):
     """Iterable of `(views, labels, indices)` for one task of a dataset kept as encoded bytes (decode=False).
 
     source: an ImageDataset whose `encoded(i)` gives image i's bytes (JPEG, PNG, ... anything DALI decodes), with
@@ -149,14 +149,6 @@ class DaliLoader:
         self.labels = torch.from_numpy(labels.astype(np.int64)).to(self.device)
         self._bytes = {}  # index → zero-copy uint8 numpy view of its bytes (external_source takes numpy arrays)
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        require(isinstance(epoch, int) and epoch >= 0, "epoch", epoch, "an int >= 0")
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n, b = len(self.subset), self.batch_size
-        return n // b if self.drop_last else -(-n // b)
 
     def _encoded(self, i: int) -> np.ndarray:
         a = self._bytes.get(i)

@@ -34,29 +34,12 @@ from fastpnr.errors import DataError, require
 
 from .config import CIFAR_MEAN, CIFAR_STD, ViewConfig
 from .ffcv_ops import check_schema, import_ffcv
-from .gpu_aug import (augment_batch, color_jitter_batch, gaussian_blur_batch, grayscale_batch, normalize_batch,
-                      solarize_batch)
+from .gpu_aug import after_crop, augment_batch
 from .gpu_resident import resolve_subset, resolve_views
-from .seeding import AUGMENTATION, PERMUTATION, epoch_generator, epoch_seed
+from .seeding import AUGMENTATION, PERMUTATION, EpochBatches, epoch_generator, epoch_seed
 
 CROP_MODES = ("device", "decoder")
 ORDERS = ("random", "quasi_random", "sequential")
-
-
-def after_crop(x: torch.Tensor, cfg: ViewConfig, gen: torch.Generator) -> torch.Tensor:
-    """The ops of `augment_batch` that follow crop + flip: jitter → gray → blur → solarize → normalize, channels_last.
-
-    `x` is float (B, 3, S, S) in [0, 1] (already cropped and flipped, e.g. by FFCV's decoder).
-    """
-    if cfg.jitters:
-        x = color_jitter_batch(x, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, cfg.jitter_prob, gen)
-    if cfg.grayscale_prob > 0:
-        x = grayscale_batch(x, cfg.grayscale_prob, gen)
-    if cfg.blur_prob > 0:
-        x = gaussian_blur_batch(x, cfg.blur_sigma, cfg.blur_prob, gen)
-    if cfg.solarize_prob > 0:
-        x = solarize_batch(x, cfg.solarize_prob, gen)
-    return normalize_batch(x, cfg.mean, cfg.std).contiguous(memory_format=torch.channels_last)
 
 
 def _default_workers() -> int:
@@ -66,7 +49,7 @@ def _default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class FfcvLoader:
+class FfcvLoader(EpochBatches):
     """Iterable of `(views, labels, indices)` over a fastpnr `.beton` (see the module docstring).
 
     source: path of a `.beton` written by `fastpnr to_beton` (fields image, label, index[, domain]).
@@ -149,14 +132,6 @@ class FfcvLoader:
         table = getattr(self._loader.traversal_order, "page_to_samples_array", None)
         self._page_table = None if table is None else table.copy()
 
-    def set_epoch(self, epoch: int) -> None:
-        require(isinstance(epoch, int) and epoch >= 0, "epoch", epoch, "an int >= 0")
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n, b = len(self.subset), self.batch_size
-        return n // b if self.drop_last else -(-n // b)
-
     def __iter__(self):
         gen = epoch_generator(self.seed, self.epoch, AUGMENTATION, self.device)
         self._loader.next_epoch = self.epoch  # FFCV orders epoch e from (its seed, e)
@@ -186,4 +161,4 @@ def _describe(source) -> str:
     return repr(source)[:80]
 
 
-__all__ = ["CROP_MODES", "ORDERS", "FfcvLoader", "after_crop"]
+__all__ = ["CROP_MODES", "ORDERS", "FfcvLoader"]

@@ -287,6 +287,14 @@ def augment_batch(x: torch.Tensor, cfg: ViewConfig, gen: torch.Generator) -> tor
     if not identity_crop:
         x = random_resized_crop_flip_batch(x, cfg.size, cfg.crop_scale, cfg.crop_ratio, cfg.flip_prob, gen,
                                            cfg.interpolation)
+    return after_crop(x, cfg, gen)
+
+
+def after_crop(x: torch.Tensor, cfg, gen: torch.Generator) -> torch.Tensor:
+    """The ops that follow crop + flip: jitter -> gray -> blur -> solarize -> normalize, channels_last.
+
+    `x` is float (B, 3, S, S) in [0, 1], already cropped and flipped (here, or by FFCV's / DALI's decoder).
+    """
     if cfg.jitters:
         x = color_jitter_batch(x, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, cfg.jitter_prob, gen)
     if cfg.grayscale_prob > 0:

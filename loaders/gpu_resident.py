@@ -14,7 +14,7 @@ from fastpnr.errors import require
 
 from .config import CIFAR_MEAN, CIFAR_STD, ViewConfig
 from .gpu_aug import augment_batch
-from .seeding import AUGMENTATION, PERMUTATION, epoch_generator
+from .seeding import AUGMENTATION, PERMUTATION, EpochBatches, epoch_generator
 
 RESIDENT_MODES = ("auto", "device", "host")
 
@@ -51,7 +51,7 @@ def _as_tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a))
 
 
-class GpuResidentLoader:
+class GpuResidentLoader(EpochBatches):
     """Iterable of `(views, labels, indices)` for one task of a decoded dataset.
 
     source: an ImageDataset (`images` uint8 (N,H,W,3), `labels` int64 (N,), `mean`, `std`).
@@ -99,14 +99,6 @@ class GpuResidentLoader:
             self.images = host.pin_memory() if self.device.type == "cuda" else host
         self.labels = _as_tensor(labels.astype(np.int64)).to(self.device)
         self.subset = torch.from_numpy(subset).to(self.device)
-
-    def set_epoch(self, epoch: int) -> None:
-        require(isinstance(epoch, int) and epoch >= 0, "epoch", epoch, "an int >= 0")
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n, b = len(self.subset), self.batch_size
-        return n // b if self.drop_last else -(-n // b)
 
     def _gather(self, idx: torch.Tensor, idx_host: torch.Tensor | None) -> torch.Tensor:
         """(B, 3, H, W) uint8 on the device."""

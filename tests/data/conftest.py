@@ -5,15 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from fastpnr.data import resolve_data_root
-
 
 @pytest.fixture(scope="session")
-def shared_root() -> Path:
-    root = resolve_data_root()
-    if not (root / "cifar10").is_dir():
-        pytest.skip(f"real datasets not found at {root} (set $FASTPNR_DATA)")
-    return root
+def shared_root(data_root) -> Path:
+    """The shared real-data root (the suite-wide ``data_root`` fixture skips when it is absent)."""
+    return data_root
 
 
 @pytest.fixture(scope="session")
