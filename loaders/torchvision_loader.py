@@ -17,7 +17,7 @@ from fastpnr.errors import FastPNRError, require
 
 from .config import CIFAR_MEAN, CIFAR_STD, ViewConfig
 from .gpu_resident import resolve_subset, resolve_views
-from .seeding import AUGMENTATION, PERMUTATION, EpochBatches, epoch_generator, epoch_seed
+from .seeding import AUGMENTATION, PERMUTATION, epoch_generator, epoch_seed
 
 
 def import_torchvision_transforms():
