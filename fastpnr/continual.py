@@ -12,7 +12,6 @@ Run folder (``--out``):
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -187,7 +186,7 @@ class ContinualRun:
                     self.regularizer.begin_task(self.method, task)
                 groups = self.method.param_groups(cfg.optim) + self.regularizer.param_groups(cfg.optim)
                 optimizer = build_optimizer(groups, cfg.optim)  # fresh per task, as the anchors
-                trainer = Trainer(self.method, self.regularizer, optimizer, cfg.train, self.device)
+                trainer = Trainer(self.method, self.regularizer, optimizer, cfg.train, self.device, log=self.log)
                 first_epoch = 0
                 if ckpt is not None and task == start_task:
                     first_epoch = start_epoch

@@ -8,6 +8,10 @@ LARS as in the anchors' ``LARSWrapper`` (cassle/utils/lars.py), per parameter p 
 then SGD with momentum. With ``exclude_bias_n_norm`` the 1-D parameters (biases, norm weights) get neither LARS
 nor weight decay (the wrapper zeroes the group weight decay during the step). The anchor's
 ``if p_norm != 0 and g_norm != 0`` is a host sync per parameter; here it is a ``torch.where``.
+
+A group's ``lr`` is a float, or a 0-d tensor on the parameters' device (``use_tensor_lr``): then the step reads
+it on the device, so a captured CUDA graph sees each new value, written outside the graph with ``fill_``
+(``set_lr`` does that). Both forms run the same ops and give the same bits.
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ class LARS(torch.optim.Optimizer):
                 g_norm = torch.stack(torch._foreach_norm(g_adapt))
                 ratio = group["eta"] * p_norm / (g_norm + wd * p_norm + group["eps"])
                 if group["clip"]:
-                    ratio = torch.clamp(ratio / lr, max=1.0)
+                    ratio = torch.clamp(ratio / lr, max=1.0)  # lr: a float or a 0-d device tensor
                 valid = (p_norm != 0) & (g_norm != 0)
                 scale = torch.where(valid, ratio, torch.ones_like(ratio))
                 decay = torch.where(valid, torch.full_like(ratio, wd), torch.zeros_like(ratio))
@@ -59,10 +63,26 @@ class LARS(torch.optim.Optimizer):
                     bufs.append(state["momentum_buffer"])
                 torch._foreach_mul_(bufs, momentum)
                 torch._foreach_add_(bufs, grads)
-                torch._foreach_add_(params, bufs, alpha=-lr)
+                _sgd_update(params, bufs, lr)
             else:
-                torch._foreach_add_(params, grads, alpha=-lr)
+                _sgd_update(params, grads, lr)
         return loss
+
+    def use_tensor_lr(self, device) -> None:
+        """Make every group's lr a 0-d float32 tensor on ``device`` (kept if it already is one there)."""
+        device = torch.device(device)
+        for group in self.param_groups:
+            lr = group["lr"]
+            placed = (isinstance(lr, torch.Tensor) and lr.device.type == device.type
+                      and device.index in (None, lr.device.index) and lr.dtype == torch.float32 and lr.ndim == 0)
+            if not placed:
+                group["lr"] = torch.as_tensor(lr).detach().to(device=device, dtype=torch.float32).reshape(())
+
+
+def _sgd_update(params, updates, lr) -> None:
+    """p <- p - lr * u. One code path for a float lr and a 0-d tensor lr (read on the device, no ``.item()``): both
+    multiply in the parameters' dtype, so the two give the same bits."""
+    torch._foreach_sub_(params, torch._foreach_mul(updates, lr))
 
 
 def build_optimizer(groups: list[dict], cfg) -> LARS:
@@ -94,6 +114,10 @@ def set_lr(optimizer, epoch: float, total_epochs: int, cfg) -> None:
     t = math.floor(epoch) if cfg.schedule_interval == "epoch" else epoch
     for g in optimizer.param_groups:
         if g.get("static_lr"):
-            g["lr"] = g["base_lr"]
+            lr = g["base_lr"]
         else:
-            g["lr"] = warmup_cosine(t, total_epochs, g["base_lr"], cfg.warmup_epochs, cfg.warmup_start_lr, cfg.min_lr)
+            lr = warmup_cosine(t, total_epochs, g["base_lr"], cfg.warmup_epochs, cfg.warmup_start_lr, cfg.min_lr)
+        if isinstance(g["lr"], torch.Tensor):
+            g["lr"].fill_(lr)  # in place: a captured graph holds this tensor's address
+        else:
+            g["lr"] = lr

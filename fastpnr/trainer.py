@@ -3,6 +3,10 @@
 The step takes views already on the device. The frozen previous model's forward can run on its own CUDA
 stream, overlapped with the current model's forward. The loss is read on the host only every
 ``train.log_every`` steps (the one sync), where a non-finite loss stops the run with a clear error.
+
+The step body (``step_body``) is CUDA-graph capturable when the learning rates and the EMA tau are device
+tensors: ``train.cuda_graph`` (on by default) runs it through ``fastpnr.graph.GraphStep``, which captures it
+once per task on CUDA and replays it; elsewhere it runs it eagerly from the same static buffers.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ class NonFiniteLossError(FastPNRError):
 
 
 class Trainer:
-    def __init__(self, method, regularizer, optimizer, train_cfg, device: torch.device):
+    def __init__(self, method, regularizer, optimizer, train_cfg, device: torch.device, log=print):
         self.method = method
         self.regularizer = regularizer
         self.optimizer = optimizer
@@ -34,21 +38,30 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
         use_stream = train_cfg.frozen_stream and device.type == "cuda"
         self.side_stream = torch.cuda.Stream(device) if use_stream else None
+        self.graph = None
+        if getattr(train_cfg, "cuda_graph", False):
+            from .graph import GraphStep
 
-    def autocast(self):
+            self.graph = GraphStep(self, warmup_steps=getattr(train_cfg, "graph_warmup", 3), log=log)
+
+    def autocast(self, cache_enabled: bool = True):
         if self.autocast_dtype is None:
             return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        # cache_enabled=False while capturing a CUDA graph: the autocast weight cache must not outlive the capture.
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=cache_enabled)
 
     # ------------------------------------------------------------------------------------ the step
-    def _frozen_forward(self, views):
-        """Launch the frozen model; returns (outputs, finalize) where finalize joins the side stream."""
+    def _frozen_forward(self, views, cache_enabled: bool = True):
+        """Launch the frozen model; returns (outputs, finalize) where finalize joins the side stream.
+
+        Under graph capture the fork (side waits on current) and the join (current waits on side) become
+        graph edges, so the replayed graph overlaps the two forwards the same way."""
         if self.side_stream is None:
-            with self.autocast():
+            with self.autocast(cache_enabled):
                 return self.regularizer.frozen_forward(views), lambda out: out
         current = torch.cuda.current_stream(self.device)
         self.side_stream.wait_stream(current)
-        with torch.cuda.stream(self.side_stream), self.autocast():
+        with torch.cuda.stream(self.side_stream), self.autocast(cache_enabled):
             frozen_out = self.regularizer.frozen_forward(views)
 
         def finalize(out):
@@ -62,12 +75,26 @@ class Trainer:
         return frozen_out, finalize
 
     def step(self, views, labels, probe_batch, step: int, total_steps: int):
-        """One optimization step. Returns a dict of detached scalar tensors (nothing is read on the host)."""
+        """One eager optimization step. Returns a dict of detached scalar tensors (nothing is read on the host)."""
+        return self.step_body(views, labels, probe_batch, step=step, total_steps=total_steps)
+
+    def run_step(self, views, labels, probe_batch, step: int, total_steps: int):
+        """The step the epoch loop runs: through ``GraphStep`` when ``train.cuda_graph``, else eager."""
+        if self.graph is not None:
+            return self.graph(views, labels, probe_batch, step, total_steps)
+        return self.step(views, labels, probe_batch, step, total_steps)
+
+    def step_body(self, views, labels, probe_batch, step: int = 0, total_steps: int = 1, tau=None,
+                  cache_enabled: bool = True):
+        """Forward (both views, frozen model, probe), losses, backward, optimizer step, EMA and queue updates.
+
+        With ``tau`` (a 0-d device tensor, the EMA tau of step ``step + 1``) and tensor learning rates the body
+        reads no per-step Python value and syncs nothing, so ``GraphStep`` can capture it."""
         method, reg = self.method, self.regularizer
         reg_active = reg.active
         if reg_active:
-            frozen_pending, finalize = self._frozen_forward(views)
-        with self.autocast():
+            frozen_pending, finalize = self._frozen_forward(views, cache_enabled)
+        with self.autocast(cache_enabled):
             out = method.forward_views(views)
             logs = {}
             loss = torch.zeros((), device=self.device)
@@ -97,7 +124,7 @@ class Trainer:
         with torch.no_grad():
             method.end_of_step(out)
             reg.end_of_step(out, frozen_out)
-            method.after_step(step + 1, total_steps)
+            method.after_step(step + 1, total_steps, tau=tau)
         logs["loss"] = loss.detach()
         return logs
 
@@ -120,10 +147,11 @@ class Trainer:
                 probe = next(probe_iter)
             elif self.cfg.online_probe == "task":
                 probe = (None, labels)
-            logs = self.step(views, labels, probe, step_offset + i, total_steps)
+            logs = self.run_step(views, labels, probe, step_offset + i, total_steps)
             done = i + 1
             if done % self.cfg.log_every == 0 or done == steps:
-                host = {k: float(v) for k, v in logs.items()}  # the one host sync, every log_every steps
+                # the one host sync, every log_every steps (graph mode: the static outputs of the last replay)
+                host = {k: float(v) for k, v in logs.items()}
                 if not all(map(_finite, host.values())):
                     terms = ", ".join(f"{k}={v:.4g}" for k, v in host.items())
                     raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {done} ({terms}); "

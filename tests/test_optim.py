@@ -68,3 +68,60 @@ def test_per_epoch_schedule_and_static_groups():
     set_lr(opt, 1.7, 4, cfg)  # per epoch: floor(1.7) = 1
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * 0.4 * (1 + math.cos(math.pi * 1 / 4)))
     assert opt.param_groups[1]["lr"] == 0.1
+
+
+@pytest.mark.parametrize("clip, exclude", [(True, True), (False, False)])
+def test_lars_with_tensor_lr_matches_restatement_and_float_lr(clip, exclude):
+    """Per-group 0-d tensor lrs (what a captured CUDA graph reads), changed in place between steps."""
+    torch.manual_seed(1)
+    shapes = [(7, 5), (5,), (3, 3, 2, 2), (4,)]
+    params = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    grads_seq = [[torch.randn_like(p) for p in params] for _ in range(3)]
+    lrs_seq = [(0.3, 0.05), (0.2, 0.05), (0.1, 0.01)]   # group 0: params 0-1, group 1: params 2-3
+    wd, mom, eta = 1e-4, 0.9, 0.02
+
+    def make(tensor_lr):
+        ps = [torch.nn.Parameter(p.clone()) for p in params]
+        lr0, lr1 = (torch.tensor(v, dtype=torch.float64) if tensor_lr else v for v in lrs_seq[0])
+        opt = LARS([{"params": ps[:2], "lr": lr0}, {"params": ps[2:], "lr": lr1}], lr=0.3, momentum=mom,
+                   weight_decay=wd, eta=eta, clip=clip, exclude_bias_n_norm=exclude)
+        return ps, opt
+
+    ps_t, opt_t = make(True)
+    ps_f, opt_f = make(False)
+    lr_tensors = [g["lr"] for g in opt_t.param_groups]
+    ref_p, ref_b = [p.clone() for p in params], [None] * len(params)
+    for gs, lrs in zip(grads_seq, lrs_seq):
+        for g, lr in zip(opt_t.param_groups, lrs):
+            g["lr"].fill_(lr)   # in place, as outside a captured graph
+        for g, lr in zip(opt_f.param_groups, lrs):
+            g["lr"] = lr
+        for ps in (ps_t, ps_f):
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+        opt_t.step()
+        opt_f.step()
+        new_p, new_b = [], []
+        for sl, lr in ((slice(0, 2), lrs[0]), (slice(2, 4), lrs[1])):
+            p_, b_ = reference_lars_step(ref_p[sl], gs[sl], ref_b[sl], lr, wd, mom, eta, clip, exclude)
+            new_p += p_
+            new_b += b_
+        ref_p, ref_b = new_p, new_b
+    assert [g["lr"] for g in opt_t.param_groups] == lr_tensors   # the same tensor objects (graph addresses)
+    for pt, pf, r in zip(ps_t, ps_f, ref_p):
+        assert torch.allclose(pt.detach(), r, rtol=1e-10, atol=1e-12)
+        assert torch.equal(pt.detach(), pf.detach())   # tensor lr and float lr: the same bits
+
+
+def test_use_tensor_lr_and_set_lr_fill_in_place():
+    cfg = OptimConfig(lr=0.4, warmup_epochs=0, epochs=4)
+    p1, p2 = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2, 2))
+    opt = LARS([{"params": [p1], "base_lr": 0.4}, {"params": [p2], "base_lr": 0.1, "static_lr": True}], lr=0.4)
+    opt.use_tensor_lr("cpu")
+    tensors = [g["lr"] for g in opt.param_groups]
+    assert all(t.dtype == torch.float32 and t.ndim == 0 for t in tensors)
+    opt.use_tensor_lr(torch.device("cpu"))   # already there: kept
+    set_lr(opt, 1.7, 4, cfg)
+    assert [g["lr"] for g in opt.param_groups] == tensors
+    assert tensors[0].item() == pytest.approx(0.5 * 0.4 * (1 + math.cos(math.pi * 1 / 4)), rel=1e-6)
+    assert tensors[1].item() == pytest.approx(0.1)

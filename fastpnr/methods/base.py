@@ -94,20 +94,28 @@ class Method(nn.Module):
                        "lr": optim_cfg.effective_lr(optim_cfg.classifier_lr), "weight_decay": 0.0})
         return groups
 
-    def after_step(self, step: int, total_steps: int) -> None:
-        """EMA update with the anchors' cosine tau schedule (restarts every task): foreach ops, no host sync."""
+    def ema_tau(self, step: int, total_steps: int) -> float:
+        """The anchors' cosine tau schedule (restarts every task), on the host."""
+        return self.cfg.final_tau - (self.cfg.final_tau - self.cfg.base_tau) * (math.cos(math.pi * step / max(total_steps, 1)) + 1) / 2
+
+    def after_step(self, step: int, total_steps: int, tau: torch.Tensor | None = None) -> None:
+        """EMA update: foreach ops, no host sync. ``tau``: a 0-d float32 device tensor holding ``ema_tau(step,
+        total_steps)``, filled outside a captured CUDA graph (the graph reads each step's value); None: filled here."""
         pairs = self.momentum_pairs()
         if not pairs:
             return
-        tau = self.cfg.final_tau - (self.cfg.final_tau - self.cfg.base_tau) * (math.cos(math.pi * step / max(total_steps, 1)) + 1) / 2
         ema_params, online_params = [], []
         for online, ema in pairs:
             for po, pe in zip(online.parameters(), ema.parameters()):
                 online_params.append(po.detach())
                 ema_params.append(pe)
         with torch.no_grad():
-            # xi <- tau * xi + (1 - tau) * theta; BN buffers are not averaged (anchors).
-            torch._foreach_lerp_(ema_params, online_params, 1.0 - tau)
+            if tau is None:  # a fill kernel, not a host-to-device copy (which would sync)
+                tau = torch.full((), self.ema_tau(step, total_steps), dtype=torch.float32, device=ema_params[0].device)
+            # xi <- xi + (1 - tau) (theta - xi), lerp's formula (_foreach_lerp_ would .item() a tensor weight);
+            # BN buffers are not averaged (anchors).
+            delta = torch._foreach_sub(online_params, ema_params)
+            torch._foreach_add_(ema_params, torch._foreach_mul(delta, 1.0 - tau))
 
     def end_of_step(self, out: dict) -> None:
         """Called after the optimizer step with this step's outputs (queues)."""

@@ -1,0 +1,193 @@
+"""The capturable step through ``GraphStep`` (on CPU: eager from the static buffers) against the plain eager step."""
+from __future__ import annotations
+
+import copy
+import math
+import dataclasses
+
+import pytest
+import torch
+
+from fastpnr.config import ModelConfig, OptimConfig, TrainConfig
+from fastpnr.graph import FP16_REASON, GraphStep, capture_blocker
+from fastpnr.methods import METHODS, build_method
+from fastpnr.optim import build_optimizer, set_lr
+from fastpnr.regularizers import REGULARIZERS, build_regularizer
+from fastpnr.trainer import Trainer
+
+# fp32 on CPU: both paths run the same ops (tensor lr and tau hold the floats the eager path uses): same bits
+TOL = dict(rtol=0, atol=0)
+B, SIZE, STEPS = 8, 8, 4
+
+
+def _quiet(*_a, **_k):
+    pass
+
+
+def _build(method_name, reg_name, cuda_graph, probe, seed=0, log=_quiet):
+    torch.manual_seed(seed)
+    extra = {"proj_hidden": 32, "proj_out": 16}
+    cfg_cls = METHODS[method_name][1]
+    if "pred_hidden" in cfg_cls.__dataclass_fields__:
+        extra["pred_hidden"] = 16
+    if method_name == "mocov2plus":
+        extra["queue_size"] = 20  # B * STEPS > 20: the ring buffer wraps
+    method = build_method(cfg_cls(name=method_name, **extra), ModelConfig(), num_classes=10)
+    reg_cfg_cls = REGULARIZERS[reg_name][1]
+    reg_kw = {"distill_hidden": 16} if "distill_hidden" in reg_cfg_cls.__dataclass_fields__ else {}
+    reg = build_regularizer(reg_cfg_cls(name=reg_name, **reg_kw), method)
+    method.to(memory_format=torch.channels_last)
+    reg.to(memory_format=torch.channels_last)
+    reg.begin_task(method, 0)
+    with torch.no_grad():  # a "previous task" that differs from the current model
+        for p in method.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    reg.begin_task(method, 1)
+    optim_cfg = OptimConfig(batch_size=B, epochs=3, warmup_epochs=1)
+    opt = build_optimizer(method.param_groups(optim_cfg) + reg.param_groups(optim_cfg), optim_cfg)
+    train_cfg = TrainConfig(device="cpu", precision="fp32", online_probe=probe, cuda_graph=cuda_graph, progress=False)
+    return Trainer(method, reg, opt, train_cfg, torch.device("cpu"), log=log), optim_cfg
+
+
+def _batches(n, probe, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        views = [torch.randn(B, 3, SIZE, SIZE, generator=g).contiguous(memory_format=torch.channels_last) for _ in range(2)]
+        labels = torch.randint(0, 10, (B,), generator=g)
+        if probe == "full":
+            pb = (torch.randn(B, 3, SIZE, SIZE, generator=g).contiguous(memory_format=torch.channels_last),
+                  torch.randint(0, 10, (B,), generator=g))
+        elif probe == "task":
+            pb = (None, labels)
+        else:
+            pb = None
+        out.append((views, labels, pb))
+    return out
+
+
+def _trajectory(trainer, optim_cfg, batches, rehearse=False):
+    losses = []
+    if rehearse:  # the capture path's warm-up: steps that must leave no trace
+        trainer.graph.refill(*batches[0])
+        trainer.graph.warmup()
+    for i, (views, labels, pb) in enumerate(batches):
+        set_lr(trainer.optimizer, i / 2, 3, optim_cfg)  # an lr that changes between steps (step schedule)
+        logs = trainer.run_step(views, labels, pb, i, len(batches))
+        losses.append({k: v.detach().clone() for k, v in logs.items()})
+    return losses
+
+
+@pytest.mark.parametrize("method_name, reg_name, probe", [("simclr", "pnr", "task"), ("mocov2plus", "pnr", "full"),
+                                                          ("byol", "cassle", "off")])
+@pytest.mark.parametrize("rehearse", [False, True])
+def test_graph_step_matches_eager_trajectory(method_name, reg_name, probe, rehearse):
+    eager, optim_cfg = _build(method_name, reg_name, cuda_graph=False, probe=probe)
+    graph, _ = _build(method_name, reg_name, cuda_graph=True, probe=probe)
+    assert eager.graph is None and isinstance(graph.graph, GraphStep)
+    batches = _batches(STEPS, probe)
+    ref = _trajectory(eager, optim_cfg, batches)
+    got = _trajectory(graph, optim_cfg, batches, rehearse=rehearse)
+    for r, g in zip(ref, got):
+        assert r.keys() == g.keys()
+        for k in r:
+            torch.testing.assert_close(g[k], r[k], **TOL, msg=lambda m, k=k: f"{k}: {m}")
+    # the same model, EMA networks, queues and optimizer state at the end
+    for (n, a), b in zip(eager.method.state_dict().items(), graph.method.state_dict().values()):
+        torch.testing.assert_close(b.float(), a.float(), **TOL, msg=lambda m, n=n: f"{n}: {m}")
+    lrs = [g["lr"] for g in graph.optimizer.param_groups]
+    assert all(isinstance(lr, torch.Tensor) and lr.ndim == 0 for lr in lrs)
+    for ge, gg in zip(eager.optimizer.param_groups, graph.optimizer.param_groups):
+        assert float(gg["lr"]) == pytest.approx(ge["lr"], rel=1e-6)
+
+
+def test_static_buffers_are_refilled_in_place_and_reallocated_on_new_shapes():
+    trainer, _ = _build("simclr", "pnr", cuda_graph=True, probe="full")
+    gs = trainer.graph
+    b1, b2 = _batches(2, "full", seed=3)
+    gs.refill(*b1)
+    views, labels, (px, py) = gs.static
+    ptrs = [t.data_ptr() for t in (*views, labels, px, py)]
+    gs.refill(*b2)
+    views2, labels2, (px2, py2) = gs.static
+    assert [t.data_ptr() for t in (*views2, labels2, px2, py2)] == ptrs  # same buffers, new contents
+    assert torch.equal(views2[1], b2[0][1]) and torch.equal(labels2, b2[1]) and torch.equal(px2, b2[2][0])
+    assert views2[0].is_contiguous(memory_format=torch.channels_last)
+    half = slice(0, B // 2)
+    gs.refill([v[half] for v in b1[0]], b1[1][half], (b1[2][0][half], b1[2][1][half]))
+    assert gs.static[0][0].shape[0] == B // 2  # a new layout re-allocates (and would re-capture)
+    gs.recapture()
+    assert gs.static is None and not gs.captured
+
+
+def test_fallback_reasons_are_printed_once_per_graph_step():
+    assert capture_blocker(torch.device("cpu"), "fp16") == FP16_REASON  # fp16 is named first, on any device
+    assert "CUDA device" in capture_blocker(torch.device("cpu"), "bf16")
+    assert capture_blocker(torch.device("cuda"), "bf16") is None
+    lines = []
+    trainer, _ = _build("simclr", "finetune", cuda_graph=True, probe="off", log=lines.append)
+    assert len(lines) == 1 and "cuda_graph: running the step eagerly" in lines[0] and "CUDA device" in lines[0]
+    # fp16 on CPU: the trainer refuses fp16 there, so build the wrapper on a trainer whose config says fp16
+    trainer.cfg = dataclasses.replace(trainer.cfg, precision="fp16")
+    lines.clear()
+    GraphStep(trainer, log=lines.append)
+    assert len(lines) == 1 and "fp16" in lines[0] and "GradScaler" in lines[0]
+
+
+def test_graph_off_runs_plain_eager_step():
+    trainer, _ = _build("simclr", "finetune", cuda_graph=False, probe="off")
+    assert trainer.graph is None
+    (views, labels, pb), = _batches(1, "off")
+    logs = trainer.run_step(views, labels, pb, 0, 1)
+    assert torch.isfinite(logs["loss"])
+    assert all(not isinstance(g["lr"], torch.Tensor) for g in trainer.optimizer.param_groups)
+    copy.deepcopy(trainer.optimizer.state_dict())  # float lrs: a plain checkpoint
+
+
+@pytest.mark.parametrize("name", ["byol", "mocov2plus"])
+def test_ema_with_tensor_tau_equals_formula_and_float_path(name):
+    trainer, _ = _build(name, "finetune", cuda_graph=False, probe="off")
+    m = trainer.method
+    with torch.no_grad():
+        for p in m.backbone.parameters():
+            p.add_(1.0)
+    online = [p.detach().clone() for p in m.backbone.parameters()]
+    ema = [p.detach().clone() for p in m.momentum_backbone.parameters()]
+    step, total = 3, 10
+    tau = m.ema_tau(step, total)
+    assert tau == pytest.approx(m.cfg.final_tau - (m.cfg.final_tau - m.cfg.base_tau) * (math.cos(math.pi * 0.3) + 1) / 2)
+    twin = copy.deepcopy(m)
+    tau_t = torch.full((), tau, dtype=torch.float32)
+    m.after_step(step, total, tau=tau_t)
+    twin.after_step(step, total)
+    for e0, o, e1, e2 in zip(ema, online, m.momentum_backbone.parameters(), twin.momentum_backbone.parameters()):
+        torch.testing.assert_close(e1, tau * e0 + (1 - tau) * o, rtol=1e-6, atol=1e-6)
+        assert torch.equal(e1, e2)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("two_streams", [False, True])
+def test_captured_graph_matches_eager_on_cuda(two_streams):
+    """On CUDA the step is really captured and replayed; its trajectory follows the eager one (kernels may differ)."""
+    def build(cuda_graph):
+        trainer, optim_cfg = _build("mocov2plus", "pnr", cuda_graph=cuda_graph, probe="full")
+        dev = torch.device("cuda")
+        trainer.method.to(dev)
+        trainer.regularizer.to(dev)
+        cfg = dataclasses.replace(trainer.cfg, device="cuda", frozen_stream=two_streams)
+        opt = trainer.optimizer
+        return Trainer(trainer.method, trainer.regularizer, opt, cfg, dev, log=_quiet), optim_cfg
+
+    torch.backends.cudnn.deterministic = True
+    eager, optim_cfg = build(False)
+    graph, _ = build(True)
+    batches = [([v.cuda() for v in views], labels.cuda(), tuple(t.cuda() for t in pb))
+               for views, labels, pb in _batches(STEPS, "full")]
+    ref = _trajectory(eager, optim_cfg, batches)
+    got = _trajectory(graph, optim_cfg, batches)
+    assert graph.graph.captured, graph.graph.reason
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g["loss"], r["loss"], rtol=1e-3, atol=1e-3)
