@@ -1,6 +1,5 @@
 """loaders/gpu_aug.py against independent restatements: numpy formulas, colorsys, PIL, torchvision's sampling rule."""
 import colorsys
-import math
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from loaders import gpu_aug as A
 from loaders.config import ViewConfig
 
+from .pil_reference import crop_params
 from .utils import assert_binomial, cifar_images, ks_critical, ks_statistic, to_float_batch
 
 TOL = {"float": 1e-5, "hue": 2e-5, "uint8": 1.0 / 255 + 1e-6, "pil_enhance": 2.0 / 255}
@@ -225,27 +225,8 @@ def test_full_crop_is_identity_and_flip_is_mirror(interpolation):
 
 
 def np_torchvision_crop_params(n, height, width, scale, ratio, rng):
-    """torchvision RandomResizedCrop.get_params, restated per sample."""
-    out = []
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(n):
-        for _ in range(10):
-            target = height * width * rng.uniform(*scale)
-            aspect = math.exp(rng.uniform(*log_ratio))
-            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-            if 0 < w <= width and 0 < h <= height:
-                out.append((rng.integers(0, height - h + 1), rng.integers(0, width - w + 1), h, w))
-                break
-        else:
-            in_ratio = width / height
-            if in_ratio < min(ratio):
-                w, h = width, int(round(width / min(ratio)))
-            elif in_ratio > max(ratio):
-                h, w = height, int(round(height * max(ratio)))
-            else:
-                w, h = width, height
-            out.append(((height - h) // 2, (width - w) // 2, h, w))
-    return np.array(out, dtype=np.float64)
+    """torchvision RandomResizedCrop.get_params, restated per sample (the PIL reference's rule), as (n, 4)."""
+    return np.array([crop_params(height, width, scale, ratio, rng) for _ in range(n)], dtype=np.float64)
 
 
 @pytest.mark.parametrize("shape,scale,ratio", [((32, 32), (0.08, 1.0), (3 / 4, 4 / 3)),
