@@ -9,7 +9,6 @@ import torch
 
 from fastpnr.config import build_config
 from fastpnr.continual import ContinualRun, resume_run
-from fastpnr.methods import METHODS
 from tests.conftest import tiny_overrides
 
 BASE_METHODS = ["simclr", "mocov2plus", "byol", "simsiam", "barlow", "vicreg"]
