@@ -2,7 +2,7 @@
 import pytest
 
 import loaders
-from fastpnr.errors import ConfigError, FastPNRError
+from fastpnr.errors import ConfigError
 from loaders.gpu_resident import GpuResidentLoader
 
 from .utils import random_dataset
