@@ -184,3 +184,25 @@ def test_offline_linear_and_knn_of_a_saved_task_model(data_root, tmp_path):
     assert json.loads((tmp_path / "lin.json").read_text())["protocol"] == "linear-features"
     aug = linear_eval(str(tmp_path / "task1.pt"), mode="augmented", epochs=1, batch_size=16)
     assert aug["protocol"] == "linear-augmented"
+
+
+def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(data_root, tmp_path, monkeypatch):
+    from fastpnr.methods.simclr import SimCLR
+    from fastpnr.trainer import NonFiniteLossError
+
+    ov = tiny_overrides(data_root, **{"optim.epochs": 2})
+    run = ContinualRun(build_config("smoke", ov), tmp_path, log=quiet)
+    real = SimCLR.ssl_loss
+    calls = {"n": 0}
+
+    def poisoned(self, out):
+        calls["n"] += 1
+        loss, logs = real(self, out)
+        return (loss * float("nan"), logs) if calls["n"] > 2 else (loss, logs)  # epoch 0 is fine, epoch 1 is NaN
+
+    monkeypatch.setattr(SimCLR, "ssl_loss", poisoned)
+    with pytest.raises(NonFiniteLossError) as e:
+        run.fit()
+    assert "non-finite loss at epoch 1" in str(e.value) and "\n" not in str(e.value)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert (ckpt["next_task"], ckpt["next_epoch"]) == (0, 1)  # the epoch-0 checkpoint survives
