@@ -140,6 +140,7 @@ class EvalConfig:
     knn_temperature: float = 0.07
     train_fraction: float = 1.0             # share of the labelled train set used to fit the probe
     batch_size: int = 512                   # feature extraction
+    forward_transfer: bool = True           # also evaluate the random-init model (b_j) for forward transfer
 
     def __post_init__(self):
         require(self.protocol in PROTOCOLS, "eval.protocol", self.protocol, PROTOCOLS)
@@ -214,7 +215,7 @@ PRESETS: dict[str, dict] = {
         "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
         "optim": {"batch_size": 128, "epochs": 1, "warmup_epochs": 0, "lr": 0.3},
         "train": {"online_probe": "task", "log_every": 5},
-        "eval": {"protocol": "linear", "linear_epochs": 30, "train_fraction": 0.1},
+        "eval": {"protocol": "linear", "linear_epochs": 30, "train_fraction": 0.1, "forward_transfer": False},
         "per_method": _CIFAR_PER_METHOD,
     },
     "cifar100-5t": {

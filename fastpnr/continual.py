@@ -171,6 +171,8 @@ class ContinualRun:
             self.metrics = ckpt["metrics"]
             self.global_step = ckpt["global_step"]
             self.log(f"resumed from {self.out / CHECKPOINT}: task {start_task}, epoch {start_epoch}")
+        elif cfg.eval.forward_transfer:
+            self._evaluate_random_init()
 
         T, E = cfg.data.num_tasks, cfg.optim.epochs
         steps = [self._steps_per_epoch(len(idx)) for idx in self.task_train]
@@ -250,12 +252,12 @@ class ContinualRun:
         return min(steps, cap) if cap else steps
 
     # ------------------------------------------------------------------------------------------------ eval
-    def _evaluate(self, task: int, writer) -> None:
-        cfg, m = self.cfg, self.metrics
+    def _protocol_rows(self, seed: int) -> dict:
+        """{protocol: (per-task accuracies, whole-test accuracy)} of the current backbone (linear, kNN, online)."""
+        cfg = self.cfg
         size = self.crop_size if self.crop_size != self.image_size else None
         kw = dict(batch_size=cfg.eval.batch_size, device=self.device, mean=self.train_set.mean, std=self.train_set.std,
                   size=size, autocast_dtype=AUTOCAST_DTYPES[cfg.train.precision])
-        t0 = time.perf_counter()
         train_x = ev.extract_features(self.method.backbone, _images(self.train_set), self.eval_train, **kw)
         test_x = ev.extract_features(self.method.backbone, _images(self.test_set), self.test_indices, **kw)
         train_y = torch.as_tensor(self.train_set.labels[self.eval_train], device=self.device)
@@ -263,18 +265,28 @@ class ContinualRun:
         logits = {}
         predict = ev.linear_probe(train_x, train_y, self.num_classes, epochs=cfg.eval.linear_epochs, lr=cfg.eval.linear_lr,
                                   batch_size=cfg.eval.linear_batch_size, weight_decay=cfg.eval.linear_weight_decay,
-                                  seed=cfg.train.seed + task)
+                                  seed=seed)
         logits["linear"] = predict(test_x)
         logits["knn"] = ev.knn_predict(train_x, train_y, test_x, self.num_classes, k=cfg.eval.knn_k,
                                        temperature=cfg.eval.knn_temperature)
         with torch.no_grad():
             logits["online"] = self.method.classifier(test_x)
-        for name, lg in logits.items():
-            row = ev.part_accuracies(lg, test_y, self.test_parts)
+        return {name: (ev.part_accuracies(lg, test_y, self.test_parts), ev.accuracy(lg, test_y)) for name, lg in logits.items()}
+
+    def _evaluate_random_init(self) -> None:
+        """Accuracy of the untrained model (b_j), the reference of forward transfer (anchors §3.3)."""
+        rows = self._protocol_rows(seed=self.cfg.train.seed - 1)
+        self.metrics["random_init_accuracy"] = {name: row for name, (row, _) in rows.items()}
+        self.log(f"random-init {self.cfg.eval.protocol} test acc {rows[self.cfg.eval.protocol][1]:.2f}%")
+
+    def _evaluate(self, task: int, writer) -> None:
+        cfg, m = self.cfg, self.metrics
+        t0 = time.perf_counter()
+        for name, (row, test_acc) in self._protocol_rows(seed=cfg.train.seed + task).items():
             m["matrices"].setdefault(name, []).append(row)
-            m.setdefault("test_accuracy_by_protocol", {}).setdefault(name, []).append(ev.accuracy(lg, test_y))
+            m.setdefault("test_accuracy_by_protocol", {}).setdefault(name, []).append(test_acc)
             if writer is not None:
-                writer.add_scalar(f"eval/{name}_test_accuracy", m["test_accuracy_by_protocol"][name][-1], task)
+                writer.add_scalar(f"eval/{name}_test_accuracy", test_acc, task)
                 for j, a in enumerate(row):
                     writer.add_scalar(f"eval/{name}_task{j}", a, task)
         proto = cfg.eval.protocol
@@ -283,6 +295,8 @@ class ContinualRun:
         cm = ev.ContinualMetrics(m["accuracy_matrix"])
         m["average_accuracy"] = cm.average_accuracy()
         m["forgetting"] = cm.forgetting()
+        if "random_init_accuracy" in m:
+            m["forward_transfer"] = cm.forward_transfer(m["random_init_accuracy"][proto])
         m["num_corrupt"] = self.num_corrupt
         m["eval_time_s"] = m.get("eval_time_s", []) + [time.perf_counter() - t0]
         row = ", ".join(f"{a:.1f}" for a in m["accuracy_matrix"][-1])
@@ -373,7 +387,8 @@ def _summary(m: dict) -> str:
     lines = ["accuracy matrix (%), rows: after task i, columns: task j"]
     for i, row in enumerate(m["accuracy_matrix"]):
         lines.append(f"  after {i}: " + "  ".join(f"{a:6.2f}" for a in row))
-    lines.append(f"average accuracy {m['average_accuracy']:.2f}%  forgetting {m['forgetting']:.2f}  "
+    fwt = f"  forward transfer {m['forward_transfer']:.2f}" if m.get("forward_transfer") is not None else ""
+    lines.append(f"average accuracy {m['average_accuracy']:.2f}%  forgetting {m['forgetting']:.2f}{fwt}  "
                  f"final test accuracy {m['test_accuracy'][-1]:.2f}%")
     return "\n".join(lines)
 

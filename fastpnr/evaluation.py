@@ -142,6 +142,13 @@ class ContinualMetrics:
         drops = [max(self.matrix[l][j] for l in range(j, i)) - self.matrix[i][j] for j in range(i)]
         return float(np.mean(drops))
 
+    def forward_transfer(self, random_init: list[float]) -> float | None:
+        """mean over j >= 1 of a[j-1][j] - b_j, b_j the random-init model's accuracy on task j (None before task 1)."""
+        i = self.tasks_done - 1
+        if i == 0:
+            return None
+        return float(np.mean([self.matrix[j - 1][j] - random_init[j] for j in range(1, i + 1)]))
+
 
 def save_heatmap(matrix: list[list[float]], path, title: str = "accuracy a[i][j] (%)") -> None:
     """A PNG heatmap of the accuracy matrix (rows: after task i, columns: task j)."""

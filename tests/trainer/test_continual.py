@@ -48,12 +48,16 @@ def test_every_method_and_strategy_runs_two_tasks(data_root, tmp_path, method, r
 
 
 def test_run_folder_holds_metrics_csv_png_tensorboard_and_tasks(data_root, tmp_path):
-    cfg = build_config("smoke", tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32}))
+    cfg = build_config("smoke", tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32,
+                                                                               "eval.forward_transfer": True}))
     ContinualRun(cfg, tmp_path, log=quiet).fit()
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert len(m["accuracy_matrix"]) == 2 and len(m["accuracy_matrix"][1]) == 2
     assert set(m["matrices"]) == {"linear", "knn", "online"}
     assert "average_accuracy" in m and "forgetting" in m and m["num_corrupt"] == 0
+    assert set(m["random_init_accuracy"]) == {"linear", "knn", "online"}
+    b = m["random_init_accuracy"]["linear"]
+    assert m["forward_transfer"] == pytest.approx(m["accuracy_matrix"][0][1] - b[1])
     rows = (tmp_path / "accuracy_matrix.csv").read_text().strip().splitlines()
     assert rows[0] == "after_task,task0,task1" and len(rows) == 3
     assert (tmp_path / "accuracy_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
