@@ -130,9 +130,41 @@ class ContinualRun:
     def _loader(self, indices, num_views, view_configs, seed, shuffle=True, drop_last=True):
         from loaders import make_loader
 
-        return make_loader(self.cfg.data.loader, self.train_set, batch_size=self.cfg.optim.batch_size, num_views=num_views,
+        kind, extra = self.cfg.data.loader, {}
+        source = self.train_set
+        if kind == "ffcv":  # a .beton of the train split, written once next to the decode cache
+            source = self._train_beton()
+            extra = {"mean": self.train_set.mean, "std": self.train_set.std, "num_workers": self.cfg.data.num_workers}
+        elif kind == "dali":  # DALI decodes the original JPEG bytes itself
+            source = self._encoded_train_set()
+        elif kind == "torchvision":
+            extra = {"num_workers": self.cfg.data.num_workers}
+        return make_loader(kind, source, batch_size=self.cfg.optim.batch_size, num_views=num_views,
                            device=self.device, seed=seed, shuffle=shuffle, drop_last=drop_last,
-                           view_configs=view_configs, subset=indices)
+                           view_configs=view_configs, subset=indices, **extra)
+
+    def _train_beton(self) -> str:
+        from loaders.ffcv_ops import write_beton
+
+        from .data import cache_root
+
+        d = self.cfg.data
+        size = d.image_size or "native"
+        path = cache_root(d.cache_dir) / "betons" / f"{d.dataset}-train-{size}-{len(self.train_set)}.beton"
+        if not path.exists():
+            self.log(f"writing {path} (once) for the ffcv loader")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_beton(self.train_set, path, num_workers=max(1, self.cfg.data.num_workers))
+        return str(path)
+
+    def _encoded_train_set(self):
+        if getattr(self, "_encoded_train", None) is None:
+            from .data import load_dataset
+
+            d = self.cfg.data
+            self._encoded_train = load_dataset(d.dataset, "train", d.data_dir, decode=False, skip_corrupt=d.skip_corrupt,
+                                               cache_dir=d.cache_dir, download=d.download)
+        return self._encoded_train
 
     # ------------------------------------------------------------------------------------------------ state
     def _state(self, next_task, next_epoch, optimizer, trainer) -> dict:

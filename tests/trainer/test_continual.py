@@ -210,3 +210,14 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(data_
     assert "non-finite loss at epoch 1" in str(e.value) and "\n" not in str(e.value)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert (ckpt["next_task"], ckpt["next_epoch"]) == (0, 1)  # the epoch-0 checkpoint survives
+
+
+@pytest.mark.parametrize("kind", ["ffcv", "dali"])
+def test_continual_run_with_the_ffcv_and_dali_loaders(data_root, tmp_path, kind):
+    pytest.importorskip({"ffcv": "ffcv", "dali": "nvidia.dali"}[kind])
+    ov = tiny_overrides(data_root, **{"data.loader": kind, "data.num_workers": 1, "data.cache_dir": str(tmp_path / "cache"),
+                                      "data.image_size": None, "data.crop_size": 16})
+    metrics = ContinualRun(build_config("smoke", ov), tmp_path / "run", log=quiet).fit()
+    assert len(metrics["accuracy_matrix"]) == 2
+    if kind == "ffcv":
+        assert list((tmp_path / "cache" / "betons").glob("*.beton"))
