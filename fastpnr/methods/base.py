@@ -42,8 +42,6 @@ class Method(nn.Module):
     """Backbone + heads + online linear probe. Subclasses define ``build_heads`` and ``ssl_loss``."""
 
     num_views = 2
-    # The modules the regularizers snapshot as "the frozen previous model" (online encoder + projector).
-    frozen_parts = ("backbone", "projector")
 
     def __init__(self, cfg: MethodConfig, model_cfg, num_classes: int):
         super().__init__()

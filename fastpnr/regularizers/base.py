@@ -78,6 +78,7 @@ class FrozenModelRegularizer(Regularizer):
         self.frozen = method.frozen_copy()
         self.register_buffer("has_frozen", torch.zeros((), dtype=torch.bool))
 
+    # ``has_frozen`` (a buffer) goes into checkpoints; its host mirror lets the step ask ``active`` without a sync.
     @property
     def active(self) -> bool:
         return bool(self._has_frozen_host)
@@ -97,8 +98,8 @@ class FrozenModelRegularizer(Regularizer):
         super().begin_task(method, task)
         if task >= 1:
             # The previous task's *online* encoder + projector (not the EMA networks), as the anchors.
-            snapshot = method.frozen_copy()
-            self.frozen.load_state_dict(snapshot.state_dict())
+            self.frozen.backbone.load_state_dict(method.backbone.state_dict())
+            self.frozen.projector.load_state_dict(method.projector.state_dict())
             self._set_has_frozen(True)
         self.frozen.train(self.cfg.frozen_bn == "train")
         for p in self.frozen.parameters():
