@@ -202,22 +202,22 @@ class _Data:
         self._decoded = self._encoded = self._beton = None
 
     def decoded(self):
-        if self._decoded is None:
-            from fastpnr.data import load_dataset
-
-            t = time.perf_counter()
-            self._decoded = load_dataset(self.name, self.split, self.data_dir, decode=True)
-            _log(f"loaded {self.name}/{self.split} decoded: {self._decoded.images.shape} in {time.perf_counter() - t:.1f} s")
-        return self._decoded
+        return self._load(decode=True)
 
     def encoded(self):
-        if self._encoded is None:
+        return self._load(decode=False)
+
+    def _load(self, decode: bool):
+        attr = "_decoded" if decode else "_encoded"
+        if getattr(self, attr) is None:
             from fastpnr.data import load_dataset
 
             t = time.perf_counter()
-            self._encoded = load_dataset(self.name, self.split, self.data_dir, decode=False)
-            _log(f"loaded {self.name}/{self.split} encoded: {len(self._encoded)} images in {time.perf_counter() - t:.1f} s")
-        return self._encoded
+            ds = load_dataset(self.name, self.split, self.data_dir, decode=decode)
+            what = f"decoded: {ds.images.shape}" if decode else f"encoded: {len(ds)} images"
+            _log(f"loaded {self.name}/{self.split} {what} in {time.perf_counter() - t:.1f} s")
+            setattr(self, attr, ds)
+        return getattr(self, attr)
 
     def beton(self) -> Path:
         if self._beton is None:
