@@ -240,13 +240,16 @@ class ContinualRun:
                     if progress is not None:
                         progress.set_description(f"task {task + 1}/{T} epoch {epoch + 1}/{E}")
 
-                    def on_log(step, host, ips, task=task):
+                    def on_log(step_in_task, host, ips, epoch_start=epoch * steps[task]):
+                        if writer is None:
+                            return
+                        at = self.global_step + step_in_task - epoch_start  # global step of this log line
                         for k, v in host.items():
-                            writer and writer.add_scalar(f"train/{k}", v, self.global_step + step)
-                        writer and writer.add_scalar("train/images_per_second", ips, self.global_step + step)
+                            writer.add_scalar(f"train/{k}", v, at)
+                        writer.add_scalar("train/images_per_second", ips, at)
 
                     trainer.train_epoch(loader, probe_iter, epoch, epoch * steps[task], steps[task] * E, steps[task],
-                                        progress=progress, on_log=lambda s, h, i: on_log(s - epoch * steps[task], h, i))
+                                        progress=progress, on_log=on_log)
                     self.global_step += steps[task]
                     task_images += steps[task] * cfg.optim.batch_size
                     if epoch + 1 < E:
