@@ -97,12 +97,12 @@ class ContinualRun:
         self.eval_train = _subsample(np.arange(len(self.train_set)), self.cfg.eval.train_fraction, d.split_seed + 998)
         self.num_classes = len(self.train_set.classes)
         desc = describe_tasks(self.tasks, self.train_set)
-        for t, item in enumerate(desc if isinstance(desc, list) else desc.get("tasks", [])):
-            if isinstance(item, dict):
-                item["train_images_used"] = int(len(self.task_train[t]))
-                item["test_images"] = int(len(self.test_parts[t]))
+        desc["scenario"] = d.scenario
+        for t, item in enumerate(desc["tasks"]):
+            item["train_images_used"] = int(len(self.task_train[t]))
+            item["test_images"] = int(len(self.test_parts[t]))
         if write_tasks:
-            _write_json(self.out / "tasks.json", {"scenario": d.scenario, "dataset": d.dataset, "tasks": desc})
+            _write_json(self.out / "tasks.json", desc)
         self.image_size = self.train_set.images.shape[1] if self.train_set.images is not None else (d.image_size or spec.native_size)
         self.crop_size = d.crop_size or self.image_size
 
