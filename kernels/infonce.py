@@ -16,9 +16,14 @@ positive is not in the denominator)::
     dL/dp_i    = c * (q_i - 1) a_i
     dL/dK_b,k  = c * sum_i w_ibk a_i
 
-The Triton path never builds an N x M logits tensor: the forward streams key tiles with an online max / sum-exp per
-row and keeps only ``lse`` and the positive logits (2N floats); the backward recomputes tile logits from ``lse``.
-Everything is deterministic (no atomics): one launch per key block, each accumulating into its own rows.
+The Triton path never builds an N x M logits tensor. Forward: program (r, s) streams the s-th slice of a key block
+past anchor tile r with an online max / sum-exp and stores one partial logsumexp per row; a combine pass folds the
+partials (and the positive logit) into ``lse``. Splitting the keys across programs ("split-K") keeps a GPU busy when
+N is small and M huge (MoCo-PNR: N=256, M=2 x 65,536). Backward: the tile logits are recomputed from ``lse``; dA is
+summed from per-slice partials, each dK_b is written once by the program owning those keys. Extra memory: the
+partials, at most MAX_SPLITS floats per row and block in the forward and MAX_SPLITS x D per row and block in the
+backward, whatever M is. Everything is deterministic (no atomics). ``python -m kernels.aot`` compiles every launch
+variant for sm_90 on any machine and reports registers, spills and shared memory.
 """
 from __future__ import annotations
 
@@ -91,43 +96,36 @@ def reference_infonce(anchors: Tensor, positives: Tensor, keys: Sequence[Tensor]
 
 
 if HAS_TRITON:
-    # Kernels only exist when triton imports. Masked logits are -inf (exp gives exactly 0); the running max starts
-    # at a finite -1e30 instead of -inf so that exp(m_old - m_new) is never exp(-inf + inf) = nan.
+    # Kernels only exist when triton imports. Masked logits are -inf (exp gives exactly 0); running maxima start at a
+    # finite -1e30 instead of -inf so that exp(m_old - m_new) is never exp(-inf + inf) = nan.
+    #
+    # Parallelism: MoCo-PNR has few anchors (N=256: 4 row tiles) and many keys (2 x 65,536). One program per row tile
+    # would leave an H100's 132 SMs idle, so the forward and the anchor gradient also split the keys ("split-K", as
+    # flash-decoding does): program (r, s) covers row tile r and the s-th contiguous slice of the key block, and
+    # writes a partial result that a second, tiny pass combines (a partial logsumexp per row, or a partial dA).
 
     @triton.jit
-    def _infonce_fwd_kernel(
-        A, P, K, POS, LSE,
-        n_rows, n_keys, dim, stride_a, stride_p, stride_k, scale,
-        FIRST: tl.constexpr, POS_IN_DENOM: tl.constexpr, EXCLUDE_DIAG: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    def _infonce_fwd_partial_kernel(
+        A, K, PART,
+        n_rows, n_keys, dim, stride_a, stride_k, scale, keys_per_split, part_offset,
+        EXCLUDE_DIAG: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        """One program per BLOCK_N anchor rows; folds key block K into the running LSE of those rows.
-
-        FIRST: also compute the positive logits (stored in POS) and start the sum from them (or from nothing);
-        otherwise resume from the LSE the previous block's launch stored.
-        """
+        """Program (r, s): logsumexp over keys [s*keys_per_split, (s+1)*keys_per_split) of rows tile r, stored in
+        PART[part_offset + s, rows] (-inf when every key of the slice is masked)."""
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        split = tl.program_id(1)
         cols = tl.arange(0, BLOCK_D)
         row_ok = rows < n_rows
-        tile_ok = row_ok[:, None] & (cols[None, :] < dim)
-        a = tl.load(A + rows[:, None].to(tl.int64) * stride_a + cols[None, :], mask=tile_ok, other=0.0)
-        if FIRST:
-            p = tl.load(P + rows[:, None].to(tl.int64) * stride_p + cols[None, :], mask=tile_ok, other=0.0)
-            pos = tl.sum(a.to(tl.float32) * p.to(tl.float32), axis=1) * scale
-            tl.store(POS + rows, pos, mask=row_ok)
-            if POS_IN_DENOM:
-                m = pos
-                s = tl.full([BLOCK_N], 1.0, tl.float32)
-            else:
-                m = tl.full([BLOCK_N], -1.0e30, tl.float32)
-                s = tl.zeros([BLOCK_N], tl.float32)
-        else:
-            lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
-            m = tl.maximum(lse, -1.0e30)                 # lse = -inf (nothing summed yet) -> empty sum
-            s = tl.where(lse > -1.0e30, 1.0, 0.0)
-        for start in range(0, n_keys, BLOCK_M):
+        a = tl.load(A + rows[:, None].to(tl.int64) * stride_a + cols[None, :],
+                    mask=row_ok[:, None] & (cols[None, :] < dim), other=0.0)
+        begin = split * keys_per_split
+        end = tl.minimum(begin + keys_per_split, n_keys)
+        m = tl.full([BLOCK_N], -1.0e30, tl.float32)
+        s = tl.zeros([BLOCK_N], tl.float32)
+        for start in range(begin, end, BLOCK_M):
             keys = start + tl.arange(0, BLOCK_M)
-            key_ok = keys < n_keys
+            key_ok = keys < end
             k = tl.load(K + keys[:, None].to(tl.int64) * stride_k + cols[None, :],
                         mask=key_ok[:, None] & (cols[None, :] < dim), other=0.0)
             x = tl.dot(a, tl.trans(k), input_precision=INPUT_PRECISION) * scale
@@ -138,26 +136,60 @@ if HAS_TRITON:
             m_new = tl.maximum(m, tl.max(x, axis=1))
             s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
             m = m_new
-        tl.store(LSE + rows, m + tl.log(s), mask=row_ok)  # s == 0 (everything excluded) gives -inf, as the spec
+        tl.store(PART + (part_offset + split).to(tl.int64) * n_rows + rows, m + tl.log(s), mask=row_ok)
 
     @triton.jit
-    def _infonce_bwd_anchor_kernel(
-        A, K, LSE, COEF, DA,
-        n_rows, n_keys, dim, stride_a, stride_k, stride_da, scale,
-        EXCLUDE_DIAG: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    def _infonce_combine_kernel(
+        A, P, PART, POS, LSE,
+        n_rows, n_parts, dim, stride_a, stride_p, scale,
+        POS_IN_DENOM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
     ):
-        """One program per BLOCK_N anchor rows: DA (float32) += COEF * sum_k softmax weight(i, k) * K_k."""
+        """Per row: the positive logit POS = a.p * scale and LSE = logsumexp([POS if POS_IN_DENOM] + partials)."""
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         cols = tl.arange(0, BLOCK_D)
         row_ok = rows < n_rows
         tile_ok = row_ok[:, None] & (cols[None, :] < dim)
         a = tl.load(A + rows[:, None].to(tl.int64) * stride_a + cols[None, :], mask=tile_ok, other=0.0)
+        p = tl.load(P + rows[:, None].to(tl.int64) * stride_p + cols[None, :], mask=tile_ok, other=0.0)
+        pos = tl.sum(a.to(tl.float32) * p.to(tl.float32), axis=1) * scale
+        tl.store(POS + rows, pos, mask=row_ok)
+        if POS_IN_DENOM:
+            m = pos
+            s = tl.full([BLOCK_N], 1.0, tl.float32)
+        else:
+            m = tl.full([BLOCK_N], -1.0e30, tl.float32)
+            s = tl.zeros([BLOCK_N], tl.float32)
+        for start in range(0, n_parts, BLOCK_P):
+            parts = start + tl.arange(0, BLOCK_P)
+            x = tl.load(PART + parts[:, None].to(tl.int64) * n_rows + rows[None, :],
+                        mask=(parts[:, None] < n_parts) & row_ok[None, :], other=float("-inf"))
+            m_new = tl.maximum(m, tl.max(x, axis=0))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[None, :]), axis=0)
+            m = m_new
+        tl.store(LSE + rows, m + tl.log(s), mask=row_ok)  # s == 0 (everything excluded) gives -inf, as the spec
+
+    @triton.jit
+    def _infonce_bwd_anchor_kernel(
+        A, K, LSE, COEF, WS,
+        n_rows, n_keys, dim, stride_a, stride_k, scale, keys_per_split, part_offset,
+        EXCLUDE_DIAG: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        """Program (r, s): WS[part_offset + s, rows, :] = COEF * sum over the s-th key slice of w(i, k) * K_k,
+        w the softmax weight recomputed from LSE. WS is (parts, n_rows, dim) float32, contiguous."""
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        split = tl.program_id(1)
+        cols = tl.arange(0, BLOCK_D)
+        row_ok = rows < n_rows
+        tile_ok = row_ok[:, None] & (cols[None, :] < dim)
+        a = tl.load(A + rows[:, None].to(tl.int64) * stride_a + cols[None, :], mask=tile_ok, other=0.0)
         lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
+        begin = split * keys_per_split
+        end = tl.minimum(begin + keys_per_split, n_keys)
         acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-        for start in range(0, n_keys, BLOCK_M):
+        for start in range(begin, end, BLOCK_M):
             keys = start + tl.arange(0, BLOCK_M)
-            key_ok = keys < n_keys
+            key_ok = keys < end
             k = tl.load(K + keys[:, None].to(tl.int64) * stride_k + cols[None, :],
                         mask=key_ok[:, None] & (cols[None, :] < dim), other=0.0)
             x = tl.dot(a, tl.trans(k), input_precision=INPUT_PRECISION) * scale
@@ -168,9 +200,8 @@ if HAS_TRITON:
             w = tl.exp(tl.where(valid, x, float("-inf")) - lse[:, None])
             # bf16 inputs: the weights go to bf16 for the tensor-core dot, as flash attention does
             acc += tl.dot(w.to(k.dtype), k, input_precision=INPUT_PRECISION)
-        da_ptrs = DA + rows[:, None].to(tl.int64) * stride_da + cols[None, :]
-        da = tl.load(da_ptrs, mask=tile_ok, other=0.0) + acc * tl.load(COEF)
-        tl.store(da_ptrs, da, mask=tile_ok)
+        ws = WS + ((part_offset + split).to(tl.int64) * n_rows + rows[:, None]) * dim + cols[None, :]
+        tl.store(ws, acc * tl.load(COEF), mask=tile_ok)
 
     @triton.jit
     def _infonce_bwd_keys_kernel(
@@ -213,18 +244,69 @@ def _kernel(fn, device: torch.device):
     return fn
 
 
+# Split-K: aim for this many programs per launch (two resident programs per SM fill an H100 with these tiles), but
+# never more than MAX_SPLITS key slices per block, which bounds the backward's partial-dA workspace to
+# MAX_SPLITS * N * D floats per block whatever the number of keys. On CPU a small target still makes the tests
+# cover several slices, including a short last one.
+PROGRAMS_PER_SM = 2
+MAX_SPLITS = 64
+CPU_TARGET_PROGRAMS = 8
+
+
+def _input_precision(dtype: torch.dtype) -> str:
+    """float32 dots follow torch's own matmul setting: near-fp32 3xTF32 tensor-core dots under the default "highest"
+    precision, single TF32 when the user allowed it (``torch.set_float32_matmul_precision("high")``). Plain fp32
+    FMA dots ("ieee") are not used on GPU: at these tiles they spill ~10 KB per thread on sm_90 (kernels.aot).
+    bf16/fp16 inputs use bf16/fp16 tensor cores whatever this says."""
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return "tf32x3"
+    return "tf32"
+
+
+# GPU tiles per (dot kind, BLOCK_D): (BLOCK_N, BLOCK_M, num_warps, num_stages). Chosen with `python -m kernels.aot`
+# (sm_90 cubins built on a CPU machine, 2026-11-23): TF32 and 16-bit dots spill nothing, keep shared memory well under
+# 227 KB and two or more resident programs per SM. 3xTF32 (fp32 inputs under torch's "highest" precision) needs three
+# times the operand registers: at D=128 its backward kernels spill 24-72 bytes per thread, the least of the tiles
+# tried; at D=256 ~100 bytes. Not yet tuned by timing on a GPU.
+_GPU_TILES = {
+    ("tf32x3", 128): (32, 64, 8, 1),
+    ("tf32", 128): (64, 64, 4, 2),
+    ("16bit", 128): (64, 64, 4, 3),
+    ("tf32x3", 256): (16, 16, 8, 1),
+    ("tf32", 256): (32, 32, 8, 1),
+    ("16bit", 256): (64, 32, 8, 2),
+}
+_WIDEST_TILES = (32, 32, 8, 1)  # BLOCK_D > 256
+
+
 def _launch_config(device: torch.device, dim: int, dtype: torch.dtype) -> dict:
     """Tile sizes (constexpr) and launch options. The CPU interpreter runs numpy per tile op: small tiles keep the
-    tests fast and still cover several tiles; on GPU, tiles sized so the fp32 accumulators fit in registers."""
+    tests fast and still cover several tiles; on GPU, the ``_GPU_TILES`` entry for the dot kind and width."""
     block_d = max(16, triton.next_power_of_2(dim))  # tl.dot needs every dimension >= 16
-    cfg = dict(BLOCK_D=block_d, INPUT_PRECISION="ieee" if dtype == torch.float32 else "tf32")
+    precision = _input_precision(dtype)
+    cfg = dict(BLOCK_D=block_d, INPUT_PRECISION=precision)
     if device.type != "cuda":
         return dict(cfg, BLOCK_N=16, BLOCK_M=16)
-    if block_d <= 128:
-        return dict(cfg, BLOCK_N=64, BLOCK_M=64, num_warps=4, num_stages=3)
-    if block_d <= 256:
-        return dict(cfg, BLOCK_N=64, BLOCK_M=32, num_warps=8, num_stages=2)
-    return dict(cfg, BLOCK_N=32, BLOCK_M=32, num_warps=8, num_stages=1)
+    kind = precision if dtype == torch.float32 else "16bit"
+    width = 128 if block_d <= 128 else block_d
+    block_n, block_m, warps, stages = _GPU_TILES.get((kind, width), _WIDEST_TILES)
+    return dict(cfg, BLOCK_N=block_n, BLOCK_M=block_m, num_warps=warps, num_stages=stages)
+
+
+def _target_programs(device: torch.device) -> int:
+    if device.type != "cuda":
+        return CPU_TARGET_PROGRAMS
+    return PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count  # cached, no sync
+
+
+def _key_splits(n_rows: int, n_keys: int, cfg: dict, target: int) -> tuple[int, int]:
+    """``(splits, keys_per_split)`` for one key block: enough slices that (row tiles x slices) reaches ``target``
+    programs, each slice a whole number of key tiles, no empty slice."""
+    row_tiles = triton.cdiv(n_rows, cfg["BLOCK_N"])
+    key_tiles = triton.cdiv(n_keys, cfg["BLOCK_M"])
+    splits = max(1, min(key_tiles, MAX_SPLITS, triton.cdiv(target, row_tiles)))
+    tiles_per_split = triton.cdiv(key_tiles, splits)
+    return triton.cdiv(key_tiles, tiles_per_split), tiles_per_split * cfg["BLOCK_M"]
 
 
 def _require_triton():
@@ -237,21 +319,30 @@ def _lastdim_contiguous(x: Tensor) -> Tensor:
 
 
 def _infonce_forward(anchors, positives, keys, scale, exclude, pos_in_denom):
-    """Launch the forward per key block; return ``(pos, lse)``, each (N,) float32."""
+    """Partial logsumexps per (key slice, row), then one combine pass; return ``(pos, lse)``, each (N,) float32,
+    and the per-block split plan the backward reuses."""
     n, d = anchors.shape
     cfg = _launch_config(anchors.device, d, anchors.dtype)
-    kernel = _kernel(_infonce_fwd_kernel, anchors.device)
+    target = _target_programs(anchors.device)
+    plan = [_key_splits(n, k.shape[0], cfg, target) for k in keys]
+    n_parts = sum(splits for splits, _ in plan)
+    part = torch.empty(n_parts, n, dtype=torch.float32, device=anchors.device)  # O(N) floats: <= 64 per row/block
+    kernel = _kernel(_infonce_fwd_partial_kernel, anchors.device)
+    row_tiles = triton.cdiv(n, cfg["BLOCK_N"])
+    offset = 0
+    for k, e, (splits, per_split) in zip(keys, exclude, plan):
+        kernel[(row_tiles, splits)](anchors, k, part, n, k.shape[0], d, anchors.stride(0), k.stride(0), scale,
+                                    per_split, offset, EXCLUDE_DIAG=e, **cfg)
+        offset += splits
     pos = torch.empty(n, dtype=torch.float32, device=anchors.device)
     lse = torch.empty(n, dtype=torch.float32, device=anchors.device)
-    grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
-    for b, (k, e) in enumerate(zip(keys, exclude)):
-        kernel[grid](anchors, positives, k, pos, lse, n, k.shape[0], d,
-                     anchors.stride(0), positives.stride(0), k.stride(0), scale,
-                     FIRST=b == 0, POS_IN_DENOM=pos_in_denom, EXCLUDE_DIAG=e, **cfg)
-    return pos, lse
+    _kernel(_infonce_combine_kernel, anchors.device)[(row_tiles,)](
+        anchors, positives, part, pos, lse, n, n_parts, d, anchors.stride(0), positives.stride(0), scale,
+        POS_IN_DENOM=pos_in_denom, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], BLOCK_P=16)
+    return pos, lse, plan
 
 
-def _infonce_backward(anchors, positives, keys, pos, lse, coef, scale, exclude, pos_in_denom, need):
+def _infonce_backward(anchors, positives, keys, pos, lse, coef, scale, exclude, pos_in_denom, plan, need):
     """Gradients for (anchors, positives, *keys); ``need`` flags which; ``coef`` = grad_output / (N t), (1,)."""
     n, d = anchors.shape
     cfg = _launch_config(anchors.device, d, anchors.dtype)
@@ -262,13 +353,17 @@ def _infonce_backward(anchors, positives, keys, pos, lse, coef, scale, exclude, 
     if need[1]:
         d_positives = (pos_coef * anchors.float()).to(positives.dtype)
     if need[0]:
-        da = pos_coef * positives.float()  # float32 accumulator across key blocks, cast once at the end
+        # partial dA per key slice, summed once: deterministic (no atomics); bounded by MAX_SPLITS * N * D per block
+        ws = torch.empty(sum(s for s, _ in plan), n, d, dtype=torch.float32, device=anchors.device)
         kernel = _kernel(_infonce_bwd_anchor_kernel, anchors.device)
-        grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
-        for k, e in zip(keys, exclude):
-            kernel[grid](anchors, k, lse, coef, da, n, k.shape[0], d,
-                         anchors.stride(0), k.stride(0), da.stride(0), scale, EXCLUDE_DIAG=e, **cfg)
-        d_anchors = da.to(anchors.dtype)
+        row_tiles = triton.cdiv(n, cfg["BLOCK_N"])
+        offset = 0
+        for k, e, (splits, per_split) in zip(keys, exclude, plan):
+            kernel[(row_tiles, splits)](anchors, k, lse, coef, ws, n, k.shape[0], d, anchors.stride(0),
+                                        k.stride(0), scale, per_split, offset, EXCLUDE_DIAG=e, **cfg)
+            offset += splits
+        da = ws.sum(0) if ws.shape[0] > 1 else ws[0]
+        d_anchors = da.add_(pos_coef * positives.float()).to(anchors.dtype)
     d_keys = []
     kernel = _kernel(_infonce_bwd_keys_kernel, anchors.device)
     for k, e, k_needs in zip(keys, exclude, need[2:]):
@@ -291,9 +386,9 @@ class InfoNCEFunction(torch.autograd.Function):
         anchors, positives = _lastdim_contiguous(anchors), _lastdim_contiguous(positives)
         keys = tuple(_lastdim_contiguous(k) for k in keys)
         scale = 1.0 / temperature
-        pos, lse = _infonce_forward(anchors, positives, keys, scale, exclude, pos_in_denom)
+        pos, lse, plan = _infonce_forward(anchors, positives, keys, scale, exclude, pos_in_denom)
         ctx.save_for_backward(anchors, positives, pos, lse, *keys)
-        ctx.scale, ctx.exclude, ctx.pos_in_denom = scale, exclude, pos_in_denom
+        ctx.scale, ctx.exclude, ctx.pos_in_denom, ctx.plan = scale, exclude, pos_in_denom, plan
         return (lse - pos).mean()
 
     @staticmethod
@@ -303,7 +398,7 @@ class InfoNCEFunction(torch.autograd.Function):
         # a tensor, never .item(): no host sync, so the step stays CUDA-graph capturable
         coef = (grad_output.float() * (ctx.scale / anchors.shape[0])).reshape(1)
         d_a, d_p, d_keys = _infonce_backward(anchors, positives, keys, pos, lse, coef, ctx.scale,
-                                             ctx.exclude, ctx.pos_in_denom, need)
+                                             ctx.exclude, ctx.pos_in_denom, ctx.plan, need)
         return (d_a, d_p, None, None, None, *d_keys)
 
 

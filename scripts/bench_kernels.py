@@ -35,7 +35,8 @@ QUICK_CASES = {"tiny": (40, 32, (48, 33))}
 TEMPERATURE = 0.2
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # (atol, rtol) of the correctness pass against float64; bf16 rounds inputs to 8 bits of mantissa
-CHECK_TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (5e-2, 5e-2)}
+# (TF32 dots, under --matmul_precision=high, keep 10 bits of mantissa)
+CHECK_TOL = {torch.float32: (1e-4, 1e-4), "tf32": (1e-2, 1e-2), torch.bfloat16: (5e-2, 5e-2)}
 
 
 def _import_kernels(device: str):
@@ -108,7 +109,8 @@ def _check(kernels, device: str, dtype: torch.dtype) -> str:
         ref_in = [t.detach().double().requires_grad_(t.requires_grad) for t in (a, p, *keys)]
         ref = kernels.reference_infonce(ref_in[0], ref_in[1], ref_in[2:], TEMPERATURE, exclude, pid)
         want = [ref, *torch.autograd.grad(ref, ref_in[:3])]
-        atol, rtol = CHECK_TOL[dtype]
+        tf32 = dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"
+        atol, rtol = CHECK_TOL["tf32" if tf32 else dtype]
         for name, x, y in zip(("loss", "d_anchors", "d_positives", "d_keys0"), got, want):
             err = (x.double() - y).abs()
             worst = max(worst, err.max().item())
@@ -122,17 +124,23 @@ def _fmt(x, spec=".3f"):
     return "-" if x is None else (x if isinstance(x, str) else format(x, spec))
 
 
-def main(device="cuda", sizes="all", dtype="float32", iters=50, quick=False, compile=True):
+def main(device="cuda", sizes="all", dtype="float32", iters=50, quick=False, compile=True,
+         matmul_precision="highest"):
     """Time forward+backward of the Triton kernel, the reference in eager and under torch.compile.
 
     device: cuda or cpu. sizes: "all" or case names (small, wide, large; tiny with --quick), comma-separated.
     dtype: float32 or bfloat16. iters: timed steps per provider. quick: tiny sizes and 3 iterations.
     compile: also time the reference under torch.compile (on CPU a cold inductor cache adds ~20 s of C++ builds).
+    matmul_precision: torch.set_float32_matmul_precision for every provider: "highest" (exact fp32 matmuls in the
+    reference, 3xTF32 dots in the kernel) or "high" (TF32 in both); bfloat16 inputs ignore it.
     """
     if device not in ("cuda", "cpu"):
         raise SystemExit(f"device={device!r} is invalid; allowed: cuda, cpu")
     if dtype not in DTYPES:
         raise SystemExit(f"dtype={dtype!r} is invalid; allowed: {', '.join(DTYPES)}")
+    if matmul_precision not in ("highest", "high"):
+        raise SystemExit(f"matmul_precision={matmul_precision!r} is invalid; allowed: highest, high")
+    torch.set_float32_matmul_precision(matmul_precision)
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("device='cuda' is invalid here: no CUDA device; use --device=cpu")
     kernels = _import_kernels(device)
@@ -154,10 +162,11 @@ def main(device="cuda", sizes="all", dtype="float32", iters=50, quick=False, com
 
     dev_name = torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter: not GPU timings)"
     command = (f"python scripts/bench_kernels.py --device={device} --sizes={','.join(names)} --dtype={dtype} "
-               f"--iters={iters}" + (" --quick" if quick else "") + ("" if compile else " --compile=False"))
+               f"--iters={iters} --matmul_precision={matmul_precision}" + (" --quick" if quick else "")
+               + ("" if compile else " --compile=False"))
     import triton
     print(f"\ndevice: {dev_name} | dtype: {dtype} | torch {torch.__version__} | triton {triton.__version__} "
-          f"| t={TEMPERATURE} | timed steps: {iters}")
+          f"| t={TEMPERATURE} | timed steps: {iters} | float32 matmul precision: {matmul_precision}")
     print(f"command: {command}")
     print("case | ref eager ms | ref compile ms | triton ms | ratio vs eager | ratio vs compile "
           "| peak MB eager / compile / triton")

@@ -130,6 +130,37 @@ def test_shared_tensor_gradients_sum():
     torch.testing.assert_close(other.grad.double(), otherr.grad, atol=atol, rtol=rtol)
 
 
+@pytest.mark.parametrize("target", [1, 1000])
+def test_key_split_extremes_match_reference(monkeypatch, target):
+    """One slice per block (target 1) and one slice per key tile (target 1000, a 5-key last slice): same results."""
+    mod = importlib.import_module("kernels.infonce")
+    monkeypatch.setattr(mod, "CPU_TARGET_PROGRAMS", target)
+    if DEVICE == "cuda":
+        monkeypatch.setattr(mod, "_target_programs", lambda device: target)
+    n, d = 37, 29
+    keys = [_unit(n, d, seed=40), _unit(53, d, seed=41)]
+    _check_against_reference(_unit(n, d, seed=42), _unit(n, d, seed=43), keys, 0.1, (True, False), True)
+
+
+@pytest.mark.parametrize("n,m,target", [(256, 65_536, 264), (8_192, 8_192, 264), (512, 512, 264), (37, 53, 8),
+                                        (5, 1, 8), (64, 64 * 1000 + 1, 2)])
+def test_key_split_plan_covers_every_key_once(n, m, target):
+    mod = importlib.import_module("kernels.infonce")
+    cfg = dict(BLOCK_N=64, BLOCK_M=64)
+    splits, per_split = mod._key_splits(n, m, cfg, target)
+    row_tiles = -(-n // 64)
+    assert per_split % 64 == 0 and 1 <= splits <= mod.MAX_SPLITS
+    assert (splits - 1) * per_split < m <= splits * per_split  # slices tile [0, m): none empty, none missing
+    if row_tiles * mod.MAX_SPLITS >= target and -(-m // 64) >= target:
+        assert row_tiles * splits >= target  # enough programs to fill the GPU when there are enough key tiles
+
+
+def test_moco_pnr_plan_fills_an_h100():
+    """N=256 anchors against 65,536 queue keys: 4 row tiles x 64 slices of 1,024 keys = 256 programs (132 SMs x 2)."""
+    mod = importlib.import_module("kernels.infonce")
+    assert mod._key_splits(256, 65_536, dict(BLOCK_N=64, BLOCK_M=64), 264) == (64, 1024)
+
+
 def test_inputs_without_grad_cost_no_gradient_kernels(monkeypatch):
     mod = importlib.import_module("kernels.infonce")  # the module; kernels.infonce is the function
 
