@@ -207,6 +207,16 @@ _IN100_DATA_PER_METHOD = {
     "vicreg": {**_IN100_PER_METHOD["vicreg"], "regularizer": {"neg_weight": 5.0, "pos_weight": 25.0}},
 }
 
+# DomainNet scripts (anchors §1.3): the ImageNet-100 lr/wd/aug, negative weights BYOL 1.0, Barlow 1.0, VICReg 8.0.
+_DOMAINNET_PER_METHOD = {
+    **_IN100_PER_METHOD,
+    "byol": {**_IN100_PER_METHOD["byol"], "regularizer": {"neg_weight": 1.0}},
+    "barlow": {**_IN100_PER_METHOD["barlow"], "regularizer": {"neg_weight": 1.0}},
+    "vicreg": {**_IN100_PER_METHOD["vicreg"], "regularizer": {"neg_weight": 8.0, "pos_weight": 25.0}},
+}
+# The anchors' DomainNet task order (fastpnr.data.registry.DOMAINNET_DOMAINS, cassle/methods/base.py).
+_DOMAINNET_ORDER = ("real", "quickdraw", "painting", "sketch", "infograph", "clipart")
+
 PRESETS: dict[str, dict] = {
     # The README's first command: real CIFAR-10, 2 class-IL tasks, SimCLR + PNR, a few minutes on a 2-core CPU.
     "smoke": {
@@ -243,14 +253,16 @@ PRESETS: dict[str, dict] = {
     },
     "imagenet100-5t": {
         "description": "ImageNet-100 (imagefolder) class-IL, 5 tasks, 400 epochs, 224 px, the anchors' IN-100 recipe",
-        "data": {"dataset": "imagefolder", "num_tasks": 5, "crop_size": 224, "blur_prob": (1.0, 0.1), "loader": "dali"},
+        # image_size: ImageNet images come in every size; decoded at 224 for evaluation (DALI trains on the JPEGs).
+        "data": {"dataset": "imagefolder", "num_tasks": 5, "image_size": 224, "crop_size": 224, "blur_prob": (1.0, 0.1),
+                 "loader": "dali"},
         "model": {"cifar_stem": False}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
         "optim": {"epochs": 400}, "per_method": _IN100_PER_METHOD,
     },
     "imagenet100-data-5t": {
         "description": "ImageNet-100 (imagefolder) data-IL, 5 random chunks, 400 epochs, 224 px, data-IL negative weights",
-        "data": {"dataset": "imagefolder", "scenario": "data", "num_tasks": 5, "crop_size": 224, "blur_prob": (1.0, 0.1),
-                 "loader": "dali"},
+        "data": {"dataset": "imagefolder", "scenario": "data", "num_tasks": 5, "image_size": 224, "crop_size": 224,
+                 "blur_prob": (1.0, 0.1), "loader": "dali"},
         "model": {"cifar_stem": False}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
         "optim": {"epochs": 400}, "per_method": _IN100_DATA_PER_METHOD,
     },
@@ -260,6 +272,15 @@ PRESETS: dict[str, dict] = {
                  "domain_order": ("photo", "art_painting", "cartoon", "sketch"), "blur_prob": (1.0, 0.1)},
         "model": {"cifar_stem": True}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
         "optim": {"epochs": 100}, "per_method": _IN100_PER_METHOD,
+    },
+    "domainnet-6t": {
+        "description": "DomainNet domain-IL, 6 tasks real -> quickdraw -> painting -> sketch -> infograph -> clipart, "
+                       "200 epochs, 224 px, DALI, the anchors' DomainNet recipe",
+        # image_size: DomainNet images come in every size; decoded at 224 for evaluation (DALI trains on the JPEGs).
+        "data": {"dataset": "domainnet", "scenario": "domain", "num_tasks": 6, "domain_order": _DOMAINNET_ORDER,
+                 "image_size": 224, "crop_size": 224, "blur_prob": (1.0, 0.1), "loader": "dali"},
+        "model": {"cifar_stem": False}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
+        "optim": {"epochs": 200}, "per_method": _DOMAINNET_PER_METHOD,
     },
 }
 

@@ -4,7 +4,8 @@
   `seed_everything(seed)` then `torch.randperm(num_classes).chunk(T)`, the same stream. num_classes % T == 0.
 - data: `random_split` of all training images into T chunks with `Generator().manual_seed(42)`, independent of the
   run seed; every chunk has N // T images and the first also the remainder (cassle/utils/pretrain_dataloader.py).
-- domain: task t is one domain, in the given order (default for PACS: photo, art_painting, cartoon, sketch).
+- domain: task t is one domain, in the given order (default for PACS: photo, art_painting, cartoon, sketch; for
+  DomainNet the dataset's order, the anchors' real, quickdraw, painting, sketch, infograph, clipart).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fastpnr.errors import ConfigError, require
+from fastpnr.errors import ConfigError, DataError, require
 
 SCENARIOS = ("class", "data", "domain")
 DATA_SPLIT_SEED = 42
@@ -53,8 +54,10 @@ def _domain_order(dataset, num_tasks: int, domain_order) -> list[str]:
     if not allowed:
         raise ConfigError(f"scenario='domain' needs a dataset with domains; {dataset.name!r} has none")
     order = list(domain_order) if domain_order is not None else list(DEFAULT_DOMAIN_ORDER.get(dataset.name, allowed))
-    for d in order:
-        require(d in allowed, "domain_order", d, allowed)
+    absent = [d for d in order if d not in allowed]
+    if absent:  # e.g. a DomainNet download without some domains' file lists
+        raise ConfigError(f"domain_order={absent[0]!r} is invalid; allowed: {', '.join(allowed)} (the domains found in "
+                          f"the {dataset.name} {dataset.split} data; not found: {', '.join(absent)})")
     require(len(set(order)) == len(order), "domain_order", order, "each domain at most once")
     require(num_tasks == len(order), "num_tasks", num_tasks, f"{len(order)} (one task per domain in {order})")
     return order
@@ -92,6 +95,10 @@ def task_test_indices(scenario: str, tasks: list[Task], test_dataset) -> list[np
         labels = np.asarray(test_dataset.labels)
         return [np.flatnonzero(np.isin(labels, t.classes)).astype(np.int64) for t in tasks]
     ids = np.asarray(test_dataset.domain_ids)
+    absent = [d for t in tasks for d in t.domains if d not in test_dataset.domains]
+    if absent:
+        raise DataError(f"the {test_dataset.name} {test_dataset.split} split has no {absent[0]!r} images (domains found: "
+                        f"{', '.join(test_dataset.domains)}); every trained domain needs test images")
     return [np.flatnonzero(np.isin(ids, [test_dataset.domains.index(d) for d in t.domains])).astype(np.int64)
             for t in tasks]
 

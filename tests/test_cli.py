@@ -17,7 +17,8 @@ def test_train_help_lists_methods_regularizers_datasets_scenarios_presets():
     text = out.stdout + out.stderr
     for word in ["simclr", "mocov2plus", "byol", "simsiam", "barlow", "vicreg", "finetune", "pnr", "cassle",
                  "cifar10", "cifar100", "tinyimagenet100", "pacs", "imagefolder", "class", "data", "domain",
-                 "smoke", "cifar100-5t", "cifar100-10t", "tinyimagenet100-5t", "pacs-domain"]:
+                 "smoke", "cifar100-5t", "cifar100-10t", "tinyimagenet100-5t", "pacs-domain", "domainnet",
+                 "domainnet-6t"]:
         assert word in text, word
 
 

@@ -26,6 +26,35 @@ def test_per_method_preset_values_follow_the_anchor_scripts():
     assert vic.data.min_scale == 0.2 and vic.regularizer.neg_weight == 23.0
 
 
+def test_presets_of_datasets_without_a_fixed_size_set_image_size():
+    """ImageNet-100 (imagefolder) and DomainNet images come in every size: decoding needs an explicit image_size."""
+    from fastpnr.data.registry import get_spec
+
+    for preset in PRESETS:
+        cfg = build_config(preset)
+        if get_spec(cfg.data.dataset).native_size is None:
+            assert cfg.data.image_size == 224, preset
+
+
+def test_domainnet_preset_follows_the_anchor_scripts():
+    from fastpnr.data.registry import DOMAINNET_DOMAINS
+
+    cfg = build_config("domainnet-6t")
+    d = cfg.data
+    assert (d.dataset, d.scenario, d.num_tasks, d.domain_order) == ("domainnet", "domain", 6, DOMAINNET_DOMAINS)
+    assert d.domain_order == ("real", "quickdraw", "painting", "sketch", "infograph", "clipart")
+    assert (d.image_size, d.crop_size, d.blur_prob, d.loader, cfg.model.cifar_stem) == (224, 224, (1.0, 0.1), "dali", False)
+    assert (cfg.optim.epochs, cfg.optim.batch_size, cfg.optim.lr, cfg.optim.weight_decay) == (200, 256, 0.4, 1e-4)
+    assert (cfg.regularizer.name, cfg.regularizer.frozen_bn, cfg.eval.protocol) == ("pnr", "eval", "linear")
+    neg = {m: build_config("domainnet-6t", {"method": m}).regularizer.neg_weight for m in ("byol", "barlow", "vicreg")}
+    assert neg == {"byol": 1.0, "barlow": 1.0, "vicreg": 8.0}
+    byol = build_config("domainnet-6t", {"method": "byol"})
+    assert (byol.optim.lr, byol.optim.weight_decay) == (0.6, 1e-5)
+    vic = build_config("domainnet-6t", {"method": "vicreg"})
+    assert (vic.optim.lr, vic.data.min_scale, vic.regularizer.pos_weight) == (0.4, 0.2, 25.0)
+    assert build_config("domainnet-6t", {"method": "mocov2plus"}).optim.lr == 0.6
+
+
 def test_overrides_are_cast_and_user_values_win():
     cfg = build_config("smoke", {"optim.lr": "0.25", "train.precision": "fp32", "data.solarize_prob": "0.1,0.3",
                                  "model.cifar_stem": "false", "epochs": 3, "data-dir": "/x"})

@@ -67,6 +67,18 @@ def test_domain_il_default_order_and_test_split():
     assert [t.domains[0] for t in make_tasks("domain", ds, 4, 0, domain_order=order)] == order
 
 
+def test_domain_il_domainnet_default_is_the_anchors_order():
+    order = ["real", "quickdraw", "painting", "sketch", "infograph", "clipart"]  # anchors §3.2 (base.py self.domains)
+    ds = fake_dataset(n=120, domains=order)
+    ds.name = "domainnet"
+    tasks = make_tasks("domain", ds, 6, seed=0)
+    assert [t.domains for t in tasks] == [[d] for d in order]
+    _assert_partition(tasks, len(ds))
+    assert all((ds.domain_ids[t.train_indices] == t.index).all() for t in tasks)
+    with pytest.raises(ConfigError, match=r"num_tasks=5 is invalid; allowed: 6"):
+        make_tasks("domain", ds, 5, 0)
+
+
 def test_bad_arguments_are_config_errors():
     ds = fake_dataset()
     with pytest.raises(ConfigError, match="num_tasks=3"):

@@ -70,6 +70,8 @@ def _size(image_size) -> tuple[int, int] | None:
 
 
 def _labels(source: Source, read: Decoded, name: str, num_classes: int | None) -> tuple[list[str], np.ndarray]:
+    if source.labelled:  # file lists (DomainNet): the entries carry the labels, checked against `classes` by the source
+        return source.classes, np.asarray(read.class_names, np.int64)
     classes = source.classes or sorted(set(read.class_names))
     index = {c: i for i, c in enumerate(classes)}
     unknown = next((m for m, c in zip(read.members, read.class_names) if c not in index), None)

@@ -70,7 +70,7 @@ class Decoded:
     """Everything read from a source; `keep` marks the entries whose image decoded (all when not decoding)."""
 
     members: list[str] = field(default_factory=list)
-    class_names: list[str] = field(default_factory=list)
+    class_names: list = field(default_factory=list)  # class folder names, or int labels (labelled sources)
     domains: list[str | None] = field(default_factory=list)
     blobs: list[bytes] | None = None
     images: np.ndarray | None = None

@@ -8,6 +8,8 @@ from fastpnr.errors import require
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
 # The anchors' ImageNet std is (0.228, 0.224, 0.225), not torchvision's 0.229 (solo-learn/cassle ImagenetTransform).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.228, 0.224, 0.225)
+# The anchors' DomainNet task order (cassle/methods/base.py `self.domains`): task t is domain DOMAINNET_DOMAINS[t].
+DOMAINNET_DOMAINS = ("real", "quickdraw", "painting", "sketch", "infograph", "clipart")
 
 
 @dataclass(frozen=True)
@@ -15,7 +17,8 @@ class DatasetSpec:
     """What fastpnr knows about a dataset before reading it.
 
     `layout` picks the reader: "splits" (`<split>/<class>/<file>` in folders or `<split>[-k].tar[.xz|.gz]`),
-    "cifar" ("splits" or the official python pickles), "pacs" (one archive per domain, README split rule).
+    "cifar" ("splits" or the official python pickles), "pacs" (one archive per domain, README split rule),
+    "domainnet" (the official file lists `<domain>_<split>.txt` beside one folder or archive per domain).
     `splits` are the canonical names; `aliases` maps other accepted names onto them.
     `num_images` (split -> count) is only a progress-bar hint.
     """
@@ -63,6 +66,9 @@ DATASETS: dict[str, DatasetSpec] = {
                     aliases={"test": "val"}, cache_decoded=False, num_images={"train": 9469, "val": 3925}),
         DatasetSpec("pacs", 7, 128, IMAGENET_MEAN, IMAGENET_STD, ("train", "test"), layout="pacs",
                     domains=("art_painting", "cartoon", "photo", "sketch"), num_images={"train": 8003, "test": 1988}),
+        # Images of every size: decoding needs image_size (the domainnet-6t preset sets 224).
+        DatasetSpec("domainnet", 345, None, IMAGENET_MEAN, IMAGENET_STD, ("train", "test"), layout="domainnet",
+                    domains=DOMAINNET_DOMAINS),
         DatasetSpec("imagefolder", None, None, IMAGENET_MEAN, IMAGENET_STD, ()),
     ]
 }

@@ -4,7 +4,9 @@ Layouts read here:
 - split folders `<dir>/<split>/<class>/<file>` or archives `<dir>/<split>.tar[.xz|.gz]`, sharded as `<split>-<k>.tar.xz`
   (the archive members are `<split>/<class>/<file>`; the class is the parent folder);
 - the official CIFAR python pickles (`cifar-10-batches-py/`, `cifar-100-python/` or their `.tar.gz`);
-- PACS: one archive (or folder) per domain, `<domain>/<class>/<file>`, split by the rule in shared/data/README.md.
+- PACS: one archive (or folder) per domain, `<domain>/<class>/<file>`, split by the rule in shared/data/README.md;
+- DomainNet: the official file lists `<domain>_<split>.txt` (lines `<domain>/<class>/<file> <label>`) beside one
+  folder (or `.zip` / tar archive) per domain holding `<domain>/<class>/<file>`.
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
+import zipfile
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -34,8 +38,9 @@ CIFAR_PICKLES = {"cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz"),
                  "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz")}
 DOWNLOAD_TIMEOUT_S = 20
 
-# An entry is (member name for messages, class folder name, domain or None, encoded bytes).
-Entry = tuple[str, str, "str | None", bytes]
+# An entry is (member name for messages, class folder name, domain or None, encoded bytes); sources with
+# `labelled=True` give the int label instead of the class folder name (file-list layouts: DomainNet).
+Entry = tuple[str, "str | int", "str | None", bytes]
 
 
 @dataclass
@@ -44,6 +49,7 @@ class Source:
 
     `entries` streams encoded images (kind "encoded"); `arrays` returns decoded CIFAR pickles (kind "pickle") as
     (images uint8 (N, 32, 32, 3), labels int64 (N,), members, classes).
+    `labelled`: the entries carry int labels into `classes` (from file lists), not class folder names.
     """
 
     kind: str
@@ -53,6 +59,7 @@ class Source:
     domains: tuple[str, ...] | None = None
     entries: Callable[[], Iterator[Entry]] | None = None
     arrays: Callable[[], tuple[np.ndarray, np.ndarray, list[str], list[str]]] | None = None
+    labelled: bool = False
 
 
 def candidate_roots(data_dir=None) -> list[Path]:
@@ -175,6 +182,134 @@ def _pacs_source(directory: Path, split: str, domains: tuple[str, ...]) -> Sourc
     return Source("encoded", directory, [found[d] for d in domains], None, domains, entries=entries)
 
 
+def _domain_location(directory: Path, domain: str) -> Path | None:
+    """A domain's images: the folder `<domain>/`, else `<domain>.zip`, else `<domain>.tar[.xz|.gz]`."""
+    if (directory / domain).is_dir():
+        return directory / domain
+    if (directory / f"{domain}.zip").is_file():
+        return directory / f"{domain}.zip"
+    return _archive(directory, domain)
+
+
+def _read_file_list(path: Path, domain: str, domains: tuple[str, ...], num_classes: int) -> list[tuple[str, int, int]]:
+    """(image path relative to the root, label, line number) per line of `<domain>_<split>.txt`, in file order.
+
+    Lines are `<domain>/<class>/<file> <label>`; a line that does not parse, a label outside [0, num_classes), an
+    unknown domain, or another domain's image is a DataError naming the file and line.
+    """
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read the DomainNet file list {path}: {e}") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.strip().rsplit(maxsplit=1)
+        try:
+            rel, label = parts[0], int(parts[1])
+        except (IndexError, ValueError):
+            rel, label = "", None
+        if label is None or len(rel.split("/")) < 3:
+            raise DataError(f"{path}:{n}: cannot parse {line.strip()!r}; expected '<domain>/<class>/<file> <label>'")
+        found = rel.split("/", 1)[0]
+        if found not in domains:
+            raise DataError(f"{path}:{n}: unknown domain {found!r} in {rel!r}; DomainNet domains: {', '.join(domains)}")
+        if found != domain:
+            raise DataError(f"{path}:{n}: {rel!r} is a {found!r} image but {path.name} lists {domain!r} images")
+        if not 0 <= label < num_classes:
+            raise DataError(f"{path}:{n}: label {label} of {rel!r} is outside [0, {num_classes})")
+        rows.append((rel, label, n))
+    return rows
+
+
+def _listed_images(location: Path, rows: list[tuple[str, int, int]], list_path: Path) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) of every listed image, in list order, from a domain folder, zip or tar archive.
+
+    Zip members are read by name; a tar is streamed once and the images that come before their turn in the list are
+    held in memory (none when the archive and the list share an order).
+    """
+    def missing(rel: str, n: int, where: Path) -> DataError:
+        return DataError(f"{list_path}:{n}: listed image {rel!r} does not exist in {where}")
+
+    if location.is_dir():
+        for rel, _, n in rows:
+            f = location.parent / rel
+            try:
+                data = f.read_bytes()
+            except FileNotFoundError:
+                raise missing(rel, n, location.parent) from None
+            except OSError as e:
+                raise DataError(f"{list_path}:{n}: cannot read {f}: {e}") from None
+            yield str(f), data
+        return
+    if location.suffix == ".zip":
+        try:
+            with zipfile.ZipFile(location) as zf:
+                for rel, _, n in rows:
+                    try:
+                        data = zf.read(rel)
+                    except KeyError:
+                        raise missing(rel, n, location) from None
+                    yield f"{location}::{rel}", data
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+            raise DataError(f"cannot read archive {location}: {e}; expected a zip archive") from None
+        return
+    order = [rel for rel, _, _ in rows]
+    left = Counter(order)
+    pending: dict[str, bytes] = {}
+    i = 0
+    for name, data in iter_archive(location):
+        name = name[2:] if name.startswith("./") else name
+        if name in left:
+            pending[name] = data
+        while i < len(order) and order[i] in pending:
+            rel = order[i]
+            yield f"{location}::{rel}", pending[rel]
+            left[rel] -= 1
+            if not left[rel]:
+                del pending[rel]
+            i += 1
+    if i < len(order):
+        raise missing(order[i], rows[i][2], location)
+
+
+def _domainnet_source(directory: Path, split: str, domains: tuple[str, ...], num_classes: int) -> Source | None:
+    """The official DomainNet layout: `<domain>_<split>.txt` lists beside `<domain>/` folders (or archives).
+
+    Labels come from the lists; the domain of an image is its path's first component. The domains whose list
+    exists are read, in the anchors' order (`domains`); a domain with a list but no images is a DataError.
+    `classes[label]` is the class folder the lists give for that label (`label_<k>` for a label no line uses).
+    """
+    lists = {d: directory / f"{d}_{split}.txt" for d in domains}
+    present = tuple(d for d in domains if lists[d].is_file())
+    if not present:
+        if any(_domain_location(directory, d) or list(directory.glob(f"{d}_*.txt")) for d in domains):
+            raise DataError(f"DomainNet in {directory} has no {split} file lists: none of "
+                            f"{', '.join(p.name for p in lists.values())} exist (the official <domain>_{split}.txt)")
+        return None
+    locations = {d: _domain_location(directory, d) for d in present}
+    no_images = [d for d in present if locations[d] is None]
+    if no_images:
+        d = no_images[0]
+        raise DataError(f"{lists[d]} lists {d!r} images but there is no {directory / d}/ folder, {d}.zip or "
+                        f"{d}.tar[.xz|.gz] archive in {directory}")
+    rows = {d: _read_file_list(lists[d], d, domains, num_classes) for d in present}
+    names: dict[int, str] = {}
+    for d in present:
+        for rel, label, _ in rows[d]:
+            names.setdefault(label, rel.split("/")[1])
+    classes = [names.get(k, f"label_{k}") for k in range(num_classes)]
+
+    def entries():
+        for d in present:
+            images = _listed_images(locations[d], rows[d], lists[d])
+            for (_, label, _), (member, data) in zip(rows[d], images):
+                yield member, label, d, data
+    files = [lists[d] for d in present] + [locations[d] for d in present]
+    return Source("encoded", directory, files, classes, present, entries=entries, labelled=True)
+
+
 def _pickle_source(spec: DatasetSpec, directory: Path, split: str) -> Source | None:
     folder_name, tarball_name = CIFAR_PICKLES[spec.name]
     folder = directory if directory.name == folder_name else directory / folder_name
@@ -224,6 +359,8 @@ def _source_in(spec: DatasetSpec, directory: Path, split: str) -> Source | None:
         return None
     if spec.layout == "pacs":
         return _pacs_source(directory, split, spec.domains)
+    if spec.layout == "domainnet":
+        return _domainnet_source(directory, split, spec.domains, spec.num_classes)
     tsv = directory / "classes.tsv"
     source = _split_source(directory, split, _read_classes_tsv(tsv) if tsv.is_file() else None)
     if source is None and spec.layout == "cifar":
@@ -270,6 +407,8 @@ def find_source(spec: DatasetSpec, split: str, data_dir=None, *, download_missin
             return source
     how = (f"download {spec.download_url} (download=True, --data.download true), or put" if spec.download_url
            else "put")
-    layout = ("<domain>.tar.xz per domain" if spec.layout == "pacs" else f"{split}/<class>/<file> or {split}.tar.xz")
+    layout = {"pacs": "<domain>.tar.xz per domain",
+              "domainnet": f"<domain>_{split}.txt file lists beside <domain>/ folders (or <domain>.zip archives)"}.get(
+        spec.layout, f"{split}/<class>/<file> or {split}.tar.xz")
     raise DataError(f"dataset {spec.name!r} split {split!r} not found; looked in: {looked}; "
                     f"{how} it there as {layout} (see shared/data/README.md), or pass --data-dir / set $FASTPNR_DATA")

@@ -35,3 +35,50 @@ def write_tar(path: Path, prefix: str, files: dict[str, bytes], mode="w:xz") -> 
             info.size = len(files[rel])
             tf.addfile(info, io.BytesIO(files[rel]))
     return path
+
+
+DOMAINNET_DOMAINS = ("real", "quickdraw", "painting", "sketch", "infograph", "clipart")
+# Labels as the lists give them (not the sorted order of the names), so a test sees they come from the lists.
+DOMAINNET_CLASSES = {"zigzag": 344, "aircraft_carrier": 0, "bee": 17}
+
+
+def domainnet_files(domains=DOMAINNET_DOMAINS, per_class=(3, 1), size=(8, 8)) -> dict[str, dict[str, list]]:
+    """{split: {domain: [(relative path, label, bytes), ...]}}; per_class = (train, test) images of each class."""
+    out: dict[str, dict[str, list]] = {"train": {}, "test": {}}
+    for k, d in enumerate(domains):
+        for split, n in zip(("train", "test"), per_class):
+            rows = []
+            for c, (cls, label) in enumerate(DOMAINNET_CLASSES.items()):
+                for i in range(n):
+                    seed = 1000 * k + 100 * c + 10 * (split == "test") + i
+                    rows.append((f"{d}/{cls}/{d}_{label:03d}_{split}{i:02d}.jpg", label, jpeg_bytes(seed, size)))
+            out[split][d] = rows
+    return out
+
+
+def write_domainnet(root: Path, files=None, archives: dict[str, str] | None = None) -> dict:
+    """The official layout under `root`: `<domain>_<split>.txt` lists and a `<domain>/` folder per domain, or for
+    the domains in `archives` a `<domain>.<suffix>` archive ("zip", "tar", "tar.xz") with members `<domain>/...`."""
+    import zipfile
+
+    files = files or domainnet_files()
+    archives = archives or {}
+    root.mkdir(parents=True, exist_ok=True)
+    for split, by_domain in files.items():
+        for d, rows in by_domain.items():
+            (root / f"{d}_{split}.txt").write_text("".join(f"{rel} {label}\n" for rel, label, _ in rows))
+    for d in {d for by_domain in files.values() for d in by_domain}:
+        images = {rel: data for by_domain in files.values() for rel, _, data in by_domain.get(d, [])}
+        kind = archives.get(d)
+        if kind is None:
+            for rel, data in images.items():
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                (root / rel).write_bytes(data)
+        elif kind == "zip":
+            with zipfile.ZipFile(root / f"{d}.zip", "w") as zf:
+                for rel in sorted(images):
+                    zf.writestr(rel, images[rel])
+        else:
+            mode = {"tar": "w", "tar.xz": "w:xz", "tar.gz": "w:gz"}[kind]
+            write_tar(root / f"{d}.{kind}", d, {rel.split("/", 1)[1]: data for rel, data in images.items()}, mode=mode)
+    return files

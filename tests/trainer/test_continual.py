@@ -9,6 +9,7 @@ import torch
 
 from fastpnr.config import build_config
 from fastpnr.continual import ContinualRun, resume_run
+from fastpnr.errors import ConfigError
 from tests.conftest import tiny_overrides
 
 BASE_METHODS = ["simclr", "mocov2plus", "byol", "simsiam", "barlow", "vicreg"]
@@ -177,6 +178,34 @@ def test_data_incremental_and_domain_incremental_runs(data_root, tmp_path):
     assert "photo" in json.dumps(tasks["tasks"])
 
 
+def test_domainnet_six_domain_run_and_per_domain_linear_eval(tmp_path):
+    from fastpnr.offline_eval import knn_eval, linear_eval
+    from tests.data.utils import DOMAINNET_DOMAINS, domainnet_files, write_domainnet
+
+    write_domainnet(tmp_path / "data", domainnet_files(per_class=(6, 2), size=(20, 20)))  # 18 train, 6 test per domain
+    ov = tiny_overrides(tmp_path / "data", **{"data.loader": "gpu", "data.crop_size": None, "data.train_fraction": 1.0,
+                                              "data.test_fraction": 1.0, "eval.train_fraction": 1.0, "optim.epochs": 1,
+                                              "optim.batch_size": 8, "eval.forward_transfer": False,
+                                              "regularizer.distill_hidden": 32, "data.cache_dir": str(tmp_path / "cache"),
+                                              # bf16 on CPU: layer4.0.conv1's weight gradient came out non-finite at
+                                              # 16 px with the ImageNet stem (a 2x2 -> 1x1 conv; 224 px gives 7x7)
+                                              "train.precision": "fp32"})
+    cfg = build_config("domainnet-6t", ov)
+    metrics = ContinualRun(cfg, tmp_path / "run", log=quiet).fit()
+    assert len(metrics["accuracy_matrix"]) == 6 and all(len(r) == 6 for r in metrics["accuracy_matrix"])
+    tasks = json.loads((tmp_path / "run" / "tasks.json").read_text())
+    assert tasks["scenario"] == "domain" and tasks["dataset"] == "domainnet"
+    assert [t["domains"] for t in tasks["tasks"]] == [[d] for d in DOMAINNET_DOMAINS]
+    assert [(t["num_train"], t["test_images"]) for t in tasks["tasks"]] == [(18, 6)] * 6
+    lin = linear_eval(str(tmp_path / "run" / "task5.pt"), epochs=2, per_domain=True)
+    for key in ("per_domain_accuracy", "per_domain_runs"):
+        assert list(lin[key]) == list(DOMAINNET_DOMAINS) and all(0 <= a <= 100 for a in lin[key].values())
+    assert list(lin["per_domain_accuracy"].values()) == lin["per_task_accuracy"]
+    aug = linear_eval(str(tmp_path / "run" / "task5.pt"), mode="augmented", epochs=1, batch_size=8, per_domain=True)
+    assert list(aug["per_domain_runs"]) == list(DOMAINNET_DOMAINS)
+    assert list(knn_eval(str(tmp_path / "run" / "task5.pt"), k=3)["per_domain_accuracy"]) == list(DOMAINNET_DOMAINS)
+
+
 def test_offline_linear_and_knn_of_a_saved_task_model(data_root, tmp_path):
     from fastpnr.offline_eval import knn_eval, linear_eval
 
@@ -188,6 +217,8 @@ def test_offline_linear_and_knn_of_a_saved_task_model(data_root, tmp_path):
     assert json.loads((tmp_path / "lin.json").read_text())["protocol"] == "linear-features"
     aug = linear_eval(str(tmp_path / "task1.pt"), mode="augmented", epochs=1, batch_size=16)
     assert aug["protocol"] == "linear-augmented"
+    with pytest.raises(ConfigError, match="per_domain=True is invalid for data.scenario='class'"):
+        linear_eval(str(tmp_path / "task1.pt"), epochs=1, per_domain=True)
 
 
 def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(data_root, tmp_path, monkeypatch):
