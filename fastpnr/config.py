@@ -15,6 +15,7 @@ from typing import Any, Optional
 from .errors import ConfigError, require
 
 PRECISIONS = ("bf16", "fp16", "fp32")
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
 SCENARIOS = ("class", "data", "domain")
 PROTOCOLS = ("linear", "knn", "online")
 OPTIMIZERS = ("lars", "sgd")
@@ -109,6 +110,7 @@ class OptimConfig:
 class TrainConfig:
     device: str = "auto"                    # auto = cuda when available
     precision: str = "bf16"
+    matmul_precision: str = "high"          # float32 matmuls outside autocast on CUDA: high = TF32, highest = exact
     seed: int = 5
     deterministic: bool = False
     log_every: int = 20                     # steps between host reads of the loss (a sync)
@@ -122,6 +124,8 @@ class TrainConfig:
 
     def __post_init__(self):
         require(self.precision in PRECISIONS, "train.precision", self.precision, PRECISIONS)
+        require(self.matmul_precision in MATMUL_PRECISIONS, "train.matmul_precision", self.matmul_precision,
+                MATMUL_PRECISIONS)
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "train.device", self.device, "auto, cpu, cuda[:N]")
         require(self.online_probe in PROBES, "train.online_probe", self.online_probe, PROBES)
         require(self.log_every >= 1, "train.log_every", self.log_every, ">= 1")

@@ -36,6 +36,10 @@ class Trainer:
         if train_cfg.precision == "fp16" and device.type != "cuda":
             raise FastPNRError("train.precision='fp16' needs a CUDA device; allowed on CPU: bf16, fp32")
         self.scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
+        if device.type == "cuda":
+            # float32 matmuls left outside autocast (the InfoNCE of normalized fp32 embeddings, the probe) use TF32
+            # by default, as cuDNN convolutions already do; "highest" keeps them exact. Process-wide in torch.
+            torch.set_float32_matmul_precision(getattr(train_cfg, "matmul_precision", "high"))
         use_stream = train_cfg.frozen_stream and device.type == "cuda"
         self.side_stream = torch.cuda.Stream(device) if use_stream else None
         self.graph = None

@@ -75,6 +75,7 @@ def test_overrides_are_cast_and_user_values_win():
     ({"data.train_fraction": 0}, "data.train_fraction=0.0 is invalid"),
     ({"model.backbone": "vit"}, "model.backbone='vit' is invalid; allowed: resnet18, resnet50"),
     ({"regularizer.frozen_bn": "off"}, "regularizer.frozen_bn='off' is invalid; allowed: eval, train"),
+    ({"train.matmul_precision": "tf32"}, "train.matmul_precision='tf32' is invalid; allowed: highest, high, medium"),
     ({"method": "byol", "method.final_tau": 0.5}, "method.final_tau=0.5 is invalid"),
 ])
 def test_bad_configuration_fails_with_one_line(overrides, needle):
