@@ -16,6 +16,8 @@ from .errors import ConfigError, require
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
+FFCV_ORDERS = ("random", "quasi_random", "sequential")  # loaders.ffcv_loader.ORDERS
+FFCV_CROPS = ("device", "decoder")
 SCENARIOS = ("class", "data", "domain")
 PROTOCOLS = ("linear", "knn", "online")
 OPTIMIZERS = ("lars", "sgd")
@@ -37,6 +39,11 @@ class DataConfig:
     test_fraction: float = 1.0              # seeded subsample of the test set (smoke runs)
     loader: str = "gpu"
     num_workers: int = 4                    # torchvision / ffcv loaders
+    prefetch: bool = True                   # CUDA: produce batch k+1 on a side stream while step k runs
+    ffcv_order: str = "random"              # FFCV traversal: random, quasi_random (needs ffcv_os_cache false), sequential
+    ffcv_os_cache: bool = True              # FFCV: read the .beton through the OS page cache (else its own)
+    ffcv_batches_ahead: int = 3             # FFCV: batches decoded ahead
+    ffcv_crop: str = "device"               # device: decode once, crop the views on the device; decoder: FFCV crops
     crop_size: Optional[int] = None         # default: the image size
     min_scale: float = 0.08                 # RandomResizedCrop lower scale (VICReg: 0.2)
     solarize_prob: tuple = (0.0, 0.2)
@@ -57,6 +64,12 @@ class DataConfig:
             v = getattr(self, name)
             require(len(v) in (1, 2) and all(0 <= p <= 1 for p in v), f"data.{name}", v, "one or two probabilities in [0, 1]")
         require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
+        require(self.ffcv_order in FFCV_ORDERS, "data.ffcv_order", self.ffcv_order, FFCV_ORDERS)
+        require(self.ffcv_order != "quasi_random" or not self.ffcv_os_cache, "data.ffcv_os_cache",
+                self.ffcv_os_cache, "false with data.ffcv_order=quasi_random (FFCV's page-local shuffle)")
+        require(isinstance(self.ffcv_batches_ahead, int) and self.ffcv_batches_ahead >= 1, "data.ffcv_batches_ahead",
+                self.ffcv_batches_ahead, "an integer >= 1")
+        require(self.ffcv_crop in FFCV_CROPS, "data.ffcv_crop", self.ffcv_crop, FFCV_CROPS)
 
 
 @dataclass(frozen=True)

@@ -128,20 +128,27 @@ class ContinualRun:
         self.regularizer.to(self.device, memory_format=memory_format)
 
     def _loader(self, indices, num_views, view_configs, seed, shuffle=True, drop_last=True):
-        from loaders import make_loader
+        """The task's loader, wrapped in ``loaders.Prefetcher``: on CUDA the next batch is produced on a side stream
+        while the current step runs (values unchanged; ``data.prefetch false`` turns it off); elsewhere the wrapper
+        is the loader itself."""
+        from loaders import Prefetcher, make_loader
 
         kind, extra = self.cfg.data.loader, {}
         source = self.train_set
         if kind == "ffcv":  # a .beton of the train split, written once next to the decode cache
             source = self._train_beton()
-            extra = {"mean": self.train_set.mean, "std": self.train_set.std, "num_workers": self.cfg.data.num_workers}
+            d = self.cfg.data
+            extra = {"mean": self.train_set.mean, "std": self.train_set.std, "num_workers": d.num_workers,
+                     "order": d.ffcv_order, "os_cache": d.ffcv_os_cache, "batches_ahead": d.ffcv_batches_ahead,
+                     "crop": d.ffcv_crop}
         elif kind == "dali":  # DALI decodes the original JPEG bytes itself
             source = self._encoded_train_set()
         elif kind == "torchvision":
             extra = {"num_workers": self.cfg.data.num_workers}
-        return make_loader(kind, source, batch_size=self.cfg.optim.batch_size, num_views=num_views,
-                           device=self.device, seed=seed, shuffle=shuffle, drop_last=drop_last,
-                           view_configs=view_configs, subset=indices, **extra)
+        loader = make_loader(kind, source, batch_size=self.cfg.optim.batch_size, num_views=num_views,
+                             device=self.device, seed=seed, shuffle=shuffle, drop_last=drop_last,
+                             view_configs=view_configs, subset=indices, **extra)
+        return Prefetcher(loader, self.device, ahead=None if self.cfg.data.prefetch else False)
 
     def _train_beton(self) -> str:
         from loaders.ffcv_ops import write_beton

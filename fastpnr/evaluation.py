@@ -22,7 +22,10 @@ def eval_batches(images: np.ndarray, indices: np.ndarray, batch_size: int, devic
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     for start in range(0, len(indices), batch_size):
         idx = indices[start:start + batch_size]
-        x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device, non_blocking=True)
+        x = torch.from_numpy(np.ascontiguousarray(images[idx]))
+        if torch.device(device).type == "cuda":
+            x = x.pin_memory()  # a pinned source makes the non_blocking copy asynchronous
+        x = x.to(device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float().div_(255)
         if size is not None and x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp_(0, 1)

@@ -3,7 +3,8 @@
 Every kind yields `views`: a list of `num_views` float (B, 3, S, S) tensors, normalized, channels_last, on `device`,
 and int64 `labels`, `indices` on `device`; it has `len()` and `set_epoch(e)`, and epoch e's batches are a function
 of (seed, e). Loader modules are imported on first use, so optional backends (torchvision, ffcv, DALI) cost nothing
-until asked for.
+until asked for. `Prefetcher(loader, device)` wraps any of them so that on CUDA the next batch is produced on a side
+stream while the current step runs (loaders/prefetch.py).
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from fastpnr.errors import FastPNRError, require
 
 from .config import ViewConfig, cifar_views, imagenet_views
 from .gpu_aug import augment_batch
+from .prefetch import Prefetcher
 
-# kind → (module, class, what it needs); "ffcv" and "dali" are reserved names whose modules are not written yet
+# kind → (module, class, what it needs)
 LOADERS = {
     "gpu": ("loaders.gpu_resident", "GpuResidentLoader", "decoded images (load_dataset(..., decode=True))"),
     "torchvision": ("loaders.torchvision_loader", "TorchvisionLoader", "pip install torchvision"),
@@ -48,4 +50,4 @@ def make_loader(kind: str, source, batch_size: int, num_views: int, device, seed
                drop_last=drop_last, view_configs=view_configs, subset=subset, **kw)
 
 
-__all__ = ["LOADERS", "ViewConfig", "augment_batch", "cifar_views", "imagenet_views", "loader_class", "make_loader"]
+__all__ = ["LOADERS", "Prefetcher", "ViewConfig", "augment_batch", "cifar_views", "imagenet_views", "loader_class", "make_loader"]

@@ -19,7 +19,10 @@ same for any `num_threads` or prefetch depth (checked on CPU; ~10-80 ms per rebu
 Differences from the torchvision reference (same family, not bit-equal): DALI's color_twist applies brightness,
 contrast, saturation and hue as one fused colour transform in a fixed order (torchvision: a random order per sample)
 and stretches contrast around mid-grey rather than around the image's mean grey; its Gaussian blur is a true
-Gaussian with window 2*ceil(3 sigma)+1 (the reference uses PIL's box-blur approximation).
+Gaussian with window 2*ceil(3 sigma)+1 (the reference uses PIL's box-blur approximation); when none of the 10 crop
+attempts fits, its fallback box has torchvision's size (aspect clipped to the ratio range) but a random position,
+not the centre (probability < 1e-8 per image with the anchors' ranges). The crop area, aspect ratio, position and
+flip distributions match torchvision's (tests/loaders/test_crop_faithfulness.py).
 
 nvidia.dali is imported only when a DaliLoader is built: `pip install nvidia-dali-cuda130` (the extra fastpnr[dali]).
 """
@@ -189,7 +192,10 @@ class DaliLoader(EpochBatches):
 
     def _to_torch(self, out, dtype) -> torch.Tensor:
         t = out.as_tensor()
-        dst = torch.empty(t.shape(), dtype=dtype, device="cpu" if _is_cpu(out) else self.device)
+        if _is_cpu(out):  # pinned when it goes on to a CUDA device: the non_blocking copy is then really async
+            dst = torch.empty(t.shape(), dtype=dtype, pin_memory=self.device.type == "cuda")
+        else:
+            dst = torch.empty(t.shape(), dtype=dtype, device=self.device)
         stream = torch.cuda.current_stream(self.device) if dst.is_cuda else None
         self.feed_ndarray(t, dst, cuda_stream=stream)
         return dst

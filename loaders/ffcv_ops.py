@@ -93,14 +93,17 @@ def read_schema(path):
     from ffcv.reader import Reader
 
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"FFCV file {str(p)!r} is a directory, not a .beton file")
     if not p.is_file():
         raise DataError(f"FFCV file {str(p)!r} does not exist (write one with: fastpnr to_beton --dataset NAME "
                         f"--split SPLIT --out FILE.beton)")
     try:
         reader = Reader(str(p))
-    except Exception as e:  # a truncated file, another format, another FFCV file version
-        msg = f"{type(e).__name__}: {e}".replace("\n", " ")
-        raise DataError(f"{str(p)!r} is not a readable FFCV .beton ({msg})") from None
+    except Exception as e:  # a truncated file, another format, another FFCV file version, no read permission
+        msg = " ".join(f"{type(e).__name__}: {e}".split())
+        raise DataError(f"{str(p)!r} is not a readable FFCV .beton (truncated, unreadable or not written by FFCV: "
+                        f"{msg}); rewrite it with fastpnr to_beton") from None
     return reader, {name: type(h).__name__ for name, h in reader.handlers.items()}
 
 

@@ -17,6 +17,7 @@ bicubic mean 1.1 / 99th pct 6; blur vs PIL away from the border, mean 0.6 / max 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -267,8 +268,14 @@ def normalize_batch(x: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 def _constant(values, like: torch.Tensor) -> torch.Tensor:
-    """A small host constant on `like`'s device; non_blocking so the copy does not wait on the stream."""
-    return torch.tensor(values, dtype=like.dtype).to(like.device, non_blocking=True)
+    """A small constant on `like`'s device and dtype, uploaded once per (values, device, dtype) and then reused:
+    no host-to-device copy (from pageable memory, which may wait for the device) per batch."""
+    return _cached_constant(tuple(float(v) for v in values), like.device, like.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype).to(device)
 
 
 # ---------------------------------------------------------------- one view

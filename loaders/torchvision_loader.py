@@ -159,6 +159,27 @@ class TorchvisionLoader:
 
     def __iter__(self):
         dev = self.device
-        for views, labels, indices in self.loader:
+        it = iter(self.loader)
+        while True:
+            try:
+                views, labels, indices = next(it)
+            except StopIteration:
+                return
+            except FastPNRError as e:  # e.g. a corrupt image (DataError), raised in a worker
+                raise type(e)(worker_message(e)) from None
             views = [v.to(dev, non_blocking=True, memory_format=torch.channels_last) for v in views]
             yield views, labels.to(dev, non_blocking=True), indices.to(dev, non_blocking=True)
+
+
+def worker_message(e: BaseException) -> str:
+    """The one-line message of an error raised in a DataLoader worker: DataLoader re-raises it with "Caught ... in
+    DataLoader worker process N." and the worker's whole traceback; the original message is its last line."""
+    msg = str(e)
+    lines = [line.strip() for line in msg.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return msg
+    last = lines[-1]
+    for prefix in (f"{type(e).__module__}.{type(e).__qualname__}: ", f"{type(e).__qualname__}: "):
+        if last.startswith(prefix):
+            return last[len(prefix):]
+    return last

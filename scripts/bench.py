@@ -9,9 +9,14 @@ training images (batch size x steps), not views.
 
 Rows:
 - reference: the anchors' pipeline — PIL + torchvision augmentation per sample in ``--workers`` DataLoader
-  workers (``loaders.make_loader("torchvision", ...)``), fp16 + GradScaler, NCHW, eager, one stream;
-- fastpnr: the GPU-resident loader with batched augmentation, bf16 autocast, channels_last; eager or the whole
-  step in one CUDA graph; the frozen forward on the main stream or its own.
+  workers (``loaders.make_loader("torchvision", ...)``), fp16 + GradScaler, NCHW, eager, one stream, no prefetch;
+- fastpnr: bf16 autocast, channels_last, the next batch produced on a side stream while the step runs
+  (``loaders.Prefetcher``, CUDA only); with the GPU-resident loader (batched augmentation) in the four
+  combinations of eager vs the whole step in one CUDA graph and the frozen forward on the main stream vs its own,
+  then each other loader — ``ffcv`` (a ``.beton`` of the same images, written once into the decode cache, or a
+  temporary folder with ``--quick``; crop="device"), ``dali`` (the original JPEG bytes) and ``torchvision`` (the
+  reference's data path under fastpnr's step) — with the graph and two streams. A loader whose package is not
+  installed gives a "skipped" row.
 The ratio column is each row's img/s over the reference's (>1 = faster). On CPU, fp16 becomes fp32, CUDA graphs
 and side streams do not exist (those rows run eagerly and say so): CPU numbers only show that the script works.
 
@@ -39,22 +44,32 @@ import torch
 
 @dataclass(frozen=True)
 class Row:
-    """One configuration: its loader kind, precision (on CUDA), memory format, CUDA graph, frozen-model stream."""
+    """One configuration: its loader kind, precision (on CUDA), memory format, CUDA graph, frozen-model stream, and
+    whether the next batch is produced on a side stream during the step (``loaders.Prefetcher``)."""
     name: str
     loader: str
     precision: str
     channels_last: bool
     cuda_graph: bool
     two_streams: bool
+    prefetch: bool = True
 
 
-REFERENCE = Row("anchors' pipeline (torchvision, fp16, NCHW, eager, 1 stream)", "torchvision", "fp16", False, False, False)
+REFERENCE = Row("anchors' pipeline (torchvision, fp16, NCHW, eager, 1 stream)", "torchvision", "fp16", False, False, False,
+                prefetch=False)
 FASTPNR_ROWS = [
     Row("fastpnr gpu loader, bf16 channels_last, eager, 1 stream", "gpu", "bf16", True, False, False),
     Row("fastpnr gpu loader, bf16 channels_last, eager, 2 streams", "gpu", "bf16", True, False, True),
     Row("fastpnr gpu loader, bf16 channels_last, graph, 1 stream", "gpu", "bf16", True, True, False),
     Row("fastpnr gpu loader, bf16 channels_last, graph, 2 streams", "gpu", "bf16", True, True, True),
+    Row("fastpnr ffcv loader, bf16 channels_last, graph, 2 streams", "ffcv", "bf16", True, True, True),
+    Row("fastpnr dali loader, bf16 channels_last, graph, 2 streams", "dali", "bf16", True, True, True),
+    Row("fastpnr torchvision loader, bf16 channels_last, graph, 2 streams", "torchvision", "bf16", True, True, True),
 ]
+# loader kind → (importable module of its package, how to install it), for the "skipped" row
+PACKAGES = {"torchvision": ("torchvision", "pip install torchvision"), "ffcv": ("ffcv", "pip install ffcv==1.0.2"),
+            "dali": ("nvidia.dali", "pip install nvidia-dali-cuda130")}
+QUICK_IMAGES = 512  # --quick: the loaders read only the first images of the train split (a small .beton)
 
 
 _ARGV: list[str] = []  # the command line, for the header (set by ``cli``)
@@ -70,16 +85,91 @@ def load_train_set(data_dir=None, image_size=None):
     return load_dataset("cifar10", "train", data_dir, image_size=image_size)
 
 
-def build_setup(row: Row, train_set, device: torch.device, batch_size: int, method_name="simclr",
+class _Head:
+    """The first ``n`` images of a decoded dataset, as ``write_beton`` reads it (labels, image(i), len)."""
+
+    domain_ids = None
+
+    def __init__(self, ds, n: int):
+        self.ds, self.name, self.labels = ds, getattr(ds, "name", "?"), ds.labels[:n]
+
+    def image(self, i: int):
+        return self.ds.image(i)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class BenchData:
+    """The benchmark's images for every loader kind: decoded (gpu, torchvision), a ``.beton`` of them (ffcv), the
+    encoded JPEG bytes (dali); ``subset`` (None: all) restricts every loader to the same images."""
+
+    def __init__(self, decoded, data_dir=None, subset: int | None = None, beton_dir=None, cache_dir=None):
+        self.decoded, self.data_dir, self.cache_dir = decoded, data_dir, cache_dir
+        self.subset = None if subset is None else list(range(min(subset, len(decoded))))
+        self.beton_dir = beton_dir
+        self._encoded = self._beton = None
+
+    def source(self, kind: str):
+        if kind == "ffcv":
+            return str(self.beton())
+        if kind == "dali":
+            return self.encoded()
+        return self.decoded
+
+    def encoded(self):
+        if self._encoded is None:
+            from fastpnr.data import load_dataset
+
+            self._encoded = load_dataset(self.decoded.name, self.decoded.split, self.data_dir, decode=False,
+                                         cache_dir=self.cache_dir)
+        return self._encoded
+
+    def beton(self) -> Path:
+        """A raw-pixel ``.beton`` of the decoded images (of ``subset``), written once."""
+        if self._beton is None:
+            from fastpnr.data import cache_root
+            from loaders.ffcv_ops import write_beton
+
+            ds = self.decoded
+            n = len(ds) if self.subset is None else len(self.subset)
+            folder = Path(self.beton_dir) if self.beton_dir is not None else cache_root(self.cache_dir) / "betons"
+            path = folder / f"bench-{ds.name}-{ds.split}-{ds.images.shape[1]}px-{n}.beton"
+            if not path.exists():
+                write_beton(ds if n == len(ds) else _Head(ds, n), path, num_workers=max(1, min(4, os.cpu_count() or 1)))
+            self._beton = path
+        return self._beton
+
+
+def missing(kind: str) -> str | None:
+    """Why loader ``kind`` cannot run here (its package is not installed), else None."""
+    import importlib.util
+
+    if kind not in PACKAGES:
+        return None
+    module, install = PACKAGES[kind]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else f"skipped: {module} not installed ({install})"
+
+
+def build_setup(row: Row, data, device: torch.device, batch_size: int, method_name="simclr",
                 regularizer_name="pnr", workers: int = 4, seed: int = 0, log=quiet, quick: bool = False):
-    """(trainer, loader) for one row: fresh model, frozen model active, LARS, the row's loader and step options."""
+    """(trainer, loader) for one row: fresh model, frozen model active, LARS, the row's loader and step options.
+
+    data: a ``BenchData`` (or a decoded dataset, for the gpu and torchvision loaders)."""
     from fastpnr.config import build_config
     from fastpnr.methods import build_method
     from fastpnr.optim import build_optimizer, set_lr
     from fastpnr.regularizers import build_regularizer
     from fastpnr.trainer import Trainer
-    from loaders import cifar_views, make_loader
+    from loaders import Prefetcher, cifar_views, make_loader
 
+    if not isinstance(data, BenchData):
+        data = BenchData(data)
+    train_set = data.decoded
     precision = row.precision
     if device.type != "cuda" and precision in ("fp16", "bf16"):
         precision = "fp32"  # fp16 needs CUDA; bf16 convolutions on a CPU only measure the CPU's bf16 support
@@ -101,9 +191,14 @@ def build_setup(row: Row, train_set, device: torch.device, batch_size: int, meth
     set_lr(opt, 0, cfg.optim.epochs, cfg.optim)
     trainer = Trainer(method, reg, opt, cfg.train, device, log=log)
     size = train_set.images.shape[1]
-    kw = {"num_workers": workers, "pin_memory": device.type == "cuda"} if row.loader == "torchvision" else {}
-    loader = make_loader(row.loader, train_set, batch_size=batch_size, num_views=2, device=device, seed=seed,
-                         view_configs=cifar_views(size, mean=train_set.mean, std=train_set.std), **kw)
+    kw = {"torchvision": {"num_workers": workers, "pin_memory": device.type == "cuda"},
+          "ffcv": {"num_workers": max(1, workers)}, "dali": {"num_threads": max(1, workers)}}.get(row.loader, {})
+    subset = data.subset if row.loader != "ffcv" else None  # the .beton holds just the subset
+    loader = make_loader(row.loader, data.source(row.loader), batch_size=batch_size, num_views=2, device=device,
+                         seed=seed, view_configs=cifar_views(size, mean=train_set.mean, std=train_set.std),
+                         subset=subset, **kw)
+    if row.prefetch:
+        loader = Prefetcher(loader, device)
     return trainer, loader
 
 
@@ -149,20 +244,16 @@ def _as_list(value) -> list:
     return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
-def _reference_available() -> str | None:
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        return "skipped: torchvision not installed"
-    return None
-
-
 def main(device="cuda", quick=False, batch_size=256, steps=50, warmup=10, data_dir=None, methods="simclr",
-         regularizer="pnr", workers=4, image_size=None, rows="all"):
+         regularizer="pnr", workers=4, image_size=None, rows="all", beton_dir=None):
     """Run the reference and fastpnr rows; print a header, img/s per row and each row's ratio to the reference.
 
     rows: "all", or comma-separated indices into [reference, *fastpnr rows] (0 = reference).
+    quick: a smoke test in seconds (batch 8, 16 px, 2 steps after 1, the loaders on the first 512 images).
+    beton_dir: where the ffcv row's .beton goes (default: the decode cache; with --quick a temporary folder).
     """
+    import tempfile
+
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA device is visible; use --device cpu")
@@ -176,37 +267,48 @@ def main(device="cuda", quick=False, batch_size=256, steps=50, warmup=10, data_d
     picked = all_rows if rows == "all" else [all_rows[int(i)] for i in _as_list(rows)]
     t0 = time.perf_counter()
     train_set = load_train_set(data_dir, image_size)
+    tmp = tempfile.TemporaryDirectory(prefix="fastpnr-bench-") if quick and beton_dir is None else None
+    data = BenchData(train_set, data_dir, subset=QUICK_IMAGES if quick else None,
+                     beton_dir=tmp.name if tmp is not None else beton_dir)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"# fastpnr bench | device: {dev_name} | torch {torch.__version__} | command: fastpnr bench {' '.join(_ARGV or sys.argv[1:])}")
-    print(f"# batch {batch_size} | {steps} timed steps after {warmup} warm-up | cifar10 train {len(train_set)} images "
+    used = len(train_set) if data.subset is None else len(data.subset)
+    print(f"# batch {batch_size} | {steps} timed steps after {warmup} warm-up | cifar10 train {used} images "
           f"{train_set.images.shape[1]} px (loaded in {time.perf_counter() - t0:.1f}s) | {regularizer} frozen model active "
           f"| workers {workers}")
     if device.type != "cuda":
-        print("# cpu: fp16/bf16 rows run in fp32, CUDA graphs and side streams fall back to eager (a smoke test, not a speed figure)")
-    for method_name in method_names:
-        results = []
-        print(f"\n## {method_name} + {regularizer}")
-        print(f"{'configuration':<64} | {'img/s':>9} | ratio")
-        for row in picked:
-            skip = _reference_available() if row.loader == "torchvision" else None
-            if skip is None:
-                notes = []
-                try:
-                    trainer, loader = build_setup(row, train_set, device, batch_size, method_name, regularizer, workers,
-                                                  log=lambda line, n=notes: n.append(line), quick=quick)
-                    ips = time_row(trainer, loader, device, steps, warmup, nchw=not row.channels_last)
-                    if trainer.graph is not None and trainer.graph.reason is not None and device.type == "cuda":
-                        notes.append(f"graph fell back to eager: {trainer.graph.reason}")
-                except Exception as e:  # one failing row must not hide the others
-                    skip = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
-                finally:
-                    trainer = loader = None
-                    gc.collect()
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-            results.append((row, None if skip else ips, skip, notes if not skip else []))
-            _print_row(results, row)
-        _print_summary(results)
+        print("# cpu: fp16/bf16 rows run in fp32, CUDA graphs, side streams and prefetch fall back to eager / one "
+              "stream (a smoke test, not a speed figure)")
+    try:
+        for method_name in method_names:
+            results = []
+            print(f"\n## {method_name} + {regularizer}")
+            print(f"{'configuration':<66} | {'img/s':>9} | ratio")
+            for row in picked:
+                skip, notes, ips = missing(row.loader), [], None
+                if skip is None:
+                    threads = torch.get_num_threads()
+                    try:
+                        trainer, loader = build_setup(row, data, device, batch_size, method_name, regularizer, workers,
+                                                      log=lambda line, n=notes: n.append(line), quick=quick)
+                        ips = time_row(trainer, loader, device, steps, warmup, nchw=not row.channels_last)
+                        if trainer.graph is not None and trainer.graph.reason is not None and device.type == "cuda":
+                            notes.append(f"graph fell back to eager: {trainer.graph.reason}")
+                    except Exception as e:  # one failing row must not hide the others
+                        skip = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+                    finally:
+                        trainer = loader = None
+                        gc.collect()
+                        torch.set_num_threads(threads)  # FFCV sets torch's thread count when an epoch starts
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                results.append((row, None if skip else ips, skip, notes if not skip else []))
+                _print_row(results, row)
+            _print_summary(results)
+    finally:
+        if tmp is not None:
+            gc.collect()
+            tmp.cleanup()
 
 
 def _baseline(results):
@@ -220,11 +322,11 @@ def _baseline(results):
 def _print_row(results, row):
     r = results[-1]
     if r[1] is None:
-        print(f"{row.name:<64} | {'-':>9} | {r[2]}")
+        print(f"{row.name:<66} | {'-':>9} | {r[2]}")
         return
     base, _ = _baseline(results)
     ratio = f"{r[1] / base:.2f}x" if base else "-"
-    print(f"{row.name:<64} | {r[1]:>9.0f} | {ratio}")
+    print(f"{row.name:<66} | {r[1]:>9.0f} | {ratio}")
     for note in r[3]:
         print(f"    ({note})")
 
@@ -239,10 +341,10 @@ def _print_summary(results):
 
 
 def cli(argv):
-    import fire
+    from fastpnr.cli import run_fire
 
     _ARGV[:] = list(argv)
-    fire.Fire(main, command=argv, name="fastpnr bench")
+    run_fire(main, argv, name="fastpnr bench")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ from the trace's kernel events. On CPU there is no GPU, so the idle share is not
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 if __name__ == "__main__":
@@ -30,9 +32,9 @@ if __name__ == "__main__":
 import torch
 
 if __package__:
-    from .bench import FASTPNR_ROWS, batches, build_setup, load_train_set
+    from .bench import FASTPNR_ROWS, QUICK_IMAGES, BenchData, batches, build_setup, load_train_set, missing
 else:  # run as a file (the guard above put the repository root on sys.path)
-    from scripts.bench import FASTPNR_ROWS, batches, build_setup, load_train_set
+    from scripts.bench import FASTPNR_ROWS, QUICK_IMAGES, BenchData, batches, build_setup, load_train_set, missing
 
 
 def gpu_idle_share(events) -> tuple[float, float] | None:
@@ -54,8 +56,10 @@ def gpu_idle_share(events) -> tuple[float, float] | None:
 
 
 def main(device="cuda", quick=False, batch_size=256, wait=2, warmup=3, active=5, out_dir="profile", data_dir=None,
-         method="simclr", regularizer="pnr", cuda_graph=True, two_streams=True, row_limit=15, image_size=None):
-    """Profile ``active`` steps of the fastpnr step (gpu loader, bf16 channels_last) and print the top kernels."""
+         method="simclr", regularizer="pnr", cuda_graph=True, two_streams=True, row_limit=15, image_size=None,
+         loader="gpu"):
+    """Profile ``active`` steps of the fastpnr step (bf16 channels_last, the next batch prefetched on a side stream)
+    and print the top kernels. loader: gpu (default), ffcv, dali or torchvision."""
     from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
     device = torch.device(device)
@@ -65,10 +69,22 @@ def main(device="cuda", quick=False, batch_size=256, wait=2, warmup=3, active=5,
         batch_size, wait, warmup, active, image_size = min(batch_size, 8), 1, 1, 1, image_size or 16
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    row = next(r for r in FASTPNR_ROWS if r.cuda_graph == bool(cuda_graph) and r.two_streams == bool(two_streams))
+    from fastpnr.errors import require
+
+    kinds = sorted({r.loader for r in FASTPNR_ROWS})
+    require(loader in kinds, "loader", loader, kinds)
+    row = next((r for r in FASTPNR_ROWS if r.loader == "gpu" and r.cuda_graph == bool(cuda_graph)
+                and r.two_streams == bool(two_streams)))
+    row = dataclasses.replace(row, name=row.name.replace("gpu loader", f"{loader} loader"), loader=loader)
+    why = missing(loader)
+    if why is not None:
+        raise SystemExit(f"error: loader {loader!r} {why}")
     train_set = load_train_set(data_dir, image_size)
     notes = []
-    trainer, loader = build_setup(row, train_set, device, batch_size, method, regularizer, log=notes.append, quick=quick)
+    tmp = tempfile.TemporaryDirectory(prefix="fastpnr-profile-") if quick else None
+    data = BenchData(train_set, data_dir, subset=QUICK_IMAGES if quick else None,
+                     beton_dir=tmp.name if tmp is not None else None)
+    trainer, loader = build_setup(row, data, device, batch_size, method, regularizer, log=notes.append, quick=quick)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     print(f"# fastpnr profile | device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'} | "
@@ -110,6 +126,8 @@ def main(device="cuda", quick=False, batch_size=256, wait=2, warmup=3, active=5,
         print("gpu idle share: not measurable on cpu (no GPU)")
     trainer = loader = None
     gc.collect()
+    if tmp is not None:
+        tmp.cleanup()
 
 
 def _has_attr(prof, name: str) -> bool:
@@ -118,9 +136,9 @@ def _has_attr(prof, name: str) -> bool:
 
 
 def cli(argv):
-    import fire
+    from fastpnr.cli import run_fire
 
-    fire.Fire(main, command=argv, name="fastpnr profile")
+    run_fire(main, argv, name="fastpnr profile")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,29 @@
-"""``fastpnr bench`` and ``fastpnr profile`` in their CPU ``--quick`` modes (smoke tests of the scripts, real CIFAR-10)."""
+"""``fastpnr bench`` and ``fastpnr profile`` in their CPU ``--quick`` modes (smoke tests of the scripts, real CIFAR-10),
+and the pieces that can be checked without a GPU: the rows, the GPU idle share arithmetic."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
+
+import pytest
+import torch
 
 from fastpnr.cli import main as fastpnr
+from scripts import bench, profile
+
+
+def test_rows_cover_each_loader_graph_and_streams():
+    """Issue 6: the reference (torchvision, fp16, NCHW, eager, one stream, no prefetch) and fastpnr's configurations:
+    every loader, eager vs graph, one vs two streams."""
+    ref = bench.REFERENCE
+    assert (ref.loader, ref.precision, ref.channels_last, ref.cuda_graph, ref.two_streams, ref.prefetch) == (
+        "torchvision", "fp16", False, False, False, False)
+    rows = bench.FASTPNR_ROWS
+    assert {r.loader for r in rows} == {"gpu", "ffcv", "dali", "torchvision"}
+    gpu = {(r.cuda_graph, r.two_streams) for r in rows if r.loader == "gpu"}
+    assert gpu == {(False, False), (False, True), (True, False), (True, True)}
+    assert all(r.precision == "bf16" and r.channels_last and r.prefetch for r in rows)
+    assert len({r.name for r in [ref, *rows]}) == len(rows) + 1
 
 
 def test_bench_quick_prints_header_rows_and_ratio(data_root, capsys):
@@ -11,20 +31,29 @@ def test_bench_quick_prints_header_rows_and_ratio(data_root, capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].startswith("# fastpnr bench | device: cpu") and "torch" in lines[0] and "command: fastpnr bench" in lines[0]
-    assert "batch 8" in lines[1]
-    rows = [line for line in lines if line.startswith(("anchors'", "fastpnr gpu"))]
-    assert len(rows) == 5
-    reference, ours = rows[0], rows[1:]
-    try:
-        import torchvision  # noqa: F401
-        assert "skipped" not in reference
-    except ImportError:
-        assert "skipped: torchvision not installed" in reference
+    assert "batch 8" in lines[1] and f"cifar10 train {bench.QUICK_IMAGES} images 16 px" in lines[1]
+    names = [r.name for r in [bench.REFERENCE, *bench.FASTPNR_ROWS]]
+    rows = {line.split("|")[0].strip(): line for line in lines if line.startswith(("anchors'", "fastpnr "))}
+    assert list(rows) == names
+    for row in [bench.REFERENCE, *bench.FASTPNR_ROWS]:
+        ips, ratio = (c.strip() for c in rows[row.name].split("|")[1:3])
+        why = bench.missing(row.loader)
+        if why is not None:
+            assert ips == "-" and ratio == why and "not installed" in ratio
+        else:
+            assert float(ips) > 0 and ratio.endswith("x"), rows[row.name]
+    assert not any("failed" in line for line in rows.values())
+    if bench.missing("torchvision") is not None:
         assert any("ratio vs the first fastpnr row" in line for line in lines)
-    for row in ours:
-        ips, ratio = (c.strip() for c in row.split("|")[1:3])
-        assert float(ips) > 0 and ratio.endswith("x")
     assert any(line.startswith("ratio") for line in lines)
+
+
+def test_cli_bad_input_is_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        fastpnr(["profile", "--device", "cpu", "--quick", "--loader", "pil"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: loader='pil' is invalid; allowed:") and len(err.splitlines()) == 1
 
 
 def test_profile_quick_writes_trace_and_prints_table(data_root, tmp_path, capsys):
@@ -37,3 +66,17 @@ def test_profile_quick_writes_trace_and_prints_table(data_root, tmp_path, capsys
     assert len(traces) == 1
     trace = json.loads(traces[0].read_text())
     assert trace["traceEvents"]  # what TensorBoard's PyTorch Profiler tab reads
+
+
+def _kernel(start, end, device=torch.autograd.DeviceType.CUDA):
+    return SimpleNamespace(device_type=device, time_range=SimpleNamespace(start=start, end=end))
+
+
+def test_gpu_idle_share_is_one_minus_the_union_of_kernel_intervals():
+    # window 0..100 us; busy: [0, 30) U [20, 40) U [50, 60) U [90, 100) = 60 us; CPU events and empty ones ignored
+    events = [_kernel(20, 40), _kernel(0, 30), _kernel(90, 100), _kernel(50, 60), _kernel(55, 58),
+              _kernel(0, 1000, device=torch.autograd.DeviceType.CPU), _kernel(70, 70)]
+    share, window_ms = profile.gpu_idle_share(events)
+    assert share == pytest.approx(0.4) and window_ms == pytest.approx(0.1)
+    assert profile.gpu_idle_share([_kernel(0, 5, device=torch.autograd.DeviceType.CPU)]) is None
+    assert profile.gpu_idle_share([_kernel(3, 9)]) == (pytest.approx(0.0), pytest.approx(0.006))

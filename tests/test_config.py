@@ -76,6 +76,9 @@ def test_overrides_are_cast_and_user_values_win():
     ({"model.backbone": "vit"}, "model.backbone='vit' is invalid; allowed: resnet18, resnet50"),
     ({"regularizer.frozen_bn": "off"}, "regularizer.frozen_bn='off' is invalid; allowed: eval, train"),
     ({"train.matmul_precision": "tf32"}, "train.matmul_precision='tf32' is invalid; allowed: highest, high, medium"),
+    ({"data.ffcv_order": "shuffled"}, "data.ffcv_order='shuffled' is invalid; allowed: random, quasi_random, sequential"),
+    ({"data.ffcv_order": "quasi_random"}, "data.ffcv_os_cache=True is invalid; allowed: false with data.ffcv_order"),
+    ({"data.ffcv_crop": "cpu"}, "data.ffcv_crop='cpu' is invalid; allowed: device, decoder"),
     ({"method": "byol", "method.final_tau": 0.5}, "method.final_tau=0.5 is invalid"),
 ])
 def test_bad_configuration_fails_with_one_line(overrides, needle):

@@ -33,10 +33,11 @@ def test_lars_matches_per_parameter_restatement(clip, exclude):
     torch.manual_seed(0)
     shapes = [(7, 5), (5,), (3, 3, 2, 2), (4,), (6, 1)]
     params = [torch.randn(s, dtype=torch.float64) for s in shapes]
-    params.append(torch.zeros(3, 3, dtype=torch.float64))   # zero-norm parameter: LARS skipped
+    params.append(torch.randn(2, 4, dtype=torch.float64))   # zero gradient every step: LARS and decay skipped
+    params.append(torch.zeros(3, 3, dtype=torch.float64))   # zero-norm parameter at step 1: LARS skipped
     grads_seq = [[torch.randn_like(p) for p in params] for _ in range(3)]
     for gs in grads_seq:
-        gs[-1].zero_() if False else None
+        gs[-2].zero_()
     lr, wd, mom, eta = 0.3, 1e-4, 0.9, 0.02
     ps = [torch.nn.Parameter(p.clone()) for p in params]
     opt = LARS(ps, lr=lr, momentum=mom, weight_decay=wd, eta=eta, clip=clip, exclude_bias_n_norm=exclude)
@@ -48,6 +49,7 @@ def test_lars_matches_per_parameter_restatement(clip, exclude):
         ref_p, ref_b = reference_lars_step(ref_p, gs, ref_b, lr, wd, mom, eta, clip, exclude)
     for p, r in zip(ps, ref_p):
         assert torch.allclose(p.detach(), r, rtol=1e-10, atol=1e-12)
+    assert torch.equal(ps[-2].detach(), params[-2])  # ||g|| = 0: no weight decay crept in, the parameter is unchanged
 
 
 def test_warmup_cosine_matches_pl_bolts_formula():

@@ -157,6 +157,14 @@ def test_bad_inputs(beton, source, tmp_path):
     with pytest.raises(DataError, match="is not a readable FFCV .beton") as e:
         FfcvLoader(junk, **kw)
     one_line(e)
+    truncated = tmp_path / "truncated.beton"  # a copy cut short (an interrupted transfer, a full disk)
+    truncated.write_bytes(beton.read_bytes()[: beton.stat().st_size // 2])
+    with pytest.raises(DataError, match="is not a readable FFCV .beton \\(truncated") as e:
+        FfcvLoader(truncated, **kw)
+    one_line(e)
+    with pytest.raises(DataError, match="is a directory") as e:
+        FfcvLoader(tmp_path, **kw)
+    one_line(e)
     with pytest.raises(ConfigError, match="a .beton path") as e:
         FfcvLoader(source, **kw)
     one_line(e)
@@ -199,8 +207,11 @@ def test_to_beton_cli_round_trip(data_root, tmp_path, capsys):
     out = tmp_path / "c10.beton"
     cli.main(["to_beton", "--dataset", "cifar10", "--split", "test", "--data-dir", str(data_root), "--out", str(out),
               "--image-format", "jpeg", "--num-workers", "1"])
-    assert capsys.readouterr().out.strip() == str(out)
+    printed = capsys.readouterr()
+    assert printed.out.strip() == str(out)
     ds = load_dataset("cifar10", "test", data_root)
+    assert f"{len(ds)}/{len(ds)}" in printed.err and "100%" in printed.err  # the writer's progress bar, run to the end
+    assert f"wrote {len(ds)} images of cifar10/test to {out}" in printed.err
     reader, fields = check_schema(out)
     assert set(fields) == {"image", "label", "index"} and reader.num_samples == len(ds)
     assert np.array_equal(reader.metadata["f1"], ds.labels) and np.array_equal(reader.metadata["f2"], np.arange(len(ds)))

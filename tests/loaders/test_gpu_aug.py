@@ -169,6 +169,9 @@ def test_normalize():
     mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 2.0)
     ref = (np_img(x) - np.array(mean)) / np.array(std)
     np.testing.assert_allclose(np_img(A.normalize_batch(x, mean, std)), ref, atol=TOL["float"])
+    # the per-channel constants are uploaded once and reused (no host-to-device copy per batch), per dtype
+    assert A._constant(list(mean), x) is A._constant(mean, x) and A._constant(mean, x).tolist() == pytest.approx(mean)
+    assert A._constant(mean, x.double()).dtype == torch.float64
 
 
 # ---------------------------------------------------------------- faithfulness to PIL on real CIFAR images

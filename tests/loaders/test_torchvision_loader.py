@@ -85,6 +85,29 @@ def test_bad_inputs():
         tv_loader(transforms=[NoisyFlip()])
 
 
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_corrupt_image_is_one_line_with_or_without_workers(num_workers):
+    """A source keeping encoded bytes decodes in the workers; its DataError (naming the member) must reach the caller
+    as one line, not as DataLoader's "Caught DataError in DataLoader worker process 0" + the worker's traceback."""
+    from fastpnr.errors import DataError
+
+    msg = "corrupt image 'cifar10/train.tar::train/cat/7.png' (OSError: image file is truncated); use --skip-corrupt"
+
+    class Encoded(FakeDataset):
+        def image(self, i):
+            if i == 7:
+                raise DataError(msg)
+            return self.images[i]
+
+    good = random_dataset(n=20, size=6)
+    ds = Encoded(images=good.images, labels=good.labels)
+    ld = tv_loader(ds, num_workers=num_workers, shuffle=False, batch_size=4)
+    ld.loader.dataset.images = None  # as a dataset loaded with decode=False: every image goes through image(i)
+    with pytest.raises(DataError) as e:
+        list(ld)
+    assert str(e.value) == msg
+
+
 @pytest.mark.skipif(not HAS_TORCHVISION, reason="torchvision is not installed")
 def test_gpu_views_match_torchvision_statistics():
     """Same recipe, same real images: per-channel mean/std of the views agree between the two pipelines."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,7 +135,6 @@ def test_moco_pnr_second_queue_fills_with_frozen_embeddings():
 def _write_imagefolder(root, corrupt: bool):
     import io
 
-    import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -248,7 +248,13 @@ def test_continual_run_with_the_ffcv_and_dali_loaders(data_root, tmp_path, kind)
     pytest.importorskip({"ffcv": "ffcv", "dali": "nvidia.dali"}[kind])
     ov = tiny_overrides(data_root, **{"data.loader": kind, "data.num_workers": 1, "data.cache_dir": str(tmp_path / "cache"),
                                       "data.image_size": None, "data.crop_size": 16})
-    metrics = ContinualRun(build_config("smoke", ov), tmp_path / "run", log=quiet).fit()
+    if kind == "ffcv":  # FFCV's own options reach the loader from the config
+        ov.update({"data.ffcv_order": "quasi_random", "data.ffcv_os_cache": False, "data.ffcv_batches_ahead": 2,
+                   "data.ffcv_crop": "decoder"})
+    run = ContinualRun(build_config("smoke", ov), tmp_path / "run", log=quiet)
+    metrics = run.fit()
     assert len(metrics["accuracy_matrix"]) == 2
     if kind == "ffcv":
         assert list((tmp_path / "cache" / "betons").glob("*.beton"))
+        loader = run._loader(np.arange(64), 2, None, seed=0).loader  # unwrap the Prefetcher
+        assert (loader.order, loader.crop) == ("quasi_random", "decoder")
