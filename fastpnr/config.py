@@ -16,6 +16,7 @@ from .errors import ConfigError, require
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
+COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")  # torch.compile modes; the step has its own graph
 FFCV_ORDERS = ("random", "quasi_random", "sequential")  # loaders.ffcv_loader.ORDERS
 FFCV_CROPS = ("device", "decoder")
 SCENARIOS = ("class", "data", "domain")
@@ -130,6 +131,8 @@ class TrainConfig:
     online_probe: str = "full"              # full: the anchors' probe on the whole labelled train set; task; off
     frozen_stream: bool = True              # frozen previous model on its own CUDA stream
     cuda_graph: bool = True                 # capture the whole step in a CUDA graph (CUDA only; else eager)
+    compile: str = "off"                    # torch.compile the online backbone: off, default, max-autotune-no-cudagraphs
+    compile_backend: str = "inductor"       # torch.compile backend (inductor; eager/aot_eager to debug)
     graph_warmup: int = 3                   # eager rehearsal steps before capture (state restored after)
     steps_per_epoch: Optional[int] = None   # cap (smoke runs)
     progress: bool = True
@@ -137,6 +140,10 @@ class TrainConfig:
 
     def __post_init__(self):
         require(self.precision in PRECISIONS, "train.precision", self.precision, PRECISIONS)
+        require(self.compile in COMPILE_MODES, "train.compile", self.compile, COMPILE_MODES)
+        require(self.compile == "off" or self.compile_backend == "inductor" or self.compile == "default",
+                "train.compile", self.compile, f"default with train.compile_backend={self.compile_backend!r} "
+                "(modes are inductor's)")
         require(self.matmul_precision in MATMUL_PRECISIONS, "train.matmul_precision", self.matmul_precision,
                 MATMUL_PRECISIONS)
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "train.device", self.device, "auto, cpu, cuda[:N]")

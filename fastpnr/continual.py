@@ -27,7 +27,7 @@ from .errors import ConfigError, FastPNRError
 from .methods import build_method
 from .optim import build_optimizer, set_lr
 from .regularizers import build_regularizer
-from .trainer import AUTOCAST_DTYPES, Trainer
+from .trainer import AUTOCAST_DTYPES, Trainer, compile_backbone
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -126,6 +126,9 @@ class ContinualRun:
         memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
         self.method.to(self.device, memory_format=memory_format)
         self.regularizer.to(self.device, memory_format=memory_format)
+        if compile_backbone(self.method, cfg.train):
+            self.log(f"[fastpnr] torch.compile of the backbone: mode {cfg.train.compile}, backend "
+                     f"{cfg.train.compile_backend} (compiles on the first steps)")
 
     def _loader(self, indices, num_views, view_configs, seed, shuffle=True, drop_last=True):
         """The task's loader, wrapped in ``loaders.Prefetcher``: on CUDA the next batch is produced on a side stream

@@ -25,6 +25,25 @@ class NonFiniteLossError(FastPNRError):
     """The loss became NaN or infinite."""
 
 
+def compile_backbone(method, train_cfg) -> bool:
+    """``torch.compile`` the online backbone in place when ``train.compile`` is not "off"; True when it did.
+
+    ``nn.Module.compile`` keeps the module and its state_dict keys, so checkpoints, EMA and frozen copies, the
+    optimizer's parameter groups and the CUDA-graph capture all see the same module. Compilation happens lazily on
+    the first forward (the graph's eager warm-up steps, before capture), once per run: later tasks reuse it.
+    The mode never asks inductor for its own CUDA graphs; the whole step is captured by ``graph.GraphStep``.
+    """
+    mode = getattr(train_cfg, "compile", "off")
+    if mode == "off":
+        return False
+    backend = getattr(train_cfg, "compile_backend", "inductor")
+    kwargs = {"backend": backend}
+    if backend == "inductor" and mode != "default":
+        kwargs["mode"] = mode
+    method.backbone.compile(**kwargs)
+    return True
+
+
 class Trainer:
     def __init__(self, method, regularizer, optimizer, train_cfg, device: torch.device, log=print):
         self.method = method

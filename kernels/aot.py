@@ -159,8 +159,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dims", default="128", help="comma-separated embedding widths D (default 128)")
     parser.add_argument("--kinds", default="float32,float32-tf32,bfloat16",
                         help=f"comma-separated operand kinds from {', '.join(KINDS)} (default the first three)")
-    parser.add_argument("--max-spill", type=int, default=128,
-                        help="exit 1 when a variant spills more bytes per thread than this (default 128)")
+    parser.add_argument("--max-spill", type=int, default=256,
+                        help="exit 1 when a 3xTF32 variant spills more bytes per thread than this (default 256); "
+                             "TF32 and 16-bit variants must not spill at all")
     args = parser.parse_args(argv)
     kinds = args.kinds.split(",")
     bad = [k for k in kinds if k not in KINDS]
@@ -173,15 +174,17 @@ def main(argv=None) -> int:
     if any(d < 1 for d in dims):
         parser.error(f"--dims {args.dims!r} is invalid; allowed: comma-separated positive integers")
     rows = compile_kernels(args.arch, tuple(kinds), dims)
-    print(f"sm_{args.arch} (compiled ahead of time; registers and spills as ptxas reports them)")
+    import triton
+    print(f"sm_{args.arch}, triton {triton.__version__} (compiled ahead of time; registers and spills as ptxas "
+          "reports them)")
     print("kernel | kind | D | flags | registers | spill bytes | shared bytes | warps | programs/SM")
     for r in rows:
         print(f"{r.kernel} | {r.dtype} | {r.dim} | {r.constexprs} | {r.registers} | {r.spill_bytes} | "
               f"{r.shared_bytes} | {r.num_warps} | {r.programs_per_sm}")
-    spilled = [r for r in rows if r.spill_bytes > args.max_spill]
+    spilled = [r for r in rows if r.spill_bytes > (args.max_spill if "tf32x3" in r.constexprs else 0)]
     if spilled:
-        print(f"{len(spilled)} variant(s) spill more than {args.max_spill} bytes per thread to local memory",
-              file=sys.stderr)
+        print(f"{len(spilled)} variant(s) spill registers to local memory beyond the limits (3xTF32: "
+              f"{args.max_spill} bytes per thread; others: none)", file=sys.stderr)
         return 1
     return 0
 

@@ -266,8 +266,8 @@ def _input_precision(dtype: torch.dtype) -> str:
 # GPU tiles per (dot kind, BLOCK_D): (BLOCK_N, BLOCK_M, num_warps, num_stages). Chosen with `python -m kernels.aot`
 # (sm_90 cubins built on a CPU machine, 2026-11-23): TF32 and 16-bit dots spill nothing, keep shared memory well under
 # 227 KB and two or more resident programs per SM. 3xTF32 (fp32 inputs under torch's "highest" precision) needs three
-# times the operand registers: at D=128 its backward kernels spill 24-72 bytes per thread, the least of the tiles
-# tried; at D=256 ~100 bytes. Not yet tuned by timing on a GPU.
+# times the operand registers: at D=128 its backward kernels spill 24-72 bytes per thread with triton 3.7.1 (64-152
+# with 3.9.0), the least of the tiles tried; at D=256 ~100 bytes. Not yet tuned by timing on a GPU.
 _GPU_TILES = {
     ("tf32x3", 128): (32, 64, 8, 1),
     ("tf32", 128): (64, 64, 4, 2),

@@ -53,6 +53,7 @@ class Row:
     cuda_graph: bool
     two_streams: bool
     prefetch: bool = True
+    compile: str = "off"  # train.compile of the online backbone
 
 
 REFERENCE = Row("anchors' pipeline (torchvision, fp16, NCHW, eager, 1 stream)", "torchvision", "fp16", False, False, False,
@@ -164,7 +165,7 @@ def build_setup(row: Row, data, device: torch.device, batch_size: int, method_na
     from fastpnr.methods import build_method
     from fastpnr.optim import build_optimizer, set_lr
     from fastpnr.regularizers import build_regularizer
-    from fastpnr.trainer import Trainer
+    from fastpnr.trainer import Trainer, compile_backbone
     from loaders import Prefetcher, cifar_views, make_loader
 
     if not isinstance(data, BenchData):
@@ -175,7 +176,8 @@ def build_setup(row: Row, data, device: torch.device, batch_size: int, method_na
         precision = "fp32"  # fp16 needs CUDA; bf16 convolutions on a CPU only measure the CPU's bf16 support
     overrides = {"method": method_name, "regularizer": regularizer_name, "optim.batch_size": batch_size,
                  "train.precision": precision, "train.cuda_graph": row.cuda_graph, "train.frozen_stream": row.two_streams,
-                 "train.online_probe": "task", "model.channels_last": row.channels_last, "train.device": str(device)}
+                 "train.online_probe": "task", "model.channels_last": row.channels_last, "train.device": str(device),
+                 "train.compile": row.compile}
     if quick:
         overrides.update({"method.proj_hidden": 64, "method.proj_out": 32, "regularizer.distill_hidden": 32})
     cfg = build_config("smoke", overrides)
@@ -185,6 +187,7 @@ def build_setup(row: Row, data, device: torch.device, batch_size: int, method_na
     fmt = torch.channels_last if row.channels_last else torch.contiguous_format
     method.to(device, memory_format=fmt)
     reg.to(device, memory_format=fmt)
+    compile_backbone(method, cfg.train)
     reg.begin_task(method, 0)
     reg.begin_task(method, 1)  # the frozen previous model is active: its forward runs every step
     opt = build_optimizer(method.param_groups(cfg.optim) + reg.param_groups(cfg.optim), cfg.optim)
@@ -245,13 +248,16 @@ def _as_list(value) -> list:
 
 
 def main(device="cuda", quick=False, batch_size=256, steps=50, warmup=10, data_dir=None, methods="simclr",
-         regularizer="pnr", workers=4, image_size=None, rows="all", beton_dir=None):
+         regularizer="pnr", workers=4, image_size=None, rows="all", beton_dir=None, compile="off"):
     """Run the reference and fastpnr rows; print a header, img/s per row and each row's ratio to the reference.
 
     rows: "all", or comma-separated indices into [reference, *fastpnr rows] (0 = reference).
     quick: a smoke test in seconds (batch 8, 16 px, 2 steps after 1, the loaders on the first 512 images).
     beton_dir: where the ffcv row's .beton goes (default: the decode cache; with --quick a temporary folder).
+    compile: a torch.compile mode (default, max-autotune-no-cudagraphs) adds a row with the gpu loader, the compiled
+    backbone, the graph and two streams; compilation runs in the warm-up, untimed (max-autotune: minutes).
     """
+    from fastpnr.config import COMPILE_MODES
     import tempfile
 
     device = torch.device(device)
@@ -263,7 +269,13 @@ def main(device="cuda", quick=False, batch_size=256, steps=50, warmup=10, data_d
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     method_names = [str(m) for m in _as_list(methods)]
+    from fastpnr.errors import require
+
+    require(compile in COMPILE_MODES, "compile", compile, COMPILE_MODES)
     all_rows = [REFERENCE, *FASTPNR_ROWS]
+    if compile != "off":
+        all_rows.append(Row(f"fastpnr gpu loader, bf16 channels_last, compile {compile}, graph, 2 streams", "gpu",
+                            "bf16", True, True, True, compile=compile))
     picked = all_rows if rows == "all" else [all_rows[int(i)] for i in _as_list(rows)]
     t0 = time.perf_counter()
     train_set = load_train_set(data_dir, image_size)

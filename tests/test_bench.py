@@ -48,6 +48,15 @@ def test_bench_quick_prints_header_rows_and_ratio(data_root, capsys):
     assert any(line.startswith("ratio") for line in lines)
 
 
+def test_bench_compile_row_is_opt_in_and_validated(capsys):
+    with pytest.raises(SystemExit) as e:
+        fastpnr(["bench", "--device", "cpu", "--quick", "--compile", "max-autotune"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: compile='max-autotune' is invalid; allowed: off, default") and "\n" not in err
+    assert all(r.compile == "off" for r in [bench.REFERENCE, *bench.FASTPNR_ROWS])
+
+
 def test_cli_bad_input_is_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         fastpnr(["profile", "--device", "cpu", "--quick", "--loader", "pil"])
