@@ -105,6 +105,20 @@ if HAS_TRITON:
     # writes a partial result that a second, tiny pass combines (a partial logsumexp per row, or a partial dA).
 
     @triton.jit
+    def _key_tile_logits(a, K, keys, end, rows, cols, dim, stride_k, scale,
+                         EXCLUDE_DIAG: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+        """One key tile against the anchor tile ``a``: ``(x, k)`` with the logits x = a.k * scale, -inf where masked
+        (keys at or past ``end``; the diagonal when EXCLUDE_DIAG), and the loaded key tile k (zero rows when masked)."""
+        key_ok = keys < end
+        k = tl.load(K + keys[:, None].to(tl.int64) * stride_k + cols[None, :],
+                    mask=key_ok[:, None] & (cols[None, :] < dim), other=0.0)
+        x = tl.dot(a, tl.trans(k), input_precision=INPUT_PRECISION) * scale
+        valid = key_ok[None, :]
+        if EXCLUDE_DIAG:
+            valid = valid & (keys[None, :] != rows[:, None])
+        return tl.where(valid, x, float("-inf")), k
+
+    @triton.jit
     def _infonce_fwd_partial_kernel(
         A, K, PART,
         n_rows, n_keys, dim, stride_a, stride_k, scale, keys_per_split, part_offset,
@@ -124,15 +138,8 @@ if HAS_TRITON:
         m = tl.full([BLOCK_N], -1.0e30, tl.float32)
         s = tl.zeros([BLOCK_N], tl.float32)
         for start in range(begin, end, BLOCK_M):
-            keys = start + tl.arange(0, BLOCK_M)
-            key_ok = keys < end
-            k = tl.load(K + keys[:, None].to(tl.int64) * stride_k + cols[None, :],
-                        mask=key_ok[:, None] & (cols[None, :] < dim), other=0.0)
-            x = tl.dot(a, tl.trans(k), input_precision=INPUT_PRECISION) * scale
-            valid = key_ok[None, :]
-            if EXCLUDE_DIAG:
-                valid = valid & (keys[None, :] != rows[:, None])
-            x = tl.where(valid, x, float("-inf"))
+            x, k = _key_tile_logits(a, K, start + tl.arange(0, BLOCK_M), end, rows, cols, dim, stride_k, scale,
+                                    EXCLUDE_DIAG, INPUT_PRECISION)
             m_new = tl.maximum(m, tl.max(x, axis=1))
             s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
             m = m_new
@@ -188,16 +195,11 @@ if HAS_TRITON:
         end = tl.minimum(begin + keys_per_split, n_keys)
         acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         for start in range(begin, end, BLOCK_M):
-            keys = start + tl.arange(0, BLOCK_M)
-            key_ok = keys < end
-            k = tl.load(K + keys[:, None].to(tl.int64) * stride_k + cols[None, :],
-                        mask=key_ok[:, None] & (cols[None, :] < dim), other=0.0)
-            x = tl.dot(a, tl.trans(k), input_precision=INPUT_PRECISION) * scale
-            valid = row_ok[:, None] & key_ok[None, :]
-            if EXCLUDE_DIAG:
-                valid = valid & (keys[None, :] != rows[:, None])
-            # mask before exp: an excluded diagonal can sit far above lse and would overflow to inf
-            w = tl.exp(tl.where(valid, x, float("-inf")) - lse[:, None])
+            # masked before exp: an excluded diagonal can sit far above lse and would overflow to inf; rows past
+            # n_rows have lse = +inf, so their weights are exactly 0
+            x, k = _key_tile_logits(a, K, start + tl.arange(0, BLOCK_M), end, rows, cols, dim, stride_k, scale,
+                                    EXCLUDE_DIAG, INPUT_PRECISION)
+            w = tl.exp(x - lse[:, None])
             # bf16 inputs: the weights go to bf16 for the tensor-core dot, as flash attention does
             acc += tl.dot(w.to(k.dtype), k, input_precision=INPUT_PRECISION)
         ws = WS + ((part_offset + split).to(tl.int64) * n_rows + rows[:, None]) * dim + cols[None, :]
@@ -224,10 +226,10 @@ if HAS_TRITON:
                         mask=row_ok[:, None] & (cols[None, :] < dim), other=0.0)
             lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
             x = tl.dot(k, tl.trans(a), input_precision=INPUT_PRECISION) * scale  # (BLOCK_M, BLOCK_N)
-            valid = key_ok[:, None] & row_ok[None, :]
-            if EXCLUDE_DIAG:
-                valid = valid & (keys[:, None] != rows[None, :])
-            w = tl.exp(tl.where(valid, x, float("-inf")) - lse[None, :])
+            if EXCLUDE_DIAG:  # masked before exp, as in the anchor kernel
+                x = tl.where(keys[:, None] != rows[None, :], x, float("-inf"))
+            # no other mask: rows past n_rows have lse = +inf (weight exactly 0); keys past n_keys are never stored
+            w = tl.exp(x - lse[None, :])
             acc += tl.dot(w.to(a.dtype), a, input_precision=INPUT_PRECISION)
         tl.store(DK + keys[:, None].to(tl.int64) * stride_dk + cols[None, :],
                  (acc * tl.load(COEF)).to(DK.dtype.element_ty), mask=tile_ok)
@@ -264,10 +266,10 @@ def _input_precision(dtype: torch.dtype) -> str:
 
 
 # GPU tiles per (dot kind, BLOCK_D): (BLOCK_N, BLOCK_M, num_warps, num_stages). Chosen with `python -m kernels.aot`
-# (sm_90 cubins built on a CPU machine, 2026-11-23): TF32 and 16-bit dots spill nothing, keep shared memory well under
-# 227 KB and two or more resident programs per SM. 3xTF32 (fp32 inputs under torch's "highest" precision) needs three
-# times the operand registers: at D=128 its backward kernels spill 24-72 bytes per thread with triton 3.7.1 (64-152
-# with 3.9.0), the least of the tiles tried; at D=256 ~100 bytes. Not yet tuned by timing on a GPU.
+# (sm_90 cubins built on a CPU machine, 2026-11-23, triton 3.6.0/3.7.1/3.9.0): TF32 and 16-bit dots spill nothing,
+# keep shared memory well under 227 KB and two or more resident programs per SM. 3xTF32 (fp32 inputs under torch's
+# "highest" precision) needs three times the operand registers: at D=128 only its dK kernel spills (16-152 bytes per
+# thread by triton version), the least of the tiles tried; at D=256 ~100 bytes. Not yet tuned by timing on a GPU.
 _GPU_TILES = {
     ("tf32x3", 128): (32, 64, 8, 1),
     ("tf32", 128): (64, 64, 4, 2),
