@@ -19,6 +19,7 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_pr
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")  # torch.compile modes; the step has its own graph
 FFCV_ORDERS = ("random", "quasi_random", "sequential")  # loaders.ffcv_loader.ORDERS
 FFCV_CROPS = ("device", "decoder")
+RESIZE_MODES = ("stretch", "center")  # fastpnr.data.decode.RESIZE_MODES
 SCENARIOS = ("class", "data", "domain")
 PROTOCOLS = ("linear", "knn", "online")
 OPTIMIZERS = ("lars", "sgd")
@@ -31,6 +32,7 @@ class DataConfig:
     dataset: str = "cifar10"
     data_dir: Optional[str] = None          # else $FASTPNR_DATA, else ../shared/data beside the checkout
     image_size: Optional[int] = None        # resize at load time (e.g. Tiny-ImageNet to 32 for a CIFAR-like setting)
+    resize: str = "stretch"                 # stretch: whole image; center: shorter side x256/224 + centre crop
     scenario: str = "class"
     num_tasks: int = 5
     split_seed: int = 5                     # class-IL permutation seed (anchors: seed_everything(5))
@@ -59,6 +61,7 @@ class DataConfig:
         require(0 < self.train_fraction <= 1, "data.train_fraction", self.train_fraction, "0 < fraction <= 1")
         require(0 < self.test_fraction <= 1, "data.test_fraction", self.test_fraction, "0 < fraction <= 1")
         require(0 < self.min_scale <= 1, "data.min_scale", self.min_scale, "0 < min_scale <= 1")
+        require(self.resize in RESIZE_MODES, "data.resize", self.resize, RESIZE_MODES)
         require(self.image_size is None or self.image_size >= 8, "data.image_size", self.image_size, "None or >= 8")
         require(self.crop_size is None or self.crop_size >= 8, "data.crop_size", self.crop_size, "None or >= 8")
         for name in ("solarize_prob", "blur_prob"):
@@ -277,15 +280,16 @@ PRESETS: dict[str, dict] = {
     },
     "imagenet100-5t": {
         "description": "ImageNet-100 (imagefolder) class-IL, 5 tasks, 400 epochs, 224 px, the anchors' IN-100 recipe",
-        # image_size: ImageNet images come in every size; decoded at 224 for evaluation (DALI trains on the JPEGs).
-        "data": {"dataset": "imagefolder", "num_tasks": 5, "image_size": 224, "crop_size": 224, "blur_prob": (1.0, 0.1),
+        # image_size: ImageNet images come in every size; decoded at 224 for evaluation as the anchors evaluate
+        # (resize 256 + centre crop 224); DALI trains on the original JPEGs.
+        "data": {"dataset": "imagefolder", "num_tasks": 5, "image_size": 224, "resize": "center", "crop_size": 224, "blur_prob": (1.0, 0.1),
                  "loader": "dali"},
         "model": {"cifar_stem": False}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
         "optim": {"epochs": 400}, "per_method": _IN100_PER_METHOD,
     },
     "imagenet100-data-5t": {
         "description": "ImageNet-100 (imagefolder) data-IL, 5 random chunks, 400 epochs, 224 px, data-IL negative weights",
-        "data": {"dataset": "imagefolder", "scenario": "data", "num_tasks": 5, "image_size": 224, "crop_size": 224,
+        "data": {"dataset": "imagefolder", "scenario": "data", "num_tasks": 5, "image_size": 224, "resize": "center", "crop_size": 224,
                  "blur_prob": (1.0, 0.1), "loader": "dali"},
         "model": {"cifar_stem": False}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
         "optim": {"epochs": 400}, "per_method": _IN100_DATA_PER_METHOD,
@@ -300,9 +304,10 @@ PRESETS: dict[str, dict] = {
     "domainnet-6t": {
         "description": "DomainNet domain-IL, 6 tasks real -> quickdraw -> painting -> sketch -> infograph -> clipart, "
                        "200 epochs, 224 px, DALI, the anchors' DomainNet recipe",
-        # image_size: DomainNet images come in every size; decoded at 224 for evaluation (DALI trains on the JPEGs).
+        # image_size: DomainNet images come in every size; decoded at 224 for evaluation as the anchors evaluate
+        # (resize 256 + centre crop 224); DALI trains on the original JPEGs.
         "data": {"dataset": "domainnet", "scenario": "domain", "num_tasks": 6, "domain_order": _DOMAINNET_ORDER,
-                 "image_size": 224, "crop_size": 224, "blur_prob": (1.0, 0.1), "loader": "dali"},
+                 "image_size": 224, "resize": "center", "crop_size": 224, "blur_prob": (1.0, 0.1), "loader": "dali"},
         "model": {"cifar_stem": False}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
         "optim": {"epochs": 200}, "per_method": _DOMAINNET_PER_METHOD,
     },

@@ -80,7 +80,7 @@ class ContinualRun:
         d = self.cfg.data
         spec = get_spec(d.dataset)
         eval_split = spec.splits[-1] if spec.splits else "val"
-        kw = dict(image_size=d.image_size, skip_corrupt=d.skip_corrupt, cache_dir=d.cache_dir, progress=self.cfg.train.progress,
+        kw = dict(image_size=d.image_size, resize=d.resize, skip_corrupt=d.skip_corrupt, cache_dir=d.cache_dir, progress=self.cfg.train.progress,
                   download=d.download)
         self.train_set = load_dataset(d.dataset, "train", d.data_dir, **kw)
         self.test_set = load_dataset(d.dataset, eval_split, d.data_dir, **kw)
@@ -159,7 +159,7 @@ class ContinualRun:
         from .data import cache_root
 
         d = self.cfg.data
-        size = d.image_size or "native"
+        size = "native" if not d.image_size else f"{d.image_size}" + ("" if d.resize == "stretch" else f"-{d.resize}")
         path = cache_root(d.cache_dir) / "betons" / f"{d.dataset}-train-{size}-{len(self.train_set)}.beton"
         if not path.exists():
             self.log(f"writing {path} (once) for the ffcv loader")

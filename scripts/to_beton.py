@@ -18,12 +18,14 @@ from fastpnr.errors import FastPNRError
 
 def main(dataset: str, split: str = "train", data_dir: str | None = None, out: str | None = None,
          image_format: str = "raw", jpeg_quality: int = 90, max_resolution: int | None = None, num_workers: int = 2,
-         image_size: int | None = None, skip_corrupt: bool = False, cache_dir: str | None = None) -> str:
+         image_size: int | None = None, resize: str = "stretch", skip_corrupt: bool = False,
+         cache_dir: str | None = None) -> str:
     """Write `dataset`/`split` to `out` (default ./<dataset>_<split>_<image_format>.beton); returns the path written.
 
     image_format: raw (uint8 pixels, fastest to read) or jpeg (re-encoded at jpeg_quality, smaller).
     max_resolution: cap the longest side when writing (FFCV's resize, OpenCV INTER_AREA).
-    image_size: resize every image when loading the dataset (load_dataset(image_size=...), PIL bicubic).
+    image_size: resize every image when loading the dataset (load_dataset(image_size=...), PIL bicubic);
+    resize: stretch (the whole image) or center (shorter side x256/224, then the centre crop).
     num_workers: writer processes. skip_corrupt: skip undecodable images instead of failing.
     """
     from fastpnr.data import load_dataset
@@ -33,8 +35,8 @@ def main(dataset: str, split: str = "train", data_dir: str | None = None, out: s
     require(image_format in IMAGE_FORMATS, "image_format", image_format, ("raw", "jpeg"))
     import_ffcv()  # fail in one line before the (slow) dataset decode
     out = Path(out) if out is not None else Path(f"{dataset}_{split}_{image_format}.beton")
-    ds = load_dataset(dataset, split, data_dir, image_size=image_size, skip_corrupt=skip_corrupt, cache_dir=cache_dir,
-                      decode=True, progress=True)
+    ds = load_dataset(dataset, split, data_dir, image_size=image_size, resize=resize, skip_corrupt=skip_corrupt,
+                      cache_dir=cache_dir, decode=True, progress=True)
     path = write_beton(ds, out, image_format=image_format, jpeg_quality=jpeg_quality, max_resolution=max_resolution,
                        num_workers=num_workers)
     print(f"wrote {len(ds)} images of {dataset}/{split} to {path}", file=sys.stderr)

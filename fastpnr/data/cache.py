@@ -32,9 +32,13 @@ def cache_folder(root: Path, name: str, split: str, size, files: list[Path]) -> 
     for f in files:
         st = f.stat()
         stats.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
-    key = json.dumps([FORMAT_VERSION, name, split, list(size) if size else None, stats])
+    dims = [size[0], size[1]] if size else None
+    mode = getattr(size, "mode", "stretch")
+    if dims and mode != "stretch":  # stretch keys stay as they were: existing caches remain valid
+        dims.append(mode)
+    key = json.dumps([FORMAT_VERSION, name, split, dims, stats])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    tag = f"{size[0]}x{size[1]}" if size else "native"
+    tag = (f"{size[0]}x{size[1]}" + ("" if mode == "stretch" else f"-{mode}")) if size else "native"
     return root / name / f"{split}-{tag}-{digest}"
 
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastpnr.data import cache
-from fastpnr.data.decode import Decoded, _corrupt_error, decode_image, read_entries, resize_array
+from fastpnr.data.decode import (RESIZE_MODES, Decoded, Resize, _corrupt_error, decode_image, read_entries,
+                                 resize_array)
 from fastpnr.data.registry import get_spec
 from fastpnr.data.sources import Source, find_source
 from fastpnr.errors import DataError, require
@@ -32,7 +33,7 @@ class ImageDataset:
     domains: list[str] | None = None
     domain_ids: np.ndarray | None = None
     num_corrupt: int = 0
-    image_size: tuple[int, int] | None = None
+    image_size: Resize | None = None
     from_cache: bool = False
     _encoded: list[bytes] | None = field(default=None, repr=False)
 
@@ -58,7 +59,8 @@ class ImageDataset:
                 f"images={shape}, domains={self.domains}, num_corrupt={self.num_corrupt})")
 
 
-def _size(image_size) -> tuple[int, int] | None:
+def _size(image_size, resize: str = "stretch") -> Resize | None:
+    require(resize in RESIZE_MODES, "resize", resize, RESIZE_MODES)
     if image_size is None:
         return None
     if isinstance(image_size, int) and not isinstance(image_size, bool):
@@ -66,7 +68,7 @@ def _size(image_size) -> tuple[int, int] | None:
     ok = (isinstance(image_size, (tuple, list)) and len(image_size) == 2
           and all(isinstance(s, int) and s > 0 for s in image_size))
     require(ok, "image_size", image_size, "None, a positive int or (height, width)")
-    return tuple(image_size)
+    return Resize(*image_size, mode=resize)
 
 
 def _labels(source: Source, read: Decoded, name: str, num_classes: int | None) -> tuple[list[str], np.ndarray]:
@@ -83,12 +85,15 @@ def _labels(source: Source, read: Decoded, name: str, num_classes: int | None) -
     return classes, np.fromiter((index[c] for c in read.class_names), np.int64, len(read.class_names))
 
 
-def load_dataset(name: str, split: str, data_dir=None, *, image_size=None, skip_corrupt: bool = False,
-                 cache_dir=None, decode: bool = True, progress: bool = False, download: bool = False) -> ImageDataset:
+def load_dataset(name: str, split: str, data_dir=None, *, image_size=None, resize: str = "stretch",
+                 skip_corrupt: bool = False, cache_dir=None, decode: bool = True, progress: bool = False,
+                 download: bool = False) -> ImageDataset:
     """Load one split of a registered dataset (see `DATASETS`).
 
     data_dir: the data root holding `<name>/` (or the dataset folder itself); default `resolve_data_root()`.
     image_size: resize every image (PIL bicubic) to this int or (H, W); default the native size.
+    resize: how ("stretch": the whole image; "center": shorter side to image_size * 256/224, then the centre crop,
+      the anchors' ImageNet/DomainNet evaluation transform). Part of the decode cache's key.
     decode: decode all images into `images` and cache them under `cache_dir` (default $FASTPNR_CACHE or
       ~/.cache/fastpnr) for datasets whose spec has cache_decoded; decode=False keeps the encoded bytes.
     skip_corrupt: skip images that fail to decode (counted in `num_corrupt`) instead of raising DataError.
@@ -96,7 +101,7 @@ def load_dataset(name: str, split: str, data_dir=None, *, image_size=None, skip_
     """
     spec = get_spec(name)
     split = spec.canonical_split(split)
-    size = _size(image_size)
+    size = _size(image_size, resize)
     source = find_source(spec, split, data_dir, download_missing=download)
     common = dict(name=name, split=split, mean=spec.mean, std=spec.std, image_size=size)
 

@@ -13,7 +13,7 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -23,6 +23,36 @@ from fastpnr.errors import DataError
 CHUNK = 1024            # images per worker task
 INLINE_MAX = 4096       # up to this many images, decoding in-process beats starting workers
 MAX_IN_FLIGHT = 6       # chunks queued per pool, bounds memory while reading ahead
+RESIZE_MODES = ("stretch", "center")
+# "center": the anchors' evaluation transform (torchvision Resize(256) + CenterCrop(224)), scaled to any size
+CENTER_RESIZE_RATIO = 256 / 224
+
+
+class Resize(NamedTuple):
+    """Target (height, width) of decoded images and how to get there: "stretch" resizes the whole image to it
+    (aspect ratio not kept); "center" resizes the shorter side to round(height * 256 / 224) and crops the centre,
+    as the anchors evaluate ImageNet-100 and DomainNet (torchvision Resize + CenterCrop semantics)."""
+
+    height: int
+    width: int
+    mode: str = "stretch"
+
+
+def resize_image(rgb: Image.Image, size) -> Image.Image:
+    """PIL RGB image -> (size[0], size[1]) by ``size.mode`` (a plain (H, W) tuple stretches). Bicubic."""
+    h, w = size[0], size[1]
+    if getattr(size, "mode", "stretch") == "center":
+        short = int(round(h * CENTER_RESIZE_RATIO))
+        iw, ih = rgb.size
+        # torchvision Resize(int): the shorter side becomes `short`, the longer int(short * long / short_in)
+        nw, nh = (short, int(short * ih / iw)) if iw <= ih else (int(short * iw / ih), short)
+        if (nw, nh) != (iw, ih):
+            rgb = rgb.resize((nw, nh), Image.BICUBIC)
+        top, left = int(round((nh - h) / 2.0)), int(round((nw - w) / 2.0))  # torchvision CenterCrop
+        return rgb.crop((left, top, left + w, top + h))
+    if rgb.size != (w, h):
+        rgb = rgb.resize((w, h), Image.BICUBIC)
+    return rgb
 
 
 @contextmanager
@@ -35,21 +65,21 @@ def _strict_truncation():
         ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
-def decode_image(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Encoded bytes -> uint8 (H, W, 3); RGB always; resized with PIL BICUBIC to size=(H, W) when given."""
+def decode_image(data: bytes, size: tuple[int, int] | Resize | None = None) -> np.ndarray:
+    """Encoded bytes -> uint8 (H, W, 3); RGB always; resized to size=(H, W) when given (``resize_image``)."""
     with Image.open(io.BytesIO(data)) as img:
         img.load()  # raises on truncated data while LOAD_TRUNCATED_IMAGES is False
         rgb = img.convert("RGB")
-    if size is not None and rgb.size != (size[1], size[0]):
-        rgb = rgb.resize((size[1], size[0]), Image.BICUBIC)
+    if size is not None:
+        rgb = resize_image(rgb, size)
     return np.asarray(rgb)
 
 
-def resize_array(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 (N, H, W, 3) -> (N, size[0], size[1], 3) with PIL BICUBIC, image by image."""
-    if images.shape[1:3] == tuple(size):
+def resize_array(images: np.ndarray, size: tuple[int, int] | Resize) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> (N, size[0], size[1], 3), image by image (``resize_image``)."""
+    if images.shape[1:3] == tuple(size[:2]) and getattr(size, "mode", "stretch") == "stretch":
         return images
-    return np.stack([np.asarray(Image.fromarray(x).resize((size[1], size[0]), Image.BICUBIC)) for x in images])
+    return np.stack([np.asarray(resize_image(Image.fromarray(x), size)) for x in images])
 
 
 def _decode_chunk(blobs: list[bytes], size) -> tuple[list[np.ndarray | None], list[tuple[int, str]]]:
