@@ -17,9 +17,6 @@ from .errors import ConfigError, require
 PRECISIONS = ("bf16", "fp16", "fp32")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")  # torch.compile modes; the step has its own graph
-FFCV_ORDERS = ("random", "quasi_random", "sequential")  # loaders.ffcv_loader.ORDERS
-FFCV_CROPS = ("device", "decoder")
-RESIZE_MODES = ("stretch", "center")  # fastpnr.data.decode.RESIZE_MODES
 SCENARIOS = ("class", "data", "domain")
 PROTOCOLS = ("linear", "knn", "online")
 OPTIMIZERS = ("lars", "sgd")
@@ -61,6 +58,9 @@ class DataConfig:
         require(0 < self.train_fraction <= 1, "data.train_fraction", self.train_fraction, "0 < fraction <= 1")
         require(0 < self.test_fraction <= 1, "data.test_fraction", self.test_fraction, "0 < fraction <= 1")
         require(0 < self.min_scale <= 1, "data.min_scale", self.min_scale, "0 < min_scale <= 1")
+        from loaders.ffcv_loader import CROP_MODES, ORDERS  # the loader's own lists: one source of truth
+
+        from .data.decode import RESIZE_MODES
         require(self.resize in RESIZE_MODES, "data.resize", self.resize, RESIZE_MODES)
         require(self.image_size is None or self.image_size >= 8, "data.image_size", self.image_size, "None or >= 8")
         require(self.crop_size is None or self.crop_size >= 8, "data.crop_size", self.crop_size, "None or >= 8")
@@ -68,12 +68,12 @@ class DataConfig:
             v = getattr(self, name)
             require(len(v) in (1, 2) and all(0 <= p <= 1 for p in v), f"data.{name}", v, "one or two probabilities in [0, 1]")
         require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
-        require(self.ffcv_order in FFCV_ORDERS, "data.ffcv_order", self.ffcv_order, FFCV_ORDERS)
+        require(self.ffcv_order in ORDERS, "data.ffcv_order", self.ffcv_order, ORDERS)
         require(self.ffcv_order != "quasi_random" or not self.ffcv_os_cache, "data.ffcv_os_cache",
                 self.ffcv_os_cache, "false with data.ffcv_order=quasi_random (FFCV's page-local shuffle)")
         require(isinstance(self.ffcv_batches_ahead, int) and self.ffcv_batches_ahead >= 1, "data.ffcv_batches_ahead",
                 self.ffcv_batches_ahead, "an integer >= 1")
-        require(self.ffcv_crop in FFCV_CROPS, "data.ffcv_crop", self.ffcv_crop, FFCV_CROPS)
+        require(self.ffcv_crop in CROP_MODES, "data.ffcv_crop", self.ffcv_crop, CROP_MODES)
 
 
 @dataclass(frozen=True)
