@@ -8,6 +8,7 @@ COMMANDS = {
     "train": "continual SSL training (all tasks) with evaluation after each task",
     "linear": "offline linear evaluation of a checkpoint",
     "knn": "kNN evaluation of a checkpoint",
+    "compare": "runs side by side: final accuracy, A_T, forgetting, forward transfer, img/s (table, plot)",
     "to_beton": "write an FFCV .beton file from a dataset",
     "bench": "side-by-side step benchmark (anchors' pipeline vs fastpnr)",
     "bench_loaders": "loader throughput benchmark",

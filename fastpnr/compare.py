@@ -1,0 +1,148 @@
+"""Compare finished (or running) continual runs side by side: the FT / CaSSLe / PNR table of the papers.
+
+Each run folder holds ``config.json`` and ``metrics.json`` (written after every task). For one evaluation protocol
+(linear, knn or online; default: each run's own), a row gives the final test accuracy, the average accuracy A_T and
+forgetting F_T recomputed from that protocol's accuracy matrix (``evaluation.ContinualMetrics``), the forward
+transfer when the run measured the random-init baseline, the mean training throughput and the training time.
+A run that has not finished all its tasks shows ``k/T`` tasks and its figures so far.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import ConfigError, DataError
+from .evaluation import ContinualMetrics
+
+PROTOCOLS = ("linear", "knn", "online")
+TABLE_SUFFIXES = (".md", ".json", ".csv")
+COLUMNS = ("run", "method", "regularizer", "data", "tasks", "protocol", "final_acc", "avg_acc", "forgetting",
+           "fwd_transfer", "img_per_s", "train_min")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run: str
+    method: str
+    regularizer: str
+    data: str                 # dataset/scenario
+    tasks: str                # done/total
+    protocol: str
+    final_acc: float
+    avg_acc: float
+    forgetting: float
+    fwd_transfer: float | None
+    img_per_s: float | None
+    train_min: float
+    curve: tuple[float, ...]  # test accuracy after each finished task (the protocol's)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path.parent} is not a fastpnr run folder: {path.name} is missing") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read {path}: {type(e).__name__}: {e}".replace("\n", " ")) from None
+
+
+def summarize(run_dir, protocol: str | None = None) -> RunSummary:
+    """One row for ``run_dir``; ``protocol`` None = the protocol the run reported."""
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol={protocol!r} is invalid; allowed: {', '.join(PROTOCOLS)}")
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise DataError(f"run folder {str(folder)!r} does not exist")
+    cfg = _read_json(folder / "config.json")
+    m = _read_json(folder / "metrics.json")
+    proto = protocol or m.get("protocol", "linear")
+    matrices = m.get("matrices", {})
+    if proto not in matrices or not matrices[proto]:
+        have = ", ".join(sorted(matrices)) or "none"
+        raise DataError(f"{folder}: no {proto!r} accuracy matrix in metrics.json (protocols: {have})")
+    matrix = matrices[proto]
+    cm = ContinualMetrics(matrix)
+    curve = tuple(m.get("test_accuracy_by_protocol", {}).get(proto, []))
+    random_init = m.get("random_init_accuracy", {}).get(proto)
+    ips = [x for x in m.get("images_per_second", []) if x]
+    data = cfg.get("data", {})
+    return RunSummary(
+        run=folder.name, method=cfg.get("method", {}).get("name", "?"),
+        regularizer=cfg.get("regularizer", {}).get("name", "?"),
+        data=f"{data.get('dataset', '?')}/{data.get('scenario', '?')}",
+        tasks=f"{cm.tasks_done}/{m.get('num_tasks', data.get('num_tasks', '?'))}", protocol=proto,
+        final_acc=curve[-1] if curve else float("nan"), avg_acc=cm.average_accuracy(), forgetting=cm.forgetting(),
+        fwd_transfer=cm.forward_transfer(random_init) if random_init else None,
+        img_per_s=sum(ips) / len(ips) if ips else None, train_min=sum(m.get("task_time_s", [])) / 60.0,
+        curve=curve)
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.2f}"
+    return str(value)
+
+
+def markdown_table(rows: list[RunSummary]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        d = asdict(r)
+        lines.append("| " + " | ".join(_cell(d[c]) for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def check_outputs(out=None, plot=None) -> None:
+    """Fail before any work on an output path whose type is not written: tables .md/.json/.csv, plots .png."""
+    if out is not None and Path(out).suffix not in TABLE_SUFFIXES:
+        raise ConfigError(f"out={str(out)!r} is invalid; allowed: a .md, .json or .csv path")
+    if plot is not None and Path(plot).suffix != ".png":
+        raise ConfigError(f"plot={str(plot)!r} is invalid; allowed: a .png path")
+
+
+def write_table(rows: list[RunSummary], path) -> Path:
+    """``.md`` (the markdown table), ``.json`` (every field, curves included) or ``.csv``."""
+    check_outputs(out=path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".md":
+        path.write_text(markdown_table(rows) + "\n")
+    elif path.suffix == ".json":
+        path.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    else:  # .csv
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(COLUMNS)
+            for r in rows:
+                d = asdict(r)
+                writer.writerow(["" if d[c] is None else d[c] for c in COLUMNS])
+    return path
+
+
+def plot_curves(rows: list[RunSummary], path) -> Path:
+    """A PNG: test accuracy after each task, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    check_outputs(plot=path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.plot(range(len(r.curve)), r.curve, marker="o", label=f"{r.run} ({r.method}+{r.regularizer})")
+    longest = max((len(r.curve) for r in rows), default=0)
+    ax.set_xticks(range(longest))
+    ax.set_xlabel("after task")
+    ax.set_ylabel(f"test accuracy (%), {rows[0].protocol if len(rows) else ''}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,78 @@
+"""fastpnr compare: rows recomputed from each run's metrics.json (hand-worked values below), partial runs, errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fastpnr.cli import main as fastpnr
+from fastpnr.compare import summarize
+
+# after task 0: [80]; after 1: [60, 70]; after 2: [50, 65, 90]  (a[i][j], only j <= i filled for the example)
+LINEAR = [[80.0, 10.0, 10.0], [60.0, 70.0, 10.0], [50.0, 65.0, 90.0]]
+KNN = [[40.0, 0.0], [30.0, 50.0]]
+
+
+def _run(root, name, matrices, proto="linear", num_tasks=3, random_init=None, method="simclr", reg="pnr"):
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({
+        "data": {"dataset": "cifar100", "scenario": "class", "num_tasks": num_tasks},
+        "method": {"name": method}, "regularizer": {"name": reg}}))
+    m = {"protocol": proto, "num_tasks": num_tasks, "matrices": matrices,
+         "test_accuracy_by_protocol": {k: [sum(r) / len(r) for r in v] for k, v in matrices.items()},
+         "images_per_second": [1000.0, 3000.0], "task_time_s": [60.0, 120.0]}
+    if random_init:
+        m["random_init_accuracy"] = random_init
+    (folder / "metrics.json").write_text(json.dumps(m))
+    return folder
+
+
+def test_row_recomputes_average_accuracy_forgetting_and_forward_transfer(tmp_path):
+    run = _run(tmp_path, "pnr", {"linear": LINEAR, "knn": KNN}, random_init={"linear": [20.0, 30.0, 40.0]})
+    r = summarize(run)
+    assert (r.method, r.regularizer, r.data, r.tasks, r.protocol) == ("simclr", "pnr", "cifar100/class", "3/3", "linear")
+    assert r.avg_acc == pytest.approx((50 + 65 + 90) / 3)
+    # forgetting: task 0 max(80, 60) - 50 = 30; task 1 max(70) - 65 = 5 -> 17.5
+    assert r.forgetting == pytest.approx(17.5)
+    # forward transfer: a[0][1] - b_1 = 10 - 30 = -20; a[1][2] - b_2 = 10 - 40 = -30 -> -25
+    assert r.fwd_transfer == pytest.approx(-25.0)
+    assert r.final_acc == pytest.approx(205 / 3) and r.img_per_s == 2000.0 and r.train_min == pytest.approx(3.0)
+    k = summarize(run, "knn")
+    assert (k.tasks, k.avg_acc, k.forgetting, k.fwd_transfer) == ("2/3", 40.0, 10.0, None)
+
+
+def test_cli_table_file_outputs_and_plot(tmp_path, capsys):
+    a = _run(tmp_path, "ft", {"linear": LINEAR[:2]}, reg="finetune")
+    b = _run(tmp_path, "pnr", {"linear": LINEAR})
+    fastpnr(["compare", str(a), str(b), "--out", str(tmp_path / "t.csv"), "--plot", str(tmp_path / "c.png")])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| run | method | regularizer")
+    assert out[2].startswith("| ft | simclr | finetune | cifar100/class | 2/3 | linear |")
+    assert out[3].startswith("| pnr | simclr | pnr | cifar100/class | 3/3 | linear | 68.33 | 68.33 | 17.50 | - | 2,000 |")
+    rows = (tmp_path / "t.csv").read_text().splitlines()
+    assert rows[0].startswith("run,method") and len(rows) == 3
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    fastpnr(["compare", str(b), "--out", str(tmp_path / "t.json")])
+    assert json.loads((tmp_path / "t.json").read_text())[0]["curve"] == pytest.approx([100 / 3, 140 / 3, 205 / 3])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["nope"], "run folder 'nope' does not exist"),
+    (["RUN", "--protocol", "probe"], "protocol='probe' is invalid; allowed: linear, knn, online"),
+    (["RUN", "--protocol", "online"], "no 'online' accuracy matrix in metrics.json (protocols: knn, linear)"),
+    (["RUN", "--out", "x.txt"], "out='x.txt' is invalid; allowed: a .md, .json or .csv path"),
+    (["RUN", "--plot", "c.pdf"], "plot='c.pdf' is invalid; allowed: a .png path"),
+    (["EMPTY"], "is not a fastpnr run folder: config.json is missing"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, args, needle):
+    run = _run(tmp_path, "pnr", {"linear": LINEAR, "knn": KNN})
+    (tmp_path / "empty").mkdir()
+    args = [{"RUN": str(run), "EMPTY": str(tmp_path / "empty")}.get(a, a) for a in args]
+    with pytest.raises(SystemExit) as e:
+        fastpnr(["compare", *args])
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert e.value.code == 2 and needle in err and len(err.splitlines()) == 1
+    if "--out" in args or "--plot" in args:
+        assert captured.out == ""  # refused before any table is printed
