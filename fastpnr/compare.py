@@ -14,10 +14,10 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import ConfigError, DataError
+from .config import PROTOCOLS
+from .errors import DataError, require
 from .evaluation import ContinualMetrics
 
-PROTOCOLS = ("linear", "knn", "online")
 TABLE_SUFFIXES = (".md", ".json", ".csv")
 COLUMNS = ("run", "method", "regularizer", "data", "tasks", "protocol", "final_acc", "avg_acc", "forgetting",
            "fwd_transfer", "img_per_s", "train_min")
@@ -51,8 +51,7 @@ def _read_json(path: Path) -> dict:
 
 def summarize(run_dir, protocol: str | None = None) -> RunSummary:
     """One row for ``run_dir``; ``protocol`` None = the protocol the run reported."""
-    if protocol is not None and protocol not in PROTOCOLS:
-        raise ConfigError(f"protocol={protocol!r} is invalid; allowed: {', '.join(PROTOCOLS)}")
+    require(protocol is None or protocol in PROTOCOLS, "protocol", protocol, PROTOCOLS)
     folder = Path(run_dir)
     if not folder.is_dir():
         raise DataError(f"run folder {str(folder)!r} does not exist")
@@ -98,10 +97,9 @@ def markdown_table(rows: list[RunSummary]) -> str:
 
 def check_outputs(out=None, plot=None) -> None:
     """Fail before any work on an output path whose type is not written: tables .md/.json/.csv, plots .png."""
-    if out is not None and Path(out).suffix not in TABLE_SUFFIXES:
-        raise ConfigError(f"out={str(out)!r} is invalid; allowed: a .md, .json or .csv path")
-    if plot is not None and Path(plot).suffix != ".png":
-        raise ConfigError(f"plot={str(plot)!r} is invalid; allowed: a .png path")
+    require(out is None or Path(out).suffix in TABLE_SUFFIXES, "out", None if out is None else str(out),
+            "a .md, .json or .csv path")
+    require(plot is None or Path(plot).suffix == ".png", "plot", None if plot is None else str(plot), "a .png path")
 
 
 def write_table(rows: list[RunSummary], path) -> Path:
