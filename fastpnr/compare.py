@@ -32,12 +32,18 @@ class RunSummary:
     tasks: str                # done/total
     protocol: str
     final_acc: float
-    avg_acc: float
+    avg_acc: float            # A_T: the last row's mean over the seen tasks
     forgetting: float
     fwd_transfer: float | None
     img_per_s: float | None
     train_min: float
     curve: tuple[float, ...]  # test accuracy after each finished task (the protocol's)
+    avg_inc_acc: float = float("nan")         # mean over k of A_k
+    acc_by_task: tuple[float, ...] = ()       # A_k after each finished task k
+    forgetting_by_task: tuple[float, ...] = ()  # each earlier task's drop at the last finished task
+    matrix: tuple[tuple[float, ...], ...] = ()  # the protocol's accuracy matrix, finished rows
+    tasks_done: int = 0
+    num_tasks: int = 0
 
 
 def _read_json(path: Path) -> dict:
@@ -49,14 +55,23 @@ def _read_json(path: Path) -> dict:
         raise DataError(f"cannot read {path}: {type(e).__name__}: {e}".replace("\n", " ")) from None
 
 
-def summarize(run_dir, protocol: str | None = None) -> RunSummary:
-    """One row for ``run_dir``; ``protocol`` None = the protocol the run reported."""
-    require(protocol is None or protocol in PROTOCOLS, "protocol", protocol, PROTOCOLS)
+def read_run(run_dir) -> tuple[dict, dict]:
+    """(config.json, metrics.json) of a run folder, or a one-line DataError."""
     folder = Path(run_dir)
     if not folder.is_dir():
         raise DataError(f"run folder {str(folder)!r} does not exist")
-    cfg = _read_json(folder / "config.json")
-    m = _read_json(folder / "metrics.json")
+    return _read_json(folder / "config.json"), _read_json(folder / "metrics.json")
+
+
+def summarize(run_dir, protocol: str | None = None) -> RunSummary:
+    """One row for ``run_dir``; ``protocol`` None = the protocol the run reported."""
+    require(protocol is None or protocol in PROTOCOLS, "protocol", protocol, PROTOCOLS)
+    cfg, m = read_run(run_dir)
+    return summarize_metrics(Path(run_dir), cfg, m, protocol)
+
+
+def summarize_metrics(folder: Path, cfg: dict, m: dict, protocol: str | None = None) -> RunSummary:
+    """The row of one run from its config and metrics dicts (the metrics recomputed from the protocol's matrix)."""
     proto = protocol or m.get("protocol", "linear")
     matrices = m.get("matrices", {})
     if proto not in matrices or not matrices[proto]:
@@ -68,18 +83,23 @@ def summarize(run_dir, protocol: str | None = None) -> RunSummary:
     random_init = m.get("random_init_accuracy", {}).get(proto)
     ips = [x for x in m.get("images_per_second", []) if x]
     data = cfg.get("data", {})
+    num_tasks = m.get("num_tasks", data.get("num_tasks", 0))
     return RunSummary(
         run=folder.name, method=cfg.get("method", {}).get("name", "?"),
         regularizer=cfg.get("regularizer", {}).get("name", "?"),
         data=f"{data.get('dataset', '?')}/{data.get('scenario', '?')}",
-        tasks=f"{cm.tasks_done}/{m.get('num_tasks', data.get('num_tasks', '?'))}", protocol=proto,
-        final_acc=curve[-1] if curve else float("nan"), avg_acc=cm.average_accuracy(), forgetting=cm.forgetting(),
+        tasks=f"{cm.tasks_done}/{num_tasks or '?'}", protocol=proto,
+        final_acc=curve[-1] if curve else float("nan"), avg_acc=cm.final_average_accuracy(), forgetting=cm.forgetting(),
         fwd_transfer=cm.forward_transfer(random_init) if random_init else None,
         img_per_s=sum(ips) / len(ips) if ips else None, train_min=sum(m.get("task_time_s", [])) / 60.0,
-        curve=curve)
+        curve=curve, avg_inc_acc=cm.average_incremental_accuracy(),
+        acc_by_task=tuple(ContinualMetrics(matrix[: k + 1]).final_average_accuracy() for k in range(cm.tasks_done)),
+        forgetting_by_task=tuple(cm.forgetting_per_task()), matrix=tuple(tuple(row) for row in matrix),
+        tasks_done=cm.tasks_done, num_tasks=int(num_tasks or 0))
 
 
-def _cell(value) -> str:
+def format_value(value) -> str:
+    """A table cell: '-' for missing/NaN, thousands separators from 1000 on, else two decimals."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
@@ -87,12 +107,15 @@ def _cell(value) -> str:
     return str(value)
 
 
-def markdown_table(rows: list[RunSummary]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        d = asdict(r)
-        lines.append("| " + " | ".join(_cell(d[c]) for c in COLUMNS) + " |")
+def markdown(header, rows) -> str:
+    """A markdown table; cells that are not strings go through ``format_value``."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c if isinstance(c, str) else format_value(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def markdown_table(rows: list[RunSummary]) -> str:
+    return markdown(COLUMNS, [[format_value(asdict(r)[c]) for c in COLUMNS] for r in rows])
 
 
 def check_outputs(out=None, plot=None) -> None:

@@ -83,10 +83,12 @@ class ModelConfig:
     stem_padding: int = 2                   # the anchors' quirk (not 1)
     zero_init_residual: bool = False
     channels_last: bool = True
+    width: int = 64                         # ResNet base width (layers: w, 2w, 4w, 8w); 64 = the anchors'
 
     def __post_init__(self):
         from .models import BACKBONES
         require(self.backbone in BACKBONES, "model.backbone", self.backbone, sorted(BACKBONES))
+        require(isinstance(self.width, int) and self.width >= 1, "model.width", self.width, "an integer >= 1")
         require(self.stem_padding in (0, 1, 2, 3), "model.stem_padding", self.stem_padding, "0..3")
 
 

@@ -134,16 +134,26 @@ class ContinualMetrics:
         seen = last[: self.tasks_done]
         return float(np.mean(seen))
 
+    def final_average_accuracy(self) -> float:
+        """A_T: mean of the last row over the seen tasks (the paper's final average accuracy)."""
+        return self.average_accuracy()
+
+    def average_incremental_accuracy(self) -> float:
+        """mean over k of A_k, A_k = mean_{j<=k} a[k][j] (the accuracy after each task, averaged over the tasks)."""
+        return float(np.mean([np.mean(row[: k + 1]) for k, row in enumerate(self.matrix)]))
+
     def final_accuracy_all_tasks(self) -> float:
         return float(np.mean(self.matrix[-1]))
 
     def forgetting(self) -> float:
         """mean over j < i of max_{l < i} a[l][j] - a[i][j], i = the last finished task (0 with one task)."""
+        drops = self.forgetting_per_task()
+        return float(np.mean(drops)) if drops else 0.0
+
+    def forgetting_per_task(self) -> list[float]:
+        """[max_{j <= l < i} a[l][j] - a[i][j] for each earlier task j < i], i = the last finished task."""
         i = self.tasks_done - 1
-        if i == 0:
-            return 0.0
-        drops = [max(self.matrix[l][j] for l in range(j, i)) - self.matrix[i][j] for j in range(i)]
-        return float(np.mean(drops))
+        return [float(max(self.matrix[l][j] for l in range(j, i)) - self.matrix[i][j]) for j in range(i)]
 
     def forward_transfer(self, random_init: list[float]) -> float | None:
         """mean over j >= 1 of a[j-1][j] - b_j, b_j the random-init model's accuracy on task j (None before task 1)."""

@@ -22,6 +22,18 @@ def test_average_accuracy_forgetting_forward_transfer_by_hand():
     assert partial.average_accuracy() == pytest.approx(80.0)  # only task 0 has been seen
 
 
+def test_final_average_and_average_incremental_accuracy_by_hand():
+    a = [[80.0, 10.0, 12.0],
+         [60.0, 70.0, 20.0],
+         [50.0, 65.0, 75.0]]
+    m = ev.ContinualMetrics(a)
+    assert m.final_average_accuracy() == pytest.approx((50 + 65 + 75) / 3)  # A_T: the seen tasks of the last row
+    # A_0 = 80, A_1 = (60 + 70) / 2 = 65, A_2 = 190 / 3; the unseen entries (10, 12, 20) never count
+    assert m.average_incremental_accuracy() == pytest.approx((80 + 65 + 190 / 3) / 3)
+    assert ev.ContinualMetrics(a[:2]).average_incremental_accuracy() == pytest.approx((80 + 65) / 2)
+    assert m.forgetting_per_task() == pytest.approx([30.0, 5.0]) and ev.ContinualMetrics(a[:1]).forgetting_per_task() == []
+
+
 def test_knn_votes_with_exponential_weights():
     train_x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
     train_y = torch.tensor([0, 0, 1])

@@ -47,7 +47,8 @@ class Method(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = build_backbone(model_cfg.backbone, cifar_stem=model_cfg.cifar_stem,
-                                       stem_padding=model_cfg.stem_padding, zero_init_residual=model_cfg.zero_init_residual)
+                                       stem_padding=model_cfg.stem_padding, zero_init_residual=model_cfg.zero_init_residual,
+                                       width=model_cfg.width)
         self.feat_dim = self.backbone.feat_dim
         self.build_heads()
         self.classifier = nn.Linear(self.feat_dim, num_classes)  # online probe on detached features

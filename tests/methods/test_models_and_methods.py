@@ -27,6 +27,25 @@ def test_cifar_stem_padding_two_gives_34_17_9_5():
     assert sizes == [34, 34, 17, 9, 5]
 
 
+def test_width_scales_every_layer_and_checkpoint_configs_rebuild_it():
+    from fastpnr.config import build_config, config_from_dict
+
+    net = build_backbone("resnet18", cifar_stem=True, width=20)
+    assert [net.conv1.out_channels] + [layer[-1].bn2.num_features for layer in (net.layer1, net.layer2, net.layer3,
+                                                                             net.layer4)] == [20, 20, 40, 80, 160]
+    assert net.feat_dim == 160 and net(torch.randn(2, 3, 16, 16)).shape == (2, 160)
+    assert build_backbone("resnet50", width=8).feat_dim == 8 * 8 * 4
+    # A checkpoint stores cfg.to_dict(); loading rebuilds that width (an old config without the key gets 64).
+    cfg = build_config("smoke", {"model.width": 12, "method.proj_hidden": 16, "method.proj_out": 8})
+    saved = build_method(cfg.method, cfg.model, 10).state_dict()
+    loaded = config_from_dict(cfg.to_dict())
+    assert loaded.model.width == 12
+    build_method(loaded.method, loaded.model, 10).load_state_dict(saved)  # shapes match: no error
+    old = cfg.to_dict()
+    del old["model"]["width"]
+    assert config_from_dict(old).model.width == 64
+
+
 def _small(name, **kw):
     cfg_cls = METHODS[name][1]
     extra = {"proj_hidden": 32, "proj_out": 16, **kw}
