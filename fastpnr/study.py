@@ -58,12 +58,28 @@ class Cell:
         return (self.preset, self.scenario, self.method, self.regularizer, self.seed)
 
     def overrides(self, shared: dict) -> dict:
-        ov = {**shared, "method": self.method, "regularizer": self.regularizer, "seed": self.seed}
+        ov = {**strategy_options(self.regularizer, shared), "method": self.method, "regularizer": self.regularizer,
+              "seed": self.seed}
         return {**ov, "scenario": self.scenario} if self.scenario else ov
 
     def to_dict(self) -> dict:
         return {"name": self.name, "preset": self.preset, "scenario": self.scenario, "method": self.method,
                 "regularizer": self.regularizer, "seed": self.seed}
+
+
+def regularizer_fields(regularizer: str) -> set[str]:
+    from dataclasses import fields
+
+    from .regularizers import REGULARIZERS
+
+    return {f.name for f in fields(REGULARIZERS[regularizer][1])}
+
+
+def strategy_options(regularizer: str, shared: dict) -> dict:
+    """The shared options less the ``regularizer.*`` fields this strategy lacks (fine-tuning has none), so that one
+    command tunes PNR and CaSSLe beside fine-tuning. Method options stay strict: a wrong one fails its cells."""
+    have = regularizer_fields(regularizer)
+    return {k: v for k, v in shared.items() if not (k.startswith("regularizer.") and k.split(".", 1)[1] not in have)}
 
 
 def as_list(value, name: str, cast=str) -> list:
@@ -108,6 +124,10 @@ def check_grid(presets, scenarios, methods, regularizers, shared: dict) -> None:
     for key in shared:
         if key in GRID_OPTIONS:
             raise ConfigError(f"option --{key} is set by the study grid; allowed: --{GRID_OPTIONS[key]} (a list)")
+    known = set().union(*(regularizer_fields(r) for r in regularizers))
+    for key in [k for k in shared if k.startswith("regularizer.")]:
+        require(key.split(".", 1)[1] in known, "option", f"--{key}",
+                f"the fields of the strategies {', '.join(regularizers)}: {', '.join(sorted(known))}")
     require(not (scenarios and ("scenario" in shared or "data.scenario" in shared)), "scenario", scenarios,
             "either --scenario (a list) or --data.scenario, not both")
 

@@ -138,7 +138,7 @@ def table_markdown(rows: list[dict]) -> str:
         hours = r.get(f"{r['device']}_hours_per_cell")
         body.append([r["method"], r["regularizer"], f"{len(r['seeds_done'])}/{r['cells']}",
                      *[format_mean_std(r["metrics"][k]["mean"], r["metrics"][k]["std"]) for k, _, _ in METRICS],
-                     format_value(r["img_per_s"]), "-" if hours is None else f"{hours:.3f} {r['device'].upper()}-h"])
+                     format_value(r["img_per_s"]), _hours(hours, r["device"])])
     return markdown(header, body)
 
 
@@ -147,6 +147,10 @@ def diff_markdown(rows: list[dict]) -> str:
     body = [[r["method"], r["regularizer"], *[_signed(r["diff_to_finetune"][k]) for k, _, _ in METRICS]]
             for r in rows if r["diff_to_finetune"]]
     return markdown(header, body) if body else "(no strategy with fine-tuning finished beside it yet)"
+
+
+def _hours(hours, kind: str) -> str:
+    return "-" if not hours else f"{hours:.3g} {kind.upper()}-h"
 
 
 def _signed(v) -> str:
@@ -160,7 +164,7 @@ def cells_markdown(entries: list[dict]) -> str:
         m = e["metrics"] or {}
         hours = e.get(f"{e['device']}_hours")
         body.append([e["name"], e["status"], e["tasks"], *[format_value(m.get(k)) for k, _, _ in METRICS],
-                     format_value(e["img_per_s"]), f"{hours:.3f} {e['device'].upper()}-h" if hours else "-",
+                     format_value(e["img_per_s"]), _hours(hours, e["device"]),
                      (e["error"] or "").replace("|", "\\|")])
     return markdown(header, body)
 
