@@ -154,7 +154,7 @@ class Slot:
         return "gpu" if self.gpus else "cpu"
 
     def describe(self) -> str:
-        return f"GPU {','.join(self.gpus)}" if self.gpus else f"CPU, {self.threads} threads"
+        return f"GPU {','.join(self.gpus)}" if self.gpus else f"CPU, {self.threads} thread{'s' * (self.threads != 1)}"
 
     def env(self, base: dict) -> dict:
         env = dict(base)
@@ -370,7 +370,7 @@ def acquire_lock(out: Path) -> Path:
     other = _read_json(lock)
     if other and other.get("pid") != os.getpid() and _alive(other):
         raise FastPNRError(f"a study is already running in {out} (pid {other['pid']} on {other.get('host')}); "
-                           f"allowed: wait for it, or fastpnr study --status {out}")
+                           f"allowed: wait for it (fastpnr study --status {out}), or delete {lock} if it is gone")
     write_json(lock, {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
     return lock
 

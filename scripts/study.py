@@ -54,7 +54,11 @@ def main(preset: str = "smoke", methods="simclr", regularizers="finetune,cassle,
         seeds=tuple(st.as_list(seeds, "seeds", int)), shared=st.normalize_shared(overrides),
         slots=tuple(st.make_slots(gpus, nproc_per_cell, jobs)), nproc_per_cell=nproc_per_cell,
         retry_failed=retry_failed, protocol=protocol)
-    states = st.run_study(opts)
+    try:
+        states = st.run_study(opts)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the cells were stopped and keep their checkpoints
+        print(f"study stopped; the same command resumes it (fastpnr study --status {out})", file=sys.stderr)
+        sys.exit(130)
     failed = [name for name, s in states.items() if s.status == "failed"]
     if failed:
         print(f"failed cells: {', '.join(failed)} (their train.log; --retry-failed reruns them)")

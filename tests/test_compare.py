@@ -76,3 +76,12 @@ def test_bad_input_is_one_line(tmp_path, capsys, args, needle):
     assert e.value.code == 2 and needle in err and len(err.splitlines()) == 1
     if "--out" in args or "--plot" in args:
         assert captured.out == ""  # refused before any table is printed
+
+
+def test_row_carries_incremental_accuracy_per_task_curves_and_the_matrix(tmp_path):
+    r = summarize(_run(tmp_path, "pnr", {"linear": LINEAR}))
+    # A_0 = 80, A_1 = (60 + 70) / 2 = 65, A_2 = (50 + 65 + 90) / 3; the unseen entries (10) never count
+    assert r.acc_by_task == pytest.approx((80.0, 65.0, 205 / 3))
+    assert r.avg_inc_acc == pytest.approx((80 + 65 + 205 / 3) / 3)
+    assert r.forgetting_by_task == pytest.approx((30.0, 5.0)) and (r.tasks_done, r.num_tasks) == (3, 3)
+    assert r.matrix[1] == (60.0, 70.0, 10.0)

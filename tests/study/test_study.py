@@ -90,6 +90,18 @@ def test_cell_state_running_with_a_dead_process_is_interrupted_or_pending(tmp_pa
     assert study.read_state(folder).status == "running"
 
 
+def test_stopping_the_study_stops_its_running_cells_for_a_later_resume(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "launcher", lambda nproc: [sys.executable, "-c", "import time; time.sleep(120)"])
+    cell = study.Cell("c", "smoke", "simclr", "finetune", 5)
+    runner = study.StudyRunner(tmp_path, [cell], {}, [study.Slot(threads=1)], 1, log=lambda *a: None)
+    running = runner._start(cell, runner.slots[0])
+    assert study.read_state(tmp_path / "c").status == "running"
+    runner._stop([running])  # what Ctrl-C or SIGTERM to the study does
+    state = study.read_state(tmp_path / "c")
+    assert running.proc.returncode == -15 and state.record["status"] == "interrupted"
+    assert state.status == "pending" and state.record["error"] == "stopped with the study"  # no checkpoint yet
+
+
 def test_eta_from_the_mean_wall_time_of_finished_cells():
     done = study.CellState("done", record={"attempts": [{"wall_s": 100.0}]})
     done2 = study.CellState("done", record={"attempts": [{"wall_s": 60.0}, {"wall_s": 140.0}]})  # 200 over two attempts
