@@ -375,6 +375,16 @@ def acquire_lock(out: Path) -> Path:
     return lock
 
 
+def git_commit() -> str | None:
+    """The fastpnr checkout's commit (``-dirty`` with uncommitted changes); None outside a git checkout."""
+    try:
+        res = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: the cell gets SIGTERM when the study dies (even by SIGKILL); its checkpoints are atomic."""
     try:
@@ -402,7 +412,7 @@ class StudyRunner:
                  on_finish=lambda: None, log=print):
         self.out, self.cells, self.shared, self.slots, self.nproc = out, cells, shared, slots, nproc
         self.on_finish, self.log = on_finish, log
-        self.t0 = time.time()
+        self.t0, self.commit = time.time(), git_commit()
 
     def states(self) -> list[CellState]:
         return [read_state(self.out / c.name) for c in self.cells]
@@ -445,7 +455,7 @@ class StudyRunner:
                                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         start = time.time()
         attempts.append({"start": start, "mode": "resume" if resume else "fresh", "kind": slot.kind,
-                         "devices": slot.devices, "slot": slot.describe(), "command": argv})
+                         "devices": slot.devices, "slot": slot.describe(), "commit": self.commit, "command": argv})
         write_json(folder / CELL_FILE, {**record, "status": "running", "pid": proc.pid, "host": socket.gethostname(),
                                         "attempts": attempts})
         self.log(f"[study] start {cell.name} ({'resume' if resume else 'fresh'}, {slot.describe()})")

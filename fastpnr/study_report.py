@@ -8,13 +8,12 @@ sample standard deviation over seeds (n - 1), shown once two seeds are done.
 from __future__ import annotations
 
 import math
-import subprocess
 import time
 from pathlib import Path
 
 from .compare import format_value, markdown, summarize
 from .errors import FastPNRError
-from .study import Cell, CellState, error_line, progress_line, read_state, write_json
+from .study import Cell, CellState, error_line, git_commit, progress_line, read_state, write_json
 
 # (report.json key, column title, RunSummary field)
 METRICS = (("final_average_accuracy", "A_T", "avg_acc"),
@@ -172,7 +171,9 @@ def cells_markdown(entries: list[dict]) -> str:
 def report_markdown(out: Path, rows: list[dict], entries: list[dict], plots: list[str], head: dict) -> str:
     protocol = head["protocol"] or "each run's own (metrics.json protocol)"
     lines = [f"# fastpnr study: {out.name}", "", f"- {head['progress']}", f"- protocol: {protocol}",
-             f"- command: `{head['command']}`", f"- fastpnr commit: {head['commit'] or 'unknown'}",
+             f"- command: `{head['command']}`",
+             f"- fastpnr commit of the cells: {', '.join(head['cell_commits']) or 'unknown'}; of this report: "
+             f"{head['commit'] or 'unknown'}",
              f"- written: {head['written']}", "",
              "Mean ± sample std (n − 1) over the finished seeds; A_T = final average accuracy over the tasks, "
              "avg. inc. acc = mean over k of the accuracy after task k; forgetting and forward transfer as in "
@@ -283,15 +284,6 @@ def write_plots(out: Path, entries: list[dict]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ the report
-def _commit() -> str | None:
-    try:
-        res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() or None
-
-
 def write_report(out: Path, cells: list[Cell], protocol: str | None = None) -> dict:
     """Write report.md, report.json and the PNGs of the study in ``out``; returns the report.json object."""
     from .study import STUDY_FILE, _read_json
@@ -308,7 +300,8 @@ def write_report(out: Path, cells: list[Cell], protocol: str | None = None) -> d
     starts = [a["start"] for s in states for a in s.record.get("attempts", [])]
     now = time.time()
     head = {"progress": progress_line(states, study.get("slots", 1), now - min(starts) if starts else 0.0, now),
-            "protocol": protocol, "command": study.get("command", ""), "commit": _commit(),
+            "protocol": protocol, "command": study.get("command", ""), "commit": git_commit(),
+            "cell_commits": sorted({a["commit"] for s in states for a in s.record.get("attempts", []) if a.get("commit")}),
             "written": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     plots = write_plots(out, entries)
     report = {**head, "cells": entries, "table": rows, "plots": plots}
