@@ -200,11 +200,11 @@ def cli_args(options: dict) -> list[str]:
 def train_args(cell: Cell, folder: Path, shared: dict, slot: Slot, resume: bool) -> list[str]:
     """``train`` arguments of a cell: a fresh run with the grid's options, or ``--resume`` with runtime options only."""
     runtime = {"train.progress": shared.get("train.progress", False)}  # tqdm's carriage returns would fill the log
+    if resume:  # the checkpoint's configuration (threads included); only what cannot change the numbers
+        kept = {k: shared[k] for k in ("train.log_every",) if k in shared}
+        return ["train", "--resume", str(folder), *cli_args({**runtime, **kept})]
     if slot.threads and "train.threads" not in shared:
         runtime["train.threads"] = slot.threads
-    if resume:
-        kept = {k: shared[k] for k in ("train.threads", "train.log_every") if k in shared}
-        return ["train", "--resume", str(folder), *cli_args({**runtime, **kept})]
     return ["train", "--preset", cell.preset, "--out", str(folder), *cli_args({**cell.overrides(shared), **runtime})]
 
 

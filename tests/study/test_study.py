@@ -60,8 +60,8 @@ def test_cpu_jobs_share_the_cores_and_values_become_cli_text():
     assert study.train_args(pnr, Path("/p"), shared, slots[0], resume=False).count("--regularizer.neg_weight") == 1
     assert args[args.index("--data.solarize_prob") + 1] == "0.1,0.2" and args[args.index("--scenario") + 1] == "data"
     assert args[args.index("--train.deterministic") + 1] == "true" and args[-2:] == ["--train.threads", "4"]
-    assert study.train_args(cell, Path("/c"), {}, slots[0], resume=True)[-4:] == [
-        "--train.progress", "false", "--train.threads", "4"]
+    assert study.train_args(cell, Path("/c"), {"train.log_every": 5}, slots[0], resume=True) == [
+        "train", "--resume", "/c", "--train.progress", "false", "--train.log_every", "5"]  # threads: the checkpoint's
 
 
 def test_grid_names_order_and_known_cells_keep_their_names():
