@@ -44,7 +44,8 @@ def _hash_file(path: Path) -> str:
 
 
 def file_digests(paths: list[Path], root: Path) -> list[str]:
-    """sha256 of each file's bytes, remembered in `<root>/content-hashes.json` by (path, size, mtime, inode).
+    """sha256 of each file's bytes, remembered in `<root>/content-hashes.json` by (path, size, mtime, ctime, inode):
+    the ctime changes with every write and cannot be set back, so a file rewritten in place is hashed again.
 
     Archives are hashed in full (exact: any changed byte is a miss): ~1 GB/s, so once per file version costs a
     fraction of decoding it (CIFAR-10's 15 MB: ~20 ms); later loads of an unchanged file only stat it.
@@ -54,18 +55,19 @@ def file_digests(paths: list[Path], root: Path) -> list[str]:
         memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
         memo = {}
+    memo = memo if isinstance(memo, dict) else {}
     out, changed = [], False
     for p in paths:
         st = p.stat()
-        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         key = str(p.resolve())
         known = memo.get(key)
-        if not known or known[:3] != stamp:
+        if not isinstance(known, list) or len(known) < 6 or known[:4] != stamp:
             known, changed = [*stamp, _hash_file(p)], True
-        memo[key] = known[:4] + [time.time()]
-        out.append(known[3])
+        memo[key] = known[:5] + [time.time()]
+        out.append(known[4])
     if changed:
-        recent = sorted(memo.items(), key=lambda kv: kv[1][4], reverse=True)[:HASH_MEMO_MAX]
+        recent = sorted(memo.items(), key=lambda kv: kv[1][5], reverse=True)[:HASH_MEMO_MAX]
         _write_json_atomic(memo_path, dict(recent))
     return out
 
