@@ -133,35 +133,41 @@ class ContinualRun:
         self.corrupt_images = self.train_set.corrupt_images + self.test_set.corrupt_images  # metrics.json
         self.tasks = make_tasks(d.scenario, self.train_set, d.num_tasks, seed=d.split_seed, data_seed=d.data_split_seed,
                                 domain_order=d.domain_order)
-        seeds = _split_seeds(d, len(self.tasks))
-        self.task_train = [_subsample(t.train_indices, d.train_fraction, s) for t, s in zip(self.tasks, seeds["train_subsample"])]
+        self.seeds = seeds = _split_seeds(d, len(self.tasks))  # recorded in tasks.json
+        self.task_train = [_subsample(t.train_indices, d.train_fraction, s)
+                           for t, s in zip(self.tasks, seeds["train_subsample"])]
         test_all = _subsample(np.arange(len(self.test_set)), d.test_fraction, seeds["test_subsample"])
         parts = task_test_indices(d.scenario, self.tasks, self.test_set)
         # Positions inside ``test_all`` of each task's test images.
         pos = {int(i): k for k, i in enumerate(test_all)}
         self.test_indices = test_all
         self.test_parts = [np.array([pos[int(i)] for i in p if int(i) in pos], dtype=np.int64) for p in parts]
-        self.eval_train = _subsample(np.arange(len(self.train_set)), self.cfg.eval.train_fraction, seeds["eval_train_subsample"])
+        self.eval_train = _subsample(np.arange(len(self.train_set)), self.cfg.eval.train_fraction,
+                                     seeds["eval_train_subsample"])
         self.num_classes = len(self.train_set.classes)
-        desc = describe_tasks(self.tasks, self.train_set)
+        if write_tasks:
+            _write_json(self.out / "tasks.json", self._describe_data(describe_tasks(self.tasks, self.train_set)))
+            _write_task_indices(self.out / TASK_INDICES, self.task_train, test_all, self.test_parts, self.eval_train)
+        self.data_note = _data_note([self.train_set, self.test_set])
+        for ds in (self.train_set, self.test_set):
+            _log_skipped(self.log, ds)
+        self.image_size = self.train_set.images.shape[1] if self.train_set.images is not None else (d.image_size or spec.native_size)
+        self.crop_size = d.crop_size or self.image_size
+
+    def _describe_data(self, desc: dict) -> dict:
+        """tasks.json: ``describe_tasks`` plus the images used per task, the seeds and fractions of the split (the
+        split itself is in tasks_indices.npz), and what was skipped: files per split, corrupt images."""
+        d = self.cfg.data
         desc["scenario"] = d.scenario
         for t, item in enumerate(desc["tasks"]):
             item["train_images_used"] = int(len(self.task_train[t]))
             item["test_images"] = int(len(self.test_parts[t]))
-        desc["seeds"] = seeds
+        desc["seeds"] = self.seeds
         desc["fractions"] = {"train": d.train_fraction, "test": d.test_fraction, "eval_train": self.cfg.eval.train_fraction}
         desc["indices_file"] = TASK_INDICES
-        sets = {"train": self.train_set, eval_split: self.test_set}
-        desc["skipped"] = {split: ds.skipped.to_json() for split, ds in sets.items()}
+        desc["skipped"] = {ds.split: ds.skipped.to_json() for ds in (self.train_set, self.test_set)}
         desc["corrupt_images"] = self.corrupt_images
-        self.data_note = _data_note(sets.values())
-        if write_tasks:
-            _write_json(self.out / "tasks.json", desc)
-            _write_task_indices(self.out / TASK_INDICES, self.task_train, test_all, self.test_parts, self.eval_train)
-        for ds in sets.values():
-            _log_skipped(self.log, ds)
-        self.image_size = self.train_set.images.shape[1] if self.train_set.images is not None else (d.image_size or spec.native_size)
-        self.crop_size = d.crop_size or self.image_size
+        return desc
 
     def _view_configs(self):
         from loaders import ViewConfig
