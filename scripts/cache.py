@@ -33,7 +33,7 @@ def _ago(t: float, now: float) -> str:
 
 def table(found, now: float) -> list[str]:
     """One line per entry: dataset, split, image size, images, last used, bytes, folder or file name."""
-    lines = [f"{'dataset':<16} {'split':<8} {'size':<16} {'images':>8} {'last used':>13} {'bytes':>9}  entry"]
+    lines = [f"{'dataset':<16} {'split':<8} {'image size':<16} {'images':>8} {'last used':>13} {'bytes':>9}  entry"]
     for e in found:
         n = "-" if e.num_images is None else str(e.num_images)
         name = e.path.name + ("  (interrupted write)" if e.kind == "partial" else "")
