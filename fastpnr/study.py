@@ -412,7 +412,7 @@ class StudyRunner:
                  on_finish=lambda: None, log=print):
         self.out, self.cells, self.shared, self.slots, self.nproc = out, cells, shared, slots, nproc
         self.on_finish, self.log = on_finish, log
-        self.t0, self.commit = time.time(), git_commit()
+        self.t0, self.commit = time.time(), None
 
     def states(self) -> list[CellState]:
         return [read_state(self.out / c.name) for c in self.cells]
@@ -445,6 +445,7 @@ class StudyRunner:
             clear_stale_run(folder)
         folder.mkdir(parents=True, exist_ok=True)
         argv = cell_command(cell, folder.resolve(), self.shared, slot, self.nproc, resume)
+        self.commit = self.commit or git_commit()
         record = _read_json(folder / CELL_FILE)
         attempts = record.get("attempts", [])
         log = open(folder / LOG_FILE, "a")

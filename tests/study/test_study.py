@@ -222,7 +222,7 @@ def test_real_two_cell_study_writes_the_report_and_rerun_is_a_no_op(real_study, 
     def no_process(*a, **k):
         raise AssertionError("a finished study started a cell")
 
-    monkeypatch.setattr(study.subprocess, "Popen", no_process)
+    monkeypatch.setattr(study.StudyRunner, "_start", no_process)
     t0 = time.perf_counter()
     fastpnr(_real_args(data_root, real_study, "finetune,pnr"))
     assert time.perf_counter() - t0 < 60  # seconds (imports); a cell takes far longer
