@@ -555,6 +555,8 @@ def run_study(opts: StudyOptions, log=print) -> dict[str, CellState]:
 
 
 def _run_locked(opts: StudyOptions, log) -> dict[str, CellState]:
+    from .study_report import write_report  # now: a study outlives edits of the checkout, its modules must match
+
     out = opts.out
     study = load_study(out)
     check_same_options(study, opts.shared, out)
@@ -574,8 +576,6 @@ def _run_locked(opts: StudyOptions, log) -> dict[str, CellState]:
     log(summary_line(out, grid, states, queue, errors))
 
     def report():
-        from .study_report import write_report
-
         write_report(out, cells, opts.protocol)
 
     runner = StudyRunner(out, cells, opts.shared, list(opts.slots), opts.nproc_per_cell, on_finish=report, log=log)
