@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import subprocess
@@ -38,6 +39,7 @@ MAX_OUT_FILES = 8         # the device tool returns at most 8 files from $OUT
 MAX_CARRY_MIB = 60        # one call carries at most 64 MiB (working tree included)
 RUN_TIMEOUT_S = 580       # the device call's timeout_s: the budget + start-up and kill grace
 KILL_GRACE_S = 3          # SIGTERM, then SIGKILL this much later
+CPU_SCALE = 5             # --cpu: boxes and budget x5 (a shared 2-core machine imports torch in 5-15 s)
 CARRY = ROOT / ".carry"
 SITE = "/tmp/site"        # where the carried wheels are installed (PYTHONPATH), as the device README does
 DALI_STAGED = "/root/dali/w"  # DEPS.md's split transfer leaves DALI's wheel set here on a warm machine
@@ -147,7 +149,7 @@ class Session:
                 self.summary["train_metrics"] = _train_metrics(self.work / "train" / "metrics.json")
             self.results.append(result)
             self.write()
-            _report(result, self.out / step.log if result["status"] != "skipped" else None)
+            _report(result)
         self.summary["elapsed_s"] = round(time.monotonic() - self.start, 1)
         self.write()
         return self.summary
@@ -253,14 +255,13 @@ def _tail(path: Path, n: int) -> list[str]:
 
 
 def _shell(cmd) -> str:
-    import shlex
-
     return shlex.join(cmd)
 
 
-def _report(result: dict, log: Path | None) -> None:
+def _report(result: dict) -> None:
     extra = f" ({result['reason']})" if result["status"] == "skipped" else f" rc={result['rc']}"
-    print(f"== {result['name']}: {result['status']} in {result['seconds']} s (box {result['box_s']} s){extra}", flush=True)
+    print(f"== {result['name']}: {result['status']} in {result['seconds']} s (box {result['box_s']} s){extra}",
+          flush=True)
     for line in (result.get("tail") or [])[-10:]:
         print(f"   {line}", flush=True)
 
@@ -283,13 +284,16 @@ def run_session(args) -> int:
     work = Path(os.environ.get("GPU_SESSION_WORK") or (ROOT / "runs" / "gpu-session-work" if cpu
                                                        else "/tmp/fastpnr-gpu-session"))
     steps = _select(plan(sys.executable if cpu else "python3", str(work)), args.only)
+    budget = args.budget or float(os.environ.get("GPU_SESSION_BUDGET") or BUDGET_S * (CPU_SCALE if cpu else 1))
+    if cpu:
+        steps = [dataclasses.replace(s, box=s.box * CPU_SCALE) for s in steps]
     if args.dry_run:
-        print_plan(steps, args.budget, cpu, as_json=args.json)
+        print_plan(steps, budget, cpu, as_json=args.json)
         return 0
     out = Path(os.environ.get("OUT") or ROOT / "runs" / "gpu-session")
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    session = Session(steps, out, work, args.budget, cpu, _step_env(out, work, cpu))
+    session = Session(steps, out, work, budget, cpu, _step_env(out, work, cpu))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, session.interrupt)
     summary = session.run()
@@ -322,17 +326,20 @@ def print_plan(steps, budget: float, cpu: bool, as_json: bool = False) -> None:
     for i, s in enumerate(steps, 1):
         flag = "optional" if s.optional else "required"
         needs = f" [needs {s.needs}]" if s.needs else ""
-        print(f"{i:>2}. {s.name:<16} {s.box:>4} s  {flag:<8} -> $OUT/{s.log:<12}{needs} {_shell(s.cpu if cpu else s.gpu)}")
+        command = _shell(s.cpu if cpu else s.gpu)
+        print(f"{i:>2}. {s.name:<16} {s.box:>4} s  {flag:<8} -> $OUT/{s.log:<12}{needs} {command}")
     files = out_files(steps)
     print(f"# files under $OUT: {' '.join(files)} ({len(files)} <= {MAX_OUT_FILES})")
-    print(f"# device call: command 'bash scripts/gpu_session.sh run', carry ['{CARRY.name}'], timeout_s {RUN_TIMEOUT_S}")
+    print(f"# device call: command 'bash scripts/gpu_session.sh run', carry ['{CARRY.name}'], "
+          f"timeout_s {RUN_TIMEOUT_S}")
 
 
 def print_table(summary: dict) -> None:
     print(f"\n# gpu_session summary ({summary['mode']}): {summary.get('elapsed_s')} s of {summary['budget_s']:.0f} s")
     print(f"{'step':<16} | {'status':<9} | {'seconds':>7} | {'box':>4} | note")
     for r in summary["steps"]:
-        note = r.get("reason") or (r["tail"][-1][:70] if r.get("tail") else "")
+        said = [line.strip() for line in r.get("tail", []) if line.strip() and not line.startswith("== ")]
+        note = r.get("reason") or (said[-1][:90] if said else "")
         print(f"{r['name']:<16} | {r['status']:<9} | {r['seconds']:>7} | {r['box_s']:>4} | {note}")
     if isinstance(summary.get("train_metrics"), dict):
         m = summary["train_metrics"]
@@ -476,8 +483,8 @@ def main(argv=None) -> int:
     r.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     r.add_argument("--cpu", action="store_true", help="CPU quick variant of every step (also GPU_SESSION_CPU=1)")
     r.add_argument("--only", help="comma-separated step names, in plan order")
-    r.add_argument("--budget", type=float, default=float(os.environ.get("GPU_SESSION_BUDGET", BUDGET_S)),
-                   help=f"global deadline in seconds (default {BUDGET_S})")
+    r.add_argument("--budget", type=float, help=f"global deadline in seconds (default $GPU_SESSION_BUDGET, else "
+                   f"{BUDGET_S}; x{CPU_SCALE} with --cpu, as every box)")
     e = sub.add_parser("env", help="the environment report (a step of run)")
     e.add_argument("--cpu", action="store_true", help="succeed without CUDA")
     args = parser.parse_args(argv)

@@ -19,6 +19,7 @@ PY=python3
 case "${1:-}" in
   prepare|run|env) exec "$PY" -m scripts.gpu_session "$@" ;;
   --dry-run) shift; exec "$PY" -m scripts.gpu_session run --dry-run "$@" ;;
-  *) echo "usage: bash scripts/gpu_session.sh prepare [--dali] [--dry-run] | run [--dry-run] [--cpu] [--only STEPS] | --dry-run"
+  *) echo "usage: bash scripts/gpu_session.sh prepare [--dali] [--dry-run] | run [--dry-run] [--cpu] [--only STEPS]" \
+          "| --dry-run"
      exit 2 ;;
 esac

@@ -99,7 +99,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(data_root, tmp_path):
 def test_max_tasks_stops_after_the_first_tasks_and_resume_finishes(data_root, tmp_path):
     ov = tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32, "train.max_tasks": 1})
     part = ContinualRun(build_config("smoke", ov), tmp_path, log=quiet).fit()
-    assert len(part["accuracy_matrix"]) == 1 and (tmp_path / "task0.pt").exists() and not (tmp_path / "task1.pt").exists()
+    assert len(part["accuracy_matrix"]) == 1
+    assert (tmp_path / "task0.pt").exists() and not (tmp_path / "task1.pt").exists()
     assert json.loads((tmp_path / "metrics.json").read_text())["num_tasks"] == 2
     assert resume_run(tmp_path, log=quiet)["accuracy_matrix"] == part["accuracy_matrix"]  # still capped at 1 task
     resumed = resume_run(tmp_path, log=quiet, max_tasks=2)  # (exact resume itself: the test above)
