@@ -59,7 +59,8 @@ TRAIN_OVERRIDES = {"train.max_tasks": 1, "optim.epochs": 5, "optim.warmup_epochs
 TRAIN_CPU_OVERRIDES = {"data.image_size": 16, "data.train_fraction": 0.02, "data.test_fraction": 0.01,
                        "eval.train_fraction": 0.004, "optim.batch_size": 16, "train.steps_per_epoch": 2,
                        "eval.linear_epochs": 2, "method.proj_hidden": 64, "method.proj_out": 32,
-                       "regularizer.distill_hidden": 32, "train.device": "cpu"}
+                       "regularizer.distill_hidden": 32, "train.device": "cpu", "optim.epochs": 2,
+                       "train.threads": 1}  # one thread: 2-thread barriers stall on a shared 2-core machine
 KERNEL_SIZES = "small,wide"  # bench_kernels' SimCLR-PNR (512 x 2 x 512) and MoCo-PNR (256 x 2 x 65,536) cases
 # (torch.compile, default mode, only at the MoCo-PNR size: each shape is a fresh compile of forward and backward)
 
