@@ -92,7 +92,7 @@ def plan(py: str = "python3", work: str = "/tmp/fastpnr-gpu-session") -> list[St
     pytest = (py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *TEST_FILES, "-k", TEST_SELECT)
     kernels = (*fp, "bench_kernels", f"--sizes={KERNEL_SIZES}", "--iters=30")
     kernels_cpu = (*fp, "bench_kernels", "--device=cpu", "--quick", "--compile=False")
-    train = (*fp, "train", "--preset", "cifar10-5t", "--out", f"{work}/train", *_flags(TRAIN_OVERRIDES))
+    train = (*fp, "train", "--preset", "cifar10-5t", "--out", f"{work}/train")
     return [
         Step("install", 20, "env.log", ("bash", "-c", install), (py, "-m", "pip", "--version")),
         Step("env", 20, "env.log", (py, "-m", "scripts.gpu_session", "env"),
@@ -105,8 +105,8 @@ def plan(py: str = "python3", work: str = "/tmp/fastpnr-gpu-session") -> list[St
         Step("kernels-tf32", 40, "kernels.log", (*kernels, "--dtype=float32", "--matmul_precision=high",
                                                  "--compile=False"),
              (*kernels_cpu, "--matmul_precision=high")),
-        Step("train", 100, "train.log", (*train, "--train.device", "cuda"),
-             (*train, *_flags(TRAIN_CPU_OVERRIDES))),
+        Step("train", 100, "train.log", (*train, *_flags({**TRAIN_OVERRIDES, "train.device": "cuda"})),
+             (*train, *_flags({**TRAIN_OVERRIDES, **TRAIN_CPU_OVERRIDES}))),
         Step("kernels-compile", 40, "kernels.log", (*fp, "bench_kernels", "--sizes=wide", "--iters=30",
                                                     "--dtype=bfloat16", "--compile=True"), kernels_cpu, optional=True),
         Step("dali", 30, "dali.log", (*fp, "bench_loaders", "--device", "cuda", "--datasets", "imagenette112",

@@ -44,6 +44,10 @@ def test_dry_run_prints_the_plan_in_priority_order_within_the_budget():
     assert gs.RUN_TIMEOUT_S > gs.BUDGET_S + 2 * gs.KILL_GRACE_S and gs.RUN_TIMEOUT_S <= 600
 
 
+def step_name(cmd):
+    return " ".join(cmd[:4])
+
+
 def _fire_flags(cmd):
     """(fastpnr command, {flag: value}) of a ``python3 -m fastpnr CMD --flag value --flag=value`` command line."""
     args = list(cmd[cmd.index("fastpnr") + 1:])
@@ -56,6 +60,7 @@ def _fire_flags(cmd):
             value, i = args[i + 1], i + 1
         else:
             value = True
+        assert key not in flags, f"--{key} twice in {step_name(cmd)}"
         flags[key] = value
         i += 1
     return name, flags
