@@ -28,7 +28,23 @@ if "FASTPNR_CACHE" not in os.environ:
     os.environ["FASTPNR_CACHE"] = tempfile.mkdtemp(prefix="fastpnr-test-cache-")
 _SESSION_CACHE = Path(os.environ["FASTPNR_CACHE"])
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+def torch_threads(cores: int | None = None, load: float | None = None) -> int:
+    """torch's intra-op threads for the next test: 2 on a quiet machine, 1 when other jobs keep every core busy.
+    Under load, each op's thread barrier waits for a descheduled thread: a ResNet-18 step at 16 px took 1.8-2x the
+    wall time with 2 threads than with 1 on the 2-core development machine at load average 13 (2.6x the CPU time)."""
+    cores = cores or os.cpu_count() or 1
+    load = os.getloadavg()[0] if load is None else load
+    return 1 if load > cores + 1 else min(2, cores)  # the suite's own 2 threads add up to 2 to the load
+
+
+os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads()))  # the processes tests start
+
+
+@pytest.fixture(autouse=True)
+def _threads_for_the_machine_load():
+    """Per test, since the load changes (and a run with train.threads changes torch's setting for the process)."""
+    torch.set_num_threads(torch_threads())
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -39,3 +39,9 @@ def test_pytest_keeps_only_failed_tests_tmp_path_and_registers_slow(pytestconfig
     assert ini["pytest"]["tmp_path_retention_policy"] == "failed"
     assert pytestconfig.getini("tmp_path_retention_policy") == "failed"
     assert any(m.startswith("slow:") for m in pytestconfig.getini("markers"))
+
+
+def test_two_torch_threads_on_a_quiet_machine_one_when_every_core_is_busy():
+    threads = _conftest().torch_threads
+    assert threads(cores=2, load=0.3) == 2 and threads(cores=2, load=2.5) == 2  # the suite's own threads
+    assert threads(cores=2, load=13.0) == 1 and threads(cores=1, load=0.0) == 1 and threads(cores=16, load=4.0) == 2
