@@ -14,6 +14,7 @@ PACS_COUNTS = {"art_painting": [379, 255, 285, 184, 201, 295, 449], "cartoon": [
                "photo": [189, 202, 182, 186, 199, 280, 432], "sketch": [772, 740, 753, 608, 816, 80, 160]}
 
 
+@pytest.mark.slow
 def test_cifar10_train_decodes_then_hits_the_cache(shared_root, session_cache):
     t0 = time.perf_counter()
     first = load_dataset("cifar10", "train", shared_root, cache_dir=session_cache)
