@@ -5,15 +5,7 @@
     fastpnr study --preset smoke --methods simclr --regularizers finetune,pnr --seeds 5 --out studies/demo \\
                   --optim.epochs 1 --train.steps_per_epoch 2
     fastpnr study --status studies/c100
-"""
-from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-from fastpnr.cli import run_fire
-
-HELP = __doc__ + """
     --preset NAME[,NAME]        preset(s) of every cell (several: the cell names start with the preset)
     --methods A,B               SSL methods (default simclr)
     --regularizers A,B          continual strategies (default finetune,cassle,pnr)
@@ -31,12 +23,18 @@ HELP = __doc__ + """
 Rerunning the same command skips finished cells, resumes interrupted ones from their checkpoints and adds the cells
 of a changed grid; the train options must stay those the study started with.
 """
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from fastpnr.cli import run_fire
 
 
 def main(preset: str = "smoke", methods="simclr", regularizers="finetune,cassle,pnr", seeds=5, out: str | None = None,
          scenario=None, gpus=None, nproc_per_cell: int = 1, jobs: int = 1, retry_failed: bool = False,
          protocol: str | None = None, status: str | None = None, **overrides):
-    """Run or continue a study (see `fastpnr study --help`)."""
+    """Run or continue a study; the options are listed above."""
     from fastpnr import study as st
     from fastpnr.config import PROTOCOLS
     from fastpnr.errors import ConfigError, require
@@ -65,11 +63,7 @@ def main(preset: str = "smoke", methods="simclr", regularizers="finetune,cassle,
 
 
 def cli(argv=None):
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--help" in args or "-h" in args:
-        print(HELP)
-        return
-    run_fire(main, args, name="fastpnr study")
+    run_fire(main, argv, name="fastpnr study")
 
 
 if __name__ == "__main__":

@@ -209,6 +209,7 @@ def real_study(data_root, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_real_two_cell_study_writes_the_report_and_rerun_is_a_no_op(real_study, data_root, monkeypatch, capsys):
     report = _report(real_study)
     assert [(c["name"], c["status"], c["tasks"]) for c in report["cells"]] == [
@@ -230,6 +231,7 @@ def test_real_two_cell_study_writes_the_report_and_rerun_is_a_no_op(real_study, 
     assert (real_study / "report.json").stat().st_mtime_ns == written
 
 
+@pytest.mark.slow
 def test_real_cell_killed_mid_task_resumes_to_the_uninterrupted_metrics(real_study, data_root, monkeypatch, tmp_path,
                                                                          capsys):
     out = tmp_path / "s"

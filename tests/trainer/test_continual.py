@@ -80,6 +80,7 @@ def test_frozen_model_is_previous_task_model_and_stays_frozen(data_root, tmp_pat
             assert torch.equal(final[f"frozen.{name}"], value), name  # snapshot == end of task 0, unchanged since
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_uninterrupted(data_root, tmp_path):
     ov = tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32, "optim.epochs": 2,
                                                           "train.online_probe": "full"})
@@ -96,6 +97,25 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(data_root, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
+def test_max_tasks_stops_after_the_first_tasks_and_resume_finishes(data_root, tmp_path):
+    ov = tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32, "train.max_tasks": 1})
+    part = ContinualRun(build_config("smoke", ov), tmp_path, log=quiet).fit()
+    assert len(part["accuracy_matrix"]) == 1
+    assert (tmp_path / "task0.pt").exists() and not (tmp_path / "task1.pt").exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["num_tasks"] == 2
+    assert resume_run(tmp_path, log=quiet)["accuracy_matrix"] == part["accuracy_matrix"]  # still capped at 1 task
+    resumed = resume_run(tmp_path, log=quiet, max_tasks=2)  # (exact resume itself: the test above)
+    assert len(resumed["accuracy_matrix"]) == 2 and resumed["accuracy_matrix"][0] == part["accuracy_matrix"][0]
+    assert (tmp_path / "task1.pt").exists()
+
+
+def test_max_tasks_below_one_is_a_one_line_error():
+    with pytest.raises(ConfigError, match="train.max_tasks=0 is invalid"):
+        build_config("smoke", {"train.max_tasks": 0})
+
+
+@pytest.mark.slow
 def test_two_task_run_linear_probe_clearly_above_chance(data_root, tmp_path):
     ov = tiny_overrides(data_root, **{"data.image_size": 32, "eval.train_fraction": 0.05, "data.test_fraction": 0.1,
                                       "eval.linear_epochs": 30, "optim.batch_size": 32})
@@ -179,6 +199,7 @@ def test_data_incremental_and_domain_incremental_runs(data_root, tmp_path):
     assert "photo" in json.dumps(tasks["tasks"])
 
 
+@pytest.mark.slow
 def test_domainnet_six_domain_run_and_per_domain_linear_eval(tmp_path):
     from fastpnr.offline_eval import knn_eval, linear_eval
     from tests.data.utils import DOMAINNET_DOMAINS, domainnet_files, write_domainnet
