@@ -300,6 +300,15 @@ def error_line(folder: Path) -> str | None:
     return errors[-1] if errors else (lines[-1] if lines else None)
 
 
+def close_orphan_attempt(attempts: list[dict], log: Path) -> list[dict]:
+    """An attempt whose study died has no end: take the last write of its log, so its device-hours still count."""
+    if attempts and "end" not in attempts[-1] and log.exists():
+        end = max(log.stat().st_mtime, attempts[-1]["start"])
+        attempts[-1].update(end=end, wall_s=end - attempts[-1]["start"], returncode=None,
+                            note="the study died; end = the log's last write")
+    return attempts
+
+
 def clear_stale_run(folder: Path) -> None:
     """Remove what an attempt without a checkpoint left (config.json, tb/, ...): nothing there can be resumed."""
     if not folder.is_dir():
@@ -447,7 +456,7 @@ class StudyRunner:
         argv = cell_command(cell, folder.resolve(), self.shared, slot, self.nproc, resume)
         self.commit = self.commit or git_commit()
         record = _read_json(folder / CELL_FILE)
-        attempts = record.get("attempts", [])
+        attempts = close_orphan_attempt(record.get("attempts", []), folder / LOG_FILE)
         log = open(folder / LOG_FILE, "a")
         log.write(f"\n=== fastpnr study, attempt {len(attempts) + 1}, {time.strftime('%Y-%m-%d %H:%M:%S')} on "
                   f"{socket.gethostname()} ({slot.describe()}): {shlex.join(argv)}\n")

@@ -88,6 +88,10 @@ def test_cell_state_running_with_a_dead_process_is_interrupted_or_pending(tmp_pa
     assert study.read_state(folder).status == "interrupted"
     study.write_json(folder / study.CELL_FILE, {**record, "pid": os.getpid()})
     assert study.read_state(folder).status == "running"
+    (folder / study.LOG_FILE).write_text("epoch 1\n")
+    os.utime(folder / study.LOG_FILE, (30.0, 30.0))  # its last write: 30 s after the attempt started
+    closed = study.close_orphan_attempt([{"start": 0.0}], folder / study.LOG_FILE)
+    assert closed[0]["wall_s"] == 30.0 and closed[0]["returncode"] is None
 
 
 def test_stopping_the_study_stops_its_running_cells_for_a_later_resume(tmp_path, monkeypatch):
