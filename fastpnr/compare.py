@@ -44,6 +44,7 @@ class RunSummary:
     img_per_s: float | None
     train_min: float
     curve: tuple[float, ...]  # test accuracy after each finished task (the protocol's)
+    curve_std: tuple[float, ...] = ()  # its std over the probe fits (empty: one fit)
 
 
 def _read_json(path: Path) -> dict:
@@ -87,7 +88,7 @@ def summarize(run_dir, protocol: str | None = None) -> RunSummary:
         avg_inc_acc=cm.average_incremental_accuracy(), forgetting=cm.forgetting(),
         fwd_transfer=cm.forward_transfer(random_init) if random_init else None,
         img_per_s=sum(ips) / len(ips) if ips else None, train_min=sum(m.get("task_time_s", [])) / 60.0,
-        curve=curve)
+        curve=curve, curve_std=tuple(curve_std) if len(per_fit) > 1 else ())
 
 
 def _std_over_fits(matrices: list) -> float | None:
@@ -146,7 +147,7 @@ def write_table(rows: list[RunSummary], path) -> Path:
 
 
 def plot_curves(rows: list[RunSummary], path) -> Path:
-    """A PNG: test accuracy after each task, one line per run."""
+    """A PNG: test accuracy after each task, one line per run (error bars: std over the probe fits)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,7 +158,8 @@ def plot_curves(rows: list[RunSummary], path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
-        ax.plot(range(len(r.curve)), r.curve, marker="o", label=f"{r.run} ({r.method}+{r.regularizer})")
+        ax.errorbar(range(len(r.curve)), r.curve, yerr=r.curve_std or None, marker="o", capsize=3,
+                    label=f"{r.run} ({r.method}+{r.regularizer})")
     longest = max((len(r.curve) for r in rows), default=0)
     ax.set_xticks(range(longest))
     ax.set_xlabel("after task")

@@ -23,7 +23,7 @@ import torch
 from . import evaluation as ev
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .config import RunConfig, config_from_dict, format_config
-from .errors import ConfigError, FastPNRError
+from .errors import ConfigError, FastPNRError, require
 from .methods import build_method
 from .optim import build_optimizer, set_lr
 from .regularizers import build_regularizer
@@ -354,7 +354,8 @@ class ContinualRun:
         e, cfg = self.cfg.eval, self.cfg
         seed = ev.eval_seed(cfg.train.seed, task, repeat)
         loader = self._official_loader(subset, seed % 2 ** 31)
-        lr = e.official_lr or ev.OFFICIAL_LINEAR_LR[cfg.method.name]
+        lr = e.official_lr or ev.OFFICIAL_LINEAR_LR.get(cfg.method.name)
+        require(lr is not None, "eval.official_lr", e.official_lr, f"a value for method {cfg.method.name!r} (no anchor lr)")
         return ev.train_official_head(method.backbone, loader, method.feat_dim, self.num_classes, e.official_epochs, lr,
                                       e.official_momentum, seed, AUTOCAST_DTYPES[cfg.train.precision],
                                       progress=cfg.train.progress)

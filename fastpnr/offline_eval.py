@@ -181,7 +181,7 @@ def linear_eval(checkpoint: str, data_dir: str | None = None, mode: str = "featu
     protocol, task = PROTOCOL_OF_MODE[mode], _task_of(ckpt)
     extra = {"per_domain_runs": _per_domain_runs(run, method, mode, task)} if per_domain else {}
     if mode == "official":
-        extra["lr"] = cfg.eval.official_lr or ev.OFFICIAL_LINEAR_LR[cfg.method.name]
+        extra["lr"] = cfg.eval.official_lr or ev.OFFICIAL_LINEAR_LR.get(cfg.method.name)
     fits = run._protocol_rows(task, method=method, protocols=(protocol,))[protocol]
     result = _report(run, ckpt, protocol, mode, fits, changed, extra)
     if out:
