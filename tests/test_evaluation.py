@@ -144,5 +144,36 @@ def test_official_head_is_plain_sgd_without_momentum_or_weight_decay():
 
 
 def test_heatmap_with_std_annotations(tmp_path):
-    ev.save_heatmap([[50.0, 10.0], [40.0, 60.0]], tmp_path / "h.png", std=[[1.0, 0.5], [0.2, 0.3]])
+    import matplotlib.pyplot as plt
+
+    matrix, std = [[50.0, 10.0], [40.0, 60.0]], [[1.0, 0.5], [0.2, 0.3]]
+    fig = ev.heatmap_figure(matrix, std=std)
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == sorted(["50.0\n±1.0", "10.0\n±0.5", "40.0\n±0.2",
+                                                                      "60.0\n±0.3"])
+    plt.close(fig)
+    ev.save_heatmap(matrix, tmp_path / "h.png", std=std)
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("tasks", [1, 2, 5])
+def test_heatmap_title_clears_the_colorbar_and_labels_fit(tasks, tmp_path):
+    """The colorbar's top label ("100") sticks out above the axes: the title must sit above it, and every label
+    (tick labels "after i", the title) must lie inside the figure."""
+    import matplotlib.pyplot as plt
+
+    matrix = [[80.0 + i - j if j <= i else float("nan") for j in range(tasks)] for i in range(tasks)]
+    fig = ev.heatmap_figure(matrix)
+    try:
+        renderer = fig.canvas.get_renderer()
+        fig.draw(renderer)
+        ax, cax = fig.axes
+        title = ax.title.get_window_extent(renderer)
+        bar_labels = [t.get_window_extent(renderer) for t in cax.get_yticklabels() if t.get_text()]
+        assert title.y0 >= max(b.y1 for b in bar_labels)
+        texts = [ax.title, *ax.get_yticklabels(), *ax.get_xticklabels(), *cax.get_yticklabels()]
+        for box in (t.get_window_extent(renderer) for t in texts if t.get_text()):
+            assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1
+    finally:
+        plt.close(fig)
+    ev.save_heatmap(matrix, tmp_path / "m.png")
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
