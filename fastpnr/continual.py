@@ -12,6 +12,7 @@ Run folder (``--out``):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -23,7 +24,7 @@ import torch
 
 from . import evaluation as ev
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
-from .config import RunConfig, config_from_dict, format_config
+from .config import RunConfig, TrainConfig, config_from_dict, format_config
 from .errors import ConfigError, FastPNRError, require
 from .methods import build_method
 from .optim import build_optimizer, set_lr
@@ -280,14 +281,15 @@ class ContinualRun:
             self._evaluate_random_init()
 
         T, E = cfg.data.num_tasks, cfg.optim.epochs
+        last = min(T, cfg.train.max_tasks or T)  # train.max_tasks: a partial run stops after this many tasks
         steps = [self._steps_per_epoch(len(idx)) for idx in self.task_train]
-        total_steps = sum(s * E for s in steps)
+        total_steps = sum(s * E for s in steps[:last])
         done_steps = sum(steps[t] * E for t in range(start_task)) + (steps[start_task] * start_epoch if start_task < T else 0)
         progress = _progress(total_steps, done_steps, cfg.train.progress)
         writer = _tensorboard(self.out / "tb")
         epochs_run = 0
         try:
-            for task in range(start_task, T):
+            for task in range(start_task, last):
                 view_configs = self._view_configs()
                 if not (ckpt is not None and task == start_task and start_epoch > 0):
                     self.regularizer.begin_task(self.method, task)
@@ -347,7 +349,11 @@ class ContinualRun:
                 progress.close()
             if writer is not None:
                 writer.close()
-        self.log(_summary(self.metrics))
+        if last < T:
+            self.log(f"stopped after task {last - 1} of {T} (train.max_tasks={last}); continue with --resume {self.out} "
+                     f"--train.max_tasks {T}")
+        if self.metrics["accuracy_matrix"]:
+            self.log(_summary(self.metrics))
         return self.metrics
 
     def _steps_per_epoch(self, n: int) -> int:
@@ -582,9 +588,10 @@ def resume_run(run_dir, log=print, **train_overrides) -> dict:
     """Continue the run in ``run_dir`` from its last checkpoint with the configuration it was started with."""
     ckpt = load_checkpoint(Path(run_dir) / CHECKPOINT)
     d = ckpt["config"]
+    known = {f.name for f in dataclasses.fields(TrainConfig)}  # a field newer than the checkpoint takes its default
     for k, v in train_overrides.items():
-        if k not in d["train"]:
-            raise ConfigError(f"train.{k} cannot be changed on resume; allowed: {', '.join(sorted(d['train']))}")
+        if k not in known:
+            raise ConfigError(f"train.{k} cannot be changed on resume; allowed: {', '.join(sorted(known))}")
         d["train"][k] = v
     cfg = config_from_dict(d)
     if ckpt["next_task"] >= cfg.data.num_tasks:
