@@ -16,7 +16,7 @@ from .errors import FastPNRError
 from .study import Cell, CellState, error_line, git_commit, progress_line, read_state, write_json
 
 # (report.json key, column title, RunSummary field)
-METRICS = (("final_average_accuracy", "A_T", "avg_acc"),
+METRICS = (("final_average_accuracy", "A_T", "final_avg_acc"),
            ("average_incremental_accuracy", "avg. inc. acc", "avg_inc_acc"),
            ("forgetting", "forgetting", "forgetting"),
            ("forward_transfer", "fwd transfer", "fwd_transfer"))

@@ -236,9 +236,9 @@ def test_offline_linear_and_knn_of_a_saved_task_model(data_root, tmp_path):
     knn = knn_eval(str(tmp_path / "task1.pt"), k=5)
     for r in (lin, knn):
         assert r["task"] == 1 and len(r["per_task_accuracy"]) == 2 and 0 <= r["test_accuracy"] <= 100
-    assert json.loads((tmp_path / "lin.json").read_text())["protocol"] == "linear-features"
-    aug = linear_eval(str(tmp_path / "task1.pt"), mode="augmented", epochs=1, batch_size=16)
-    assert aug["protocol"] == "linear-augmented"
+    assert json.loads((tmp_path / "lin.json").read_text())["protocol"] == "linear"
+    aug = linear_eval(str(tmp_path / "task1.pt"), mode="augmented", epochs=1, batch_size=16)  # the official's old name
+    assert aug["protocol"] == "official"
     with pytest.raises(ConfigError, match="per_domain=True is invalid for data.scenario='class'"):
         linear_eval(str(tmp_path / "task1.pt"), epochs=1, per_domain=True)
 
