@@ -491,6 +491,9 @@ class StudyRunner:
 
     def _stop(self, running: list[_Running]) -> None:
         """Ctrl-C / SIGTERM: stop the cells (they resume from their last checkpoint on the next run)."""
+        if _main_thread():  # `timeout` signals the study and then its whole group: a second signal must not cut this
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         for r in running:
             r.proc.terminate()
         for r in running:

@@ -100,7 +100,10 @@ def test_stopping_the_study_stops_its_running_cells_for_a_later_resume(tmp_path,
     runner = study.StudyRunner(tmp_path, [cell], {}, [study.Slot(threads=1)], 1, log=lambda *a: None)
     running = runner._start(cell, runner.slots[0])
     assert study.read_state(tmp_path / "c").status == "running"
+    previous = study.signal.getsignal(study.signal.SIGINT), study.signal.getsignal(study.signal.SIGTERM)
     runner._stop([running])  # what Ctrl-C or SIGTERM to the study does
+    study.signal.signal(study.signal.SIGINT, previous[0])
+    study.signal.signal(study.signal.SIGTERM, previous[1])
     state = study.read_state(tmp_path / "c")
     assert running.proc.returncode == -15 and state.record["status"] == "interrupted"
     assert state.status == "pending" and state.record["error"] == "stopped with the study"  # no checkpoint yet
