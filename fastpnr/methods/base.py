@@ -85,11 +85,13 @@ class Method(nn.Module):
         return self.classifier(feats.detach())
 
     def param_groups(self, optim_cfg) -> list[dict]:
-        """Parameter groups: everything at the base lr/wd; the online probe at classifier_lr, no weight decay."""
+        """Parameter groups: everything at the base lr/wd; the online probe at classifier_lr, no weight decay.
+
+        classifier_lr is not scaled by batch/256: the anchors scale only ``lr`` (cassle/args/utils.py)."""
         head = [p for n, p in self.named_parameters() if not n.startswith(("classifier.", "momentum_"))]
         groups = [{"name": "ssl", "params": head}]
         groups.append({"name": "classifier", "params": list(self.classifier.parameters()),
-                       "lr": optim_cfg.effective_lr(optim_cfg.classifier_lr), "weight_decay": 0.0})
+                       "lr": optim_cfg.classifier_lr, "weight_decay": 0.0})
         return groups
 
     def ema_tau(self, step: int, total_steps: int) -> float:
