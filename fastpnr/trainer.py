@@ -111,7 +111,7 @@ class Trainer:
                   cache_enabled: bool = True):
         """Forward (both views, frozen model, probe), losses, backward, optimizer step, EMA and queue updates.
 
-        With ``tau`` (a 0-d device tensor, the EMA tau of step ``step + 1``) and tensor learning rates the body
+        With ``tau`` (a 0-d device tensor, ``method.step_tau(step, total_steps)``) and tensor learning rates the body
         reads no per-step Python value and syncs nothing, so ``GraphStep`` can capture it."""
         method, reg = self.method, self.regularizer
         reg_active = reg.active
@@ -147,7 +147,7 @@ class Trainer:
         with torch.no_grad():
             method.end_of_step(out)
             reg.end_of_step(out, frozen_out)
-            method.after_step(step + 1, total_steps, tau=tau)
+            method.after_step(step, total_steps, tau=tau)
         logs["loss"] = loss.detach()
         return logs
 

@@ -95,12 +95,21 @@ class Method(nn.Module):
         return groups
 
     def ema_tau(self, step: int, total_steps: int) -> float:
-        """The anchors' cosine tau schedule (restarts every task), on the host."""
+        """The anchors' cosine tau schedule tau(k) = final - (final - base)(cos(pi k / K) + 1) / 2 (restarts every
+        task; K = the task's optimizer steps, all epochs), on the host."""
         return self.cfg.final_tau - (self.cfg.final_tau - self.cfg.base_tau) * (math.cos(math.pi * step / max(total_steps, 1)) + 1) / 2
 
+    def step_tau(self, step: int, total_steps: int) -> float:
+        """The tau of the EMA update after optimizer step ``step`` (0-based in the task, across epochs): tau(step - 1),
+        and 1 (no update) after step 0, as the anchors. Their update runs in Lightning's ``on_train_batch_end``, where
+        ``global_step`` still holds this step's index, only when ``global_step > last_step`` (false at step 0), with
+        the tau ``update_tau`` computed one call earlier (csm9493/PNR cassle/methods/base.py, utils/momentum.py)."""
+        return 1.0 if step == 0 else self.ema_tau(step - 1, total_steps)
+
     def after_step(self, step: int, total_steps: int, tau: torch.Tensor | None = None) -> None:
-        """EMA update: foreach ops, no host sync. ``tau``: a 0-d float32 device tensor holding ``ema_tau(step,
-        total_steps)``, filled outside a captured CUDA graph (the graph reads each step's value); None: filled here."""
+        """EMA update after optimizer step ``step``: foreach ops, no host sync. ``tau``: a 0-d float32 device tensor
+        holding ``step_tau(step, total_steps)``, filled outside a captured CUDA graph (the graph reads each step's
+        value); None: filled here."""
         pairs = self.momentum_pairs()
         if not pairs:
             return
@@ -111,9 +120,9 @@ class Method(nn.Module):
                 ema_params.append(pe)
         with torch.no_grad():
             if tau is None:  # a fill kernel, not a host-to-device copy (which would sync)
-                tau = torch.full((), self.ema_tau(step, total_steps), dtype=torch.float32, device=ema_params[0].device)
+                tau = torch.full((), self.step_tau(step, total_steps), dtype=torch.float32, device=ema_params[0].device)
             # xi <- xi + (1 - tau) (theta - xi), lerp's formula (_foreach_lerp_ would .item() a tensor weight);
-            # BN buffers are not averaged (anchors).
+            # tau = 1 leaves xi's bits unchanged (xi + 0). BN buffers are not averaged (anchors).
             delta = torch._foreach_sub(online_params, ema_params)
             torch._foreach_add_(ema_params, torch._foreach_mul(delta, 1.0 - tau))
 
