@@ -314,9 +314,22 @@ class ContinualRun:
         logits["linear"] = predict(test_x)
         logits["knn"] = ev.knn_predict(train_x, train_y, test_x, self.num_classes, k=cfg.eval.knn_k,
                                        temperature=cfg.eval.knn_temperature)
-        with torch.no_grad():
-            logits["online"] = self.method.classifier(test_x)
+        logits.update(self._online_logits(test_x, kw))
         return {name: (ev.part_accuracies(lg, test_y, self.test_parts), ev.accuracy(lg, test_y)) for name, lg in logits.items()}
+
+    def _online_logits(self, test_x, kw) -> dict:
+        """The probes trained during SSL (none when ``train.online_probe`` is off): ``online`` on the backbone's
+        features, and ``momentum_online`` (the anchors' momentum_val_acc1) on the EMA backbone's, where the method has
+        a momentum classifier."""
+        m, out = self.method, {}
+        if self.cfg.train.online_probe == "off":
+            return out
+        with torch.no_grad():
+            out["online"] = m.classifier(test_x)
+            if m.momentum_classifier is not None:
+                ema_x = ev.extract_features(m.momentum_backbone, _images(self.test_set), self.test_indices, **kw)
+                out["momentum_online"] = m.momentum_classifier(ema_x)
+        return out
 
     def _evaluate_random_init(self) -> None:
         """Accuracy of the untrained model (b_j), the reference of forward transfer (anchors §3.3)."""
@@ -345,8 +358,8 @@ class ContinualRun:
         m["num_corrupt"] = self.num_corrupt
         m["eval_time_s"] = m.get("eval_time_s", []) + [time.perf_counter() - t0]
         row = ", ".join(f"{a:.1f}" for a in m["accuracy_matrix"][-1])
-        self.log(f"\nafter task {task}: {proto} test acc {m['test_accuracy'][-1]:.2f}% | per task [{row}] | "
-                 f"knn {m['test_accuracy_by_protocol']['knn'][-1]:.2f}% | online {m['test_accuracy_by_protocol']['online'][-1]:.2f}%")
+        others = " | ".join(f"{name} {accs[-1]:.2f}%" for name, accs in m["test_accuracy_by_protocol"].items() if name != proto)
+        self.log(f"\nafter task {task}: {proto} test acc {m['test_accuracy'][-1]:.2f}% | per task [{row}] | {others}")
 
     def _write_metrics(self) -> None:
         m = dict(self.metrics)

@@ -143,3 +143,9 @@ def test_frozen_bn_option_sets_the_frozen_model_mode_whatever_the_trainer_mode(r
         regularizer.train()
         assert all(m.training == want for m in regularizer.frozen.modules()), (reg, mode)
         assert regularizer.distill_predictor.training
+
+
+def test_cifar_moco_pnr_trains_the_500_epochs_of_the_other_scripts():
+    """cifar/mocov2plus_pnr.sh ships --max_epochs 1 (a debug leftover; its load_task0 twin has 500)."""
+    for preset in ("cifar100-5t", "cifar100-10t"):
+        assert {build_config(preset, {"method": m}).optim.epochs for m in ("mocov2plus", "simclr", "byol")} == {500}

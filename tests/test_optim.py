@@ -129,7 +129,7 @@ def test_use_tensor_lr_and_set_lr_fill_in_place():
     assert tensors[1].item() == pytest.approx(0.1)
 
 
-def test_batch_size_scales_the_base_lr_but_not_classifier_lr():
+def test_batch_size_scales_the_base_and_distill_lr_but_not_classifier_lr():
     """The anchors scale ``lr`` by batch/256 (cassle/args/utils.py) and leave ``classifier_lr`` as given."""
     from fastpnr.config import ModelConfig
     from fastpnr.methods import build_method
@@ -145,3 +145,6 @@ def test_batch_size_scales_the_base_lr_but_not_classifier_lr():
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs["ssl"] == pytest.approx(0.4 * 512 / 256) and lrs["distill_predictor"] == pytest.approx(0.4 * 512 / 256)
     assert lrs["classifier"] == 0.3
+    # BYOL-style distillers: lr / distill_lamb when distill_lamb < 1 (the anchors' distiller learnable_params)
+    half = build_regularizer(PNRConfig(distill_hidden=8, pos_weight=0.5), method).param_groups(cfg)
+    assert half[0]["lr"] == pytest.approx(0.4 * 512 / 256 / 0.5)

@@ -51,6 +51,9 @@ class Method(nn.Module):
         self.feat_dim = self.backbone.feat_dim
         self.build_heads()
         self.classifier = nn.Linear(self.feat_dim, num_classes)  # online probe on detached features
+        # The anchors' --momentum_classifier (MoCo, BYOL scripts): a second probe on the EMA backbone's features.
+        self.momentum_classifier = (nn.Linear(self.feat_dim, num_classes)
+                                    if getattr(cfg, "momentum_classifier", False) else None)
 
     # -- to override ---------------------------------------------------------------------------
     def build_heads(self) -> None:
@@ -84,6 +87,17 @@ class Method(nn.Module):
     def online_logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self.classifier(feats.detach())
 
+    def momentum_online_logits(self, out: dict, probe_x: torch.Tensor | None) -> torch.Tensor:
+        """The momentum classifier on the EMA backbone's features: of the probe batch ``probe_x`` (forwarded in train
+        mode under no_grad, as the anchors' ``_online_eval_shared_step_momentum``), or, for the "task" probe (None),
+        of the training batch's first view."""
+        if probe_x is None:
+            feats = out["momentum_feats"][0]
+        else:
+            with torch.no_grad():
+                feats = self.momentum_backbone(probe_x)
+        return self.momentum_classifier(feats.detach())
+
     def param_groups(self, optim_cfg) -> list[dict]:
         """Parameter groups: everything at the base lr/wd; the online probe at classifier_lr, no weight decay.
 
@@ -92,6 +106,9 @@ class Method(nn.Module):
         groups = [{"name": "ssl", "params": head}]
         groups.append({"name": "classifier", "params": list(self.classifier.parameters()),
                        "lr": optim_cfg.classifier_lr, "weight_decay": 0.0})
+        if self.momentum_classifier is not None:  # the anchors: the same settings as the classifier
+            groups.append({"name": "momentum_classifier", "params": list(self.momentum_classifier.parameters()),
+                           "lr": optim_cfg.classifier_lr, "weight_decay": 0.0})
         return groups
 
     def ema_tau(self, step: int, total_steps: int) -> float:
