@@ -20,7 +20,7 @@ FROZEN_BN_MODES = ("eval", "train")
 
 @dataclass(frozen=True)
 class RegularizerConfig:
-    name: str = "finetune"
+    name: str = "finetune"                # continual strategy (a REGULARIZERS registry entry; set with --regularizer)
 
 
 class Regularizer(nn.Module):
@@ -60,7 +60,7 @@ class Regularizer(nn.Module):
 @dataclass(frozen=True)
 class FrozenModelConfig(RegularizerConfig):
     frozen_bn: str = "eval"   # frozen model's BN: eval as the PNR repo (PNR and CaSSLe); train: original CaSSLe, PNR CIFAR
-    distill_hidden: int = 2048
+    distill_hidden: int = 2048            # hidden width of the distillation predictor
 
     def __post_init__(self):
         require(self.frozen_bn in FROZEN_BN_MODES, "regularizer.frozen_bn", self.frozen_bn, FROZEN_BN_MODES)
