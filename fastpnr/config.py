@@ -131,7 +131,7 @@ class TrainConfig:
     seed: int = 5                         # seed of the model init, loader batches and augmentations
     deterministic: bool = False           # deterministic algorithms (slower), cudnn.benchmark off
     log_every: int = 20                     # steps between host reads of the loss (a sync)
-    online_probe: str = "full"              # full: the anchors' CIFAR-100 probe on the whole labelled train set; task; off
+    online_probe: str = "full"              # full: the anchors' probe on the whole labelled train set (CIFAR-100 runs); task; off
     frozen_stream: bool = True              # frozen previous model on its own CUDA stream
     cuda_graph: bool = True                 # capture the whole step in a CUDA graph (CUDA only; else eager)
     compile: str = "off"                    # torch.compile the online backbone: off, default, max-autotune-no-cudagraphs
