@@ -18,7 +18,7 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")  # torch.compile modes; the step has its own graph
 SCENARIOS = ("class", "data", "domain")
-PROTOCOLS = ("linear", "knn", "online")
+PROTOCOLS = ("linear", "knn", "online", "official")
 OPTIMIZERS = ("lars", "sgd")
 PROBES = ("full", "task", "off")
 FROZEN_BN = ("eval", "train")
@@ -138,6 +138,7 @@ class TrainConfig:
     compile_backend: str = "inductor"       # torch.compile backend (inductor; eager/aot_eager to debug)
     graph_warmup: int = 3                   # eager rehearsal steps before capture (state restored after)
     steps_per_epoch: Optional[int] = None   # cap (smoke runs)
+    max_tasks: Optional[int] = None         # stop after the first N tasks (a partial run; --resume --train.max_tasks M goes on)
     progress: bool = True                 # progress bar while training, decoding progress
     threads: Optional[int] = None           # CPU threads
 
@@ -154,17 +155,25 @@ class TrainConfig:
         require(self.log_every >= 1, "train.log_every", self.log_every, ">= 1")
         require(self.graph_warmup >= 1, "train.graph_warmup", self.graph_warmup, ">= 1")
         require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "train.steps_per_epoch", self.steps_per_epoch, "None or >= 1")
+        require(self.max_tasks is None or self.max_tasks >= 1, "train.max_tasks", self.max_tasks, "None or an integer >= 1")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    protocol: str = "linear"                # which accuracy fills the accuracy matrix
-    linear_epochs: int = 100              # epochs of the linear probe fitted after each task
-    linear_lr: float = 0.1                # learning rate of the linear probe
-    linear_batch_size: int = 512          # batch size of the linear probe
-    linear_weight_decay: float = 0.0      # weight decay of the linear probe
-    knn_k: int = 20                       # neighbours of the weighted kNN
-    knn_temperature: float = 0.07         # temperature of the kNN's exponential vote weights
+    protocol: str = "linear"                # which accuracy fills the accuracy matrix: linear, knn, online, official
+    linear_epochs: int = 100                # epochs of the linear probe fitted after each task
+    linear_lr: float = 0.1                  # learning rate of the linear probe
+    linear_batch_size: int = 512            # batch size of the linear probe
+    linear_weight_decay: float = 0.0        # weight decay of the linear probe
+    linear_seeds: int = 3                   # feature-probe fits per task (seeds by one rule): matrix = mean, std beside
+    label_fraction: float = 1.0             # stratified share of the probe's labels per class (semi-supervised: 0.01, 0.1)
+    official_epochs: int = 100              # official protocol (PNR main_linear.py): epochs, lr x0.1 at 60% and 80%
+    official_lr: Optional[float] = None     # official protocol lr; None: the method's (BYOL/MoCo 3.0, SimCLR 1.0, ...)
+    official_batch_size: int = 256          # official protocol batch size
+    official_momentum: float = 0.0          # official protocol SGD momentum (PNR 0.0; CaSSLe 0.9)
+    official_seeds: int = 1                 # official-protocol fits per task (each a full augmented training)
+    knn_k: int = 20                         # neighbours of the weighted kNN
+    knn_temperature: float = 0.07           # temperature of the kNN's exponential vote weights
     train_fraction: float = 1.0             # share of the labelled train set used to fit the probe
     batch_size: int = 512                   # feature extraction
     forward_transfer: bool = True           # also evaluate the random-init model (b_j) for forward transfer
@@ -172,6 +181,14 @@ class EvalConfig:
     def __post_init__(self):
         require(self.protocol in PROTOCOLS, "eval.protocol", self.protocol, PROTOCOLS)
         require(self.linear_epochs >= 1, "eval.linear_epochs", self.linear_epochs, ">= 1")
+        for name in ("linear_seeds", "official_seeds", "official_epochs"):
+            v = getattr(self, name)
+            require(isinstance(v, int) and v >= 1, f"eval.{name}", v, "an integer >= 1")
+        require(0 < self.label_fraction <= 1, "eval.label_fraction", self.label_fraction, "0 < fraction <= 1")
+        require(self.official_lr is None or self.official_lr > 0, "eval.official_lr", self.official_lr, "None or > 0")
+        require(isinstance(self.official_batch_size, int) and self.official_batch_size >= 1, "eval.official_batch_size",
+                self.official_batch_size, "an integer >= 1")
+        require(0 <= self.official_momentum < 1, "eval.official_momentum", self.official_momentum, "0 <= momentum < 1")
         require(self.knn_k >= 1, "eval.knn_k", self.knn_k, ">= 1")
         require(0 < self.train_fraction <= 1, "eval.train_fraction", self.train_fraction, "0 < fraction <= 1")
 
@@ -261,7 +278,9 @@ PRESETS: dict[str, dict] = {
         "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
         "optim": {"batch_size": 128, "epochs": 1, "warmup_epochs": 0, "lr": 0.3},
         "train": {"online_probe": "task", "log_every": 5},
-        "eval": {"protocol": "linear", "linear_epochs": 30, "train_fraction": 0.1, "forward_transfer": False},
+        # one probe fit per task: the quick-start job stays a few minutes (every other preset: eval.linear_seeds 3)
+        "eval": {"protocol": "linear", "linear_epochs": 30, "train_fraction": 0.1, "forward_transfer": False,
+                 "linear_seeds": 1},
         "per_method": _CIFAR_PER_METHOD,
     },
     "cifar100-5t": {
@@ -294,14 +313,14 @@ PRESETS: dict[str, dict] = {
         "data": {"dataset": "imagefolder", "num_tasks": 5, "image_size": 224, "resize": "center", "crop_size": 224, "blur_prob": (1.0, 0.1),
                  "loader": "dali"},
         "model": {"cifar_stem": False}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
-        "optim": {"epochs": 400}, "train": {"online_probe": "off"}, "per_method": _IN100_PER_METHOD,
+        "optim": {"epochs": 400}, "train": {"online_probe": "off"}, "eval": {"protocol": "official"}, "per_method": _IN100_PER_METHOD,
     },
     "imagenet100-data-5t": {
         "description": "ImageNet-100 (imagefolder) data-IL, 5 random chunks, 400 epochs, 224 px, data-IL negative weights",
         "data": {"dataset": "imagefolder", "scenario": "data", "num_tasks": 5, "image_size": 224, "resize": "center", "crop_size": 224,
                  "blur_prob": (1.0, 0.1), "loader": "dali"},
         "model": {"cifar_stem": False}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
-        "optim": {"epochs": 400}, "train": {"online_probe": "off"}, "per_method": _IN100_DATA_PER_METHOD,
+        "optim": {"epochs": 400}, "train": {"online_probe": "off"}, "eval": {"protocol": "official"}, "per_method": _IN100_DATA_PER_METHOD,
     },
     "pacs-domain": {
         "description": "PACS domain-IL photo -> art_painting -> cartoon -> sketch (128 px resized to 64), 100 epochs",
@@ -318,7 +337,7 @@ PRESETS: dict[str, dict] = {
         "data": {"dataset": "domainnet", "scenario": "domain", "num_tasks": 6, "domain_order": _DOMAINNET_ORDER,
                  "image_size": 224, "resize": "center", "crop_size": 224, "blur_prob": (1.0, 0.1), "loader": "dali"},
         "model": {"cifar_stem": False}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
-        "optim": {"epochs": 200}, "train": {"online_probe": "off"}, "per_method": _DOMAINNET_PER_METHOD,
+        "optim": {"epochs": 200}, "train": {"online_probe": "off"}, "eval": {"protocol": "official"}, "per_method": _DOMAINNET_PER_METHOD,
     },
 }
 

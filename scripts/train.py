@@ -21,7 +21,7 @@ def main(preset: str = "smoke", out: str | None = None, resume: str | None = Non
 
     if resume:
         if overrides:
-            allowed = ("device", "progress", "threads", "log_every")
+            allowed = ("device", "progress", "threads", "log_every", "max_tasks")
             bad = [k for k in overrides if k.replace("train.", "").replace("-", "_") not in allowed]
             if bad:
                 raise FastPNRError(f"option {bad[0]!r} cannot be changed with --resume; allowed: {', '.join(allowed)}")

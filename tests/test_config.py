@@ -45,7 +45,7 @@ def test_domainnet_preset_follows_the_anchor_scripts():
     assert d.domain_order == ("real", "quickdraw", "painting", "sketch", "infograph", "clipart")
     assert (d.image_size, d.crop_size, d.blur_prob, d.loader, cfg.model.cifar_stem) == (224, 224, (1.0, 0.1), "dali", False)
     assert (cfg.optim.epochs, cfg.optim.batch_size, cfg.optim.lr, cfg.optim.weight_decay) == (200, 256, 0.4, 1e-4)
-    assert (cfg.regularizer.name, cfg.regularizer.frozen_bn, cfg.eval.protocol) == ("pnr", "eval", "linear")
+    assert (cfg.regularizer.name, cfg.regularizer.frozen_bn, cfg.eval.protocol) == ("pnr", "eval", "official")
     neg = {m: build_config("domainnet-6t", {"method": m}).regularizer.neg_weight for m in ("byol", "barlow", "vicreg")}
     assert neg == {"byol": 1.0, "barlow": 1.0, "vicreg": 8.0}
     byol = build_config("domainnet-6t", {"method": "byol"})
