@@ -391,6 +391,10 @@ class ContinualRun:
         if "online" in protocols:
             with torch.no_grad():
                 logits["online"] = [method.classifier(test_x)]
+        if "momentum_online" in protocols:  # the anchors' momentum_val_acc1: the EMA backbone's own probe
+            ema_x = self._feature_extractor(method, method.momentum_backbone)(self.test_set, self.test_indices)
+            with torch.no_grad():
+                logits["momentum_online"] = [method.momentum_classifier(ema_x)]
         if "official" in protocols:
             heads = [self._fit_official(method, train_idx, task, r) for r in range(cfg.eval.official_seeds)]
             with torch.no_grad():
@@ -399,18 +403,21 @@ class ContinualRun:
                 for name, fits in logits.items()}
 
     def _loop_protocols(self) -> tuple:
-        return ("linear", "knn", "online") + (("official",) if self.cfg.eval.protocol == "official" else ())
+        # The online probes only where train.online_probe trains them (momentum_online: MoCo/BYOL's momentum classifier).
+        probes = () if self.cfg.train.online_probe == "off" else ("online",) + (
+            ("momentum_online",) if self.method.momentum_classifier is not None else ())
+        return ("linear", "knn") + probes + (("official",) if self.cfg.eval.protocol == "official" else ())
 
     def _probe_train_indices(self) -> np.ndarray:
         """The labelled train images of the probes: eval.train_fraction, then eval.label_fraction per class."""
         return ev.stratified_subset(self.eval_train, self.train_set.labels, self.cfg.eval.label_fraction)
 
-    def _feature_extractor(self, method):
+    def _feature_extractor(self, method, backbone=None):
         cfg = self.cfg
         size = self.crop_size if self.crop_size != self.image_size else None
         kw = dict(batch_size=cfg.eval.batch_size, device=self.device, mean=self.train_set.mean, std=self.train_set.std,
                   size=size, autocast_dtype=AUTOCAST_DTYPES[cfg.train.precision])
-        return lambda ds, idx: ev.extract_features(method.backbone, _images(ds), idx, **kw)
+        return lambda ds, idx: ev.extract_features(method.backbone if backbone is None else backbone, _images(ds), idx, **kw)
 
     def _fit_linear(self, train_x, train_y, task: int, repeat: int):
         e = self.cfg.eval

@@ -1,6 +1,8 @@
 """Backbones (torchvision layout, the anchors' CIFAR stem) and method mechanics: heads, EMA, queue."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fastpnr.config import ModelConfig
@@ -76,3 +78,19 @@ def test_moco_queue_is_a_ring_buffer_without_host_sync():
     assert int(m.queue_ptr) == 48 % 40
     assert torch.equal(m.queue[0, 8:16], keys[0][8:16])   # third write covered rows 32..39 and 0..7
     assert torch.equal(m.queue[1, 0:8], keys[1][8:16])
+
+
+def test_cifar_stem_keeps_the_default_conv_init_the_rest_kaiming_normal():
+    """The anchors replace conv1 after torchvision's init: the CIFAR stem has nn.Conv2d's default init,
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = 3*3*3; the other convolutions kaiming-normal (fan_out)."""
+    torch.manual_seed(0)
+    net = build_backbone("resnet18", cifar_stem=True)
+    w = net.conv1.weight.detach()
+    bound = 1 / math.sqrt(3 * 3 * 3)
+    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound     # fills the uniform range, never beyond
+    assert abs(w.std().item() - bound / math.sqrt(3)) < 0.05 * bound / math.sqrt(3)
+    inner = net.layer1[0].conv1.weight.detach()                          # 64 -> 64, 3x3: fan_out 576
+    assert abs(inner.std().item() - math.sqrt(2 / 576)) < 0.05 * math.sqrt(2 / 576)
+    torch.manual_seed(0)
+    imagenet_stem = build_backbone("resnet18", cifar_stem=False).conv1.weight.detach()  # 7x7, torchvision's init
+    assert abs(imagenet_stem.std().item() - math.sqrt(2 / (64 * 49))) < 0.05 * math.sqrt(2 / (64 * 49))
