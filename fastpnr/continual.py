@@ -360,7 +360,7 @@ class ContinualRun:
         b = self.cfg.optim.batch_size
         if n < b:
             raise ConfigError(f"optim.batch_size={b} is invalid; allowed: <= the smallest task's {n} training images "
-                              "(lower the batch size or raise data.train_fraction)")
+                              "(lower --optim.batch_size N or raise --data.train_fraction F)")
         steps = n // b  # drop_last: fixed shapes
         cap = self.cfg.train.steps_per_epoch
         return min(steps, cap) if cap else steps

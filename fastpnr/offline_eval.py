@@ -143,8 +143,8 @@ def _domain_subsets(run) -> list[tuple[str, np.ndarray, torch.Tensor]]:
     for t, part in zip(run.tasks, run.test_parts):
         rows = np.flatnonzero(ids == run.train_set.domains.index(t.domains[0]))
         if len(rows) < 2:
-            raise ConfigError(f"train_fraction leaves {len(rows)} labelled {t.domains[0]!r} images; allowed: a fraction "
-                              "that keeps at least 2 per domain for per_domain=True")
+            raise ConfigError(f"--train_fraction leaves {len(rows)} labelled {t.domains[0]!r} images; allowed: a "
+                              "fraction that keeps at least 2 per domain with --per_domain")
         out.append((t.domains[0], train_idx[rows], torch.as_tensor(part, device=run.device)))
     return out
 

@@ -172,7 +172,7 @@ class Trainer:
                 if not all(map(_finite, host.values())):
                     terms = ", ".join(f"{k}={v:.4g}" for k, v in host.items())
                     raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {done} ({terms}); "
-                                             "lower optim.lr, or use train.precision=fp32")
+                                             "lower --optim.lr, or use --train.precision fp32")
                 now = time.perf_counter()
                 ips = (done - last_step) * batch_size / max(now - last_time, 1e-9)
                 last_time, last_step = now, done
