@@ -2,7 +2,7 @@
 
     fastpnr train --preset smoke --data-dir ../shared/data --out runs/smoke
     fastpnr train --preset cifar100-5t --method byol --regularizer pnr --optim.lr 1.0 --out runs/byol
-    fastpnr train --resume runs/smoke
+    fastpnr train --resume runs/smoke [--train.progress false]
 """
 from __future__ import annotations
 
@@ -14,22 +14,26 @@ from fastpnr.cli import run_fire
 from fastpnr.errors import FastPNRError
 
 
-def main(preset: str = "smoke", out: str | None = None, resume: str | None = None, **overrides):
+def main(preset: str | None = None, out: str | None = None, resume: str | None = None, overwrite: bool = False,
+         allow_config_change: bool = False, **overrides):
     """Continual SSL training; `fastpnr train --help` prints the options generated from the registries."""
     from fastpnr.config import build_config
     from fastpnr.continual import ContinualRun, resume_run
+    from fastpnr.run_folder import resume_folder
 
     if resume:
-        if overrides:
-            allowed = ("device", "progress", "threads", "log_every")
-            bad = [k for k in overrides if k.replace("train.", "").replace("-", "_") not in allowed]
-            if bad:
-                raise FastPNRError(f"option {bad[0]!r} cannot be changed with --resume; allowed: {', '.join(allowed)}")
-        train_over = {k.replace("train.", "").replace("-", "_"): v for k, v in overrides.items()}
-        return _done(resume_run(resume, **train_over), resume)
+        for flag, given in (("--preset", preset), ("--out", out), ("--overwrite", overwrite)):
+            if given:
+                raise FastPNRError(f"{flag} cannot be combined with --resume (the run keeps its folder and "
+                                   "configuration); allowed with --resume: --section.field VALUE overrides, "
+                                   "--allow-config-change")
+        return _done(resume_run(resume, overrides, allow_config_change=allow_config_change), resume_folder(resume))
+    if allow_config_change:
+        raise FastPNRError("--allow-config-change is only for --resume RUN_DIR; allowed for a new run: --out, --overwrite")
+    preset = preset or "smoke"
     cfg = build_config(preset, overrides)
     out = out or cfg.out or f"runs/{preset}-{cfg.method.name}-{cfg.regularizer.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    metrics = ContinualRun(cfg, out).fit()
+    metrics = ContinualRun(cfg, out, overwrite=overwrite).fit()
     return _done(metrics, out)
 
 
@@ -42,6 +46,7 @@ def help_text() -> str:
     from fastpnr.data import DATASETS
     from fastpnr.methods import METHODS
     from fastpnr.regularizers import REGULARIZERS
+    from fastpnr.run_folder import RESUME_SAFE
 
     try:
         from loaders import LOADERS
@@ -51,8 +56,8 @@ def help_text() -> str:
     presets = "\n".join(f"      {k:<20} {v.get('description', '')}" for k, v in PRESETS.items())
     return f"""Continual self-supervised training (all tasks), with evaluation after every task.
 
-    fastpnr train --preset NAME [--data-dir DIR] [--out RUN_DIR] [--section.field VALUE ...]
-    fastpnr train --resume RUN_DIR
+    fastpnr train --preset NAME [--data-dir DIR] [--out RUN_DIR [--overwrite]] [--section.field VALUE ...]
+    fastpnr train --resume RUN_DIR [--train.progress false] [--allow-config-change]
 
     methods:      {', '.join(sorted(METHODS))}        (--method NAME)
     regularizers: {', '.join(sorted(REGULARIZERS))}        (--regularizer NAME)
@@ -66,6 +71,10 @@ def help_text() -> str:
     data, model, method, regularizer, optim, train, eval (e.g. --optim.lr 0.3 --train.precision fp32).
     Short names: {', '.join(f'--{k}' for k in ALIASES)}.
     Data: --data-dir, else $FASTPNR_DATA, else ../shared/data beside the checkout.
+
+    Run folder: one run per folder; --out on a folder holding a run stops unless --overwrite (deletes that run's
+    files, nothing else). --resume takes the folder or its checkpoint.pt; only {', '.join(RESUME_SAFE)} may
+    change, anything else needs --allow-config-change (recorded in metrics.json).
 """
 
 

@@ -53,6 +53,10 @@ class Method(nn.Module):
         self.classifier = nn.Linear(self.feat_dim, num_classes)  # online probe on detached features
 
     # -- to override ---------------------------------------------------------------------------
+    @classmethod
+    def check_run_config(cls, run_cfg) -> None:
+        """Raise ConfigError for a setting that clashes with another section (``config.validate_combinations``)."""
+
     def build_heads(self) -> None:
         raise NotImplementedError
 

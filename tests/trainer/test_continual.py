@@ -96,6 +96,28 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(data_root, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_kill_during_evaluation_resumes_into_the_evaluation(data_root, tmp_path):
+    """The checkpoint written when a task's training ends (before its evaluation) resumes into that evaluation and
+    ends like an uninterrupted run; without a bar, every epoch and evaluation phase prints a line."""
+    ov = tiny_overrides(data_root, **{"optim.epochs": 1, "eval.forward_transfer": False})
+    lines = []
+    full = ContinualRun(build_config("smoke", ov), tmp_path / "full", log=lines.append).fit()
+    epochs = [s for s in lines if s.startswith("task ") and " epoch " in s]
+    assert [s.split(" | ")[0] for s in epochs] == ["task 1/2 epoch 1/1", "task 2/2 epoch 1/1"]
+    assert all(" img/s | elapsed " in s and "train ETA" in s and "loss " in s for s in epochs)
+    assert "evaluating task 1/2: linear probe" in lines and "evaluating task 2/2: kNN" in lines
+    out = tmp_path / "stopped"
+    ContinualRun(build_config("smoke", ov), out, log=quiet).fit(stop_before_eval=0)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert (ckpt["next_task"], ckpt["next_epoch"], ckpt["phase"]) == (0, 1, "evaluate")
+    assert not (out / "task0.pt").exists() and ckpt["metrics"]["accuracy_matrix"] == []
+    resumed = resume_run(out, log=quiet)
+    assert resumed["matrices"] == full["matrices"]
+    a = torch.load(tmp_path / "full" / "task1.pt", weights_only=False)["method"]
+    b = torch.load(out / "task1.pt", weights_only=False)["method"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_two_task_run_linear_probe_clearly_above_chance(data_root, tmp_path):
     ov = tiny_overrides(data_root, **{"data.image_size": 32, "eval.train_fraction": 0.05, "data.test_fraction": 0.1,
                                       "eval.linear_epochs": 30, "optim.batch_size": 32})
