@@ -70,7 +70,7 @@ class ContinualRun:
         self.resume, self.overwrite, self.allow_config_change = resume, overwrite, allow_config_change
         self._checkpoint, self._config_changes = checkpoint, {}
         self.log = self._sink = log
-        self.writer = None
+        self.progress = self.writer = None  # open during fit()
         self.device = resolve_device(cfg.train.device)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -207,8 +207,8 @@ class ContinualRun:
         """Run (or resume) all tasks. Simulated kills (tests): ``stop_after_epochs`` after that many epochs;
         ``stop_before_eval`` after task ``t``'s training and its checkpoint, before its evaluation."""
         self._stops, self._epochs_run = {"epochs": stop_after_epochs, "eval": stop_before_eval}, 0
-        ckpt = self._setup()
         try:
+            ckpt = self._setup()
             for task in range(self.start_task, self.cfg.data.num_tasks):
                 resumed = ckpt if task == self.start_task else None
                 if resumed is not None and resumed.get("phase") == "evaluate":
@@ -288,10 +288,10 @@ class ContinualRun:
         self.writer = open_scalar_log(self.out / TENSORBOARD, ckpt.get("tensorboard_last_steps") if ckpt else None)
 
     def _teardown(self) -> None:
-        self.progress.close()
-        if self.writer is not None:
-            self.writer.close()
-        self.log = self._sink
+        for opened in (self.progress, self.writer):
+            if opened is not None:
+                opened.close()
+        self.progress, self.writer, self.log = None, None, self._sink
 
     def _train_task(self, task: int, ckpt: dict | None) -> None:
         """Task ``task``'s epochs (from the checkpoint's epoch when resuming), then the checkpoint before evaluation."""
@@ -368,10 +368,8 @@ class ContinualRun:
 
     def _status(self, what: str) -> None:
         """The evaluation phase on display (the bar's description, else a log line)."""
-        progress = getattr(self, "progress", None)
-        if progress is not None:
-            label = getattr(self, "_eval_label", "evaluating")
-            progress.status(f"{label}: {what}")
+        if self.progress is not None:
+            self.progress.status(f"{getattr(self, '_eval_label', 'evaluating')}: {what}")
 
     def _steps_per_epoch(self, n: int) -> int:
         b = self.cfg.optim.batch_size

@@ -62,9 +62,16 @@ def _features(run, cfg, method):
     return train_x, train_y, test_x, test_y
 
 
+def _last_trained_task(ckpt: dict) -> int:
+    """task{t}.pt names its task; a run's checkpoint.pt is at task next_task (trained already when phase "evaluate")."""
+    if "task" in ckpt:
+        return ckpt["task"]
+    return ckpt.get("next_task", 0) - (ckpt.get("phase") != "evaluate")
+
+
 def _report(name, logits, test_y, run, ckpt, extra: dict | None = None) -> dict:
     per_task = ev.part_accuracies(logits, test_y, run.test_parts)
-    result = {"protocol": name, "task": ckpt.get("task", ckpt.get("next_task", 0) - 1),
+    result = {"protocol": name, "task": _last_trained_task(ckpt),
               "test_accuracy": ev.accuracy(logits, test_y), "per_task_accuracy": per_task}
     if run.cfg.data.scenario == "domain":  # task j is domain j: the same numbers by domain name
         result["per_domain_accuracy"] = {t.domains[0]: a for t, a in zip(run.tasks, per_task)}

@@ -113,7 +113,9 @@ def check_resume_changes(changes: dict, allow: bool) -> dict:
 
 # ------------------------------------------------------------------------------------------------ TensorBoard
 class ScalarLog:
-    """A TensorBoard SummaryWriter that remembers the last step written per tag (``last_steps``, checkpointed)."""
+    """A TensorBoard SummaryWriter that remembers the last step written per tag (``last_steps``, checkpointed).
+
+    Any ``add_*(tag, value, global_step, ...)`` of SummaryWriter works and is tracked (scalars, images, figures)."""
 
     def __init__(self, path: Path, last_steps: dict | None = None):
         from torch.utils.tensorboard import SummaryWriter
@@ -121,9 +123,16 @@ class ScalarLog:
         self.writer = SummaryWriter(str(path))
         self.last_steps = dict(last_steps or {})
 
-    def add_scalar(self, tag: str, value, step: int) -> None:
-        self.writer.add_scalar(tag, value, step)
-        self.last_steps[tag] = max(step, self.last_steps.get(tag, step))
+    def __getattr__(self, name):
+        if not name.startswith("add_"):
+            raise AttributeError(name)
+        add = getattr(self.writer, name)
+
+        def tracked(tag, value, global_step=None, *args, **kwargs):
+            add(tag, value, global_step, *args, **kwargs)
+            step = int(global_step or 0)  # TensorBoard writes a missing step as 0
+            self.last_steps[tag] = max(step, self.last_steps.get(tag, step))
+        return tracked
 
     def flush(self) -> None:
         self.writer.flush()
@@ -144,8 +153,8 @@ def open_scalar_log(path: Path, last_steps: dict | None = None) -> ScalarLog | N
 
 
 def prune_events(path: Path, last_steps: dict) -> None:
-    """Rewrite each event file in ``path`` without the scalars written after the checkpoint: a (tag, step) is kept
-    if ``step <= last_steps[tag]``. Events without scalars (file version, graphs) are kept."""
+    """Rewrite each event file in ``path`` without the summaries written after the checkpoint: a (tag, step) is kept
+    if ``step <= last_steps[tag]``. Events without summaries (file version, graphs) are kept."""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.summary.writer.record_writer import RecordWriter
