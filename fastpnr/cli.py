@@ -10,6 +10,7 @@ COMMANDS = {
     "knn": "kNN evaluation of a checkpoint",
     "compare": "runs side by side: final accuracy, A_T, forgetting, forward transfer, img/s (table, plot)",
     "to_beton": "write an FFCV .beton file from a dataset",
+    "cache": "list the decode cache (entries, sizes, last use) and evict: --clear, --clear_older_than, --max_size",
     "bench": "side-by-side step benchmark (anchors' pipeline vs fastpnr)",
     "bench_loaders": "loader throughput benchmark",
     "bench_kernels": "fused InfoNCE kernel benchmark",

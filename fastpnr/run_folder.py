@@ -20,12 +20,14 @@ from .errors import ConfigError, DataError
 
 CHECKPOINT = "checkpoint.pt"
 TENSORBOARD = "tb"
+TASK_INDICES = "tasks_indices.npz"
 # Everything fastpnr writes into a run folder (continual.py's module docstring lists what each holds).
-RUN_FILES = ("config.json", "tasks.json", CHECKPOINT, "metrics.json", "accuracy_matrix.csv", "accuracy_matrix.png",
-             TENSORBOARD)
+RUN_FILES = ("config.json", "tasks.json", TASK_INDICES, CHECKPOINT, "metrics.json", "accuracy_matrix.csv",
+             "accuracy_matrix.png", TENSORBOARD)
 TASK_MODEL = re.compile(r"task\d+\.pt")
-# Atomic writes cut short: checkpoint.atomic_save's ".checkpoint.pt.XXXX.tmp", continual._write_json's "x.json.tmp".
-TEMPORARY = re.compile(r"\.(checkpoint|task\d+)\.pt\..+\.tmp|(config|tasks|metrics)\.json\.tmp")
+# Atomic writes cut short: checkpoint.atomic_save's ".checkpoint.pt.XXXX.tmp", continual._write_json's "x.json.tmp",
+# continual._write_task_indices's "tasks_indices.npz.tmp.npz".
+TEMPORARY = re.compile(r"\.(checkpoint|task\d+)\.pt\..+\.tmp|(config|tasks|metrics)\.json\.tmp|tasks_indices\.npz\.tmp\.npz")
 # A folder holding one of these holds a run.
 RUN_MARKERS = ("config.json", CHECKPOINT, "metrics.json", TENSORBOARD)
 # Settings a resume may change: they cannot change the numbers (display, host-read cadence, where data is found).

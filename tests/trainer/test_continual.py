@@ -187,6 +187,7 @@ def test_corrupt_image_errors_or_is_skipped_and_counted(tmp_path):
     metrics = ContinualRun(build_config("smoke", {**ov, "data.skip_corrupt": True}), tmp_path / "run2", log=quiet).fit()
     assert metrics["num_corrupt"] == 1
     assert json.loads((tmp_path / "run2" / "metrics.json").read_text())["num_corrupt"] == 1
+    assert [m.rsplit("/", 2)[-2:] for m in metrics["corrupt_images"]] == [["ants", "003.jpg"]]  # named, not only counted
 
 
 def test_data_incremental_and_domain_incremental_runs(data_root, tmp_path):

@@ -29,7 +29,7 @@ def _one_line(exc) -> str:
 def _fake_run(folder):
     """The files of a run, plus files of the user's own."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "tasks.json", "metrics.json", "accuracy_matrix.csv", "checkpoint.pt", "task0.pt",
+    for name in ("config.json", "tasks.json", "tasks_indices.npz", "metrics.json", "accuracy_matrix.csv", "checkpoint.pt", "task0.pt",
                  "task1.pt", ".checkpoint.pt.abc123.tmp"):
         (folder / name).write_text("x")
     (folder / "tb").mkdir()
