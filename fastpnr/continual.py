@@ -309,6 +309,7 @@ class ContinualRun:
         if ckpt is None:
             if cfg.eval.forward_transfer:
                 self._evaluate_random_init()
+                self.progress.resume_training()
             self._save(0, 0)  # resumable from the first step on
         return ckpt
 
