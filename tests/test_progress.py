@@ -50,3 +50,21 @@ def test_evaluation_time_stays_out_of_the_bar_rate():
         assert p.bar.format_dict["elapsed"] == pytest.approx(6.0, abs=0.5)
     finally:
         p.close()
+
+
+def test_a_run_prints_its_log_above_its_bar_while_the_bar_is_up(monkeypatch, tmp_path, capsys):
+    from tqdm import std
+
+    from fastpnr.config import build_config
+    from fastpnr.continual import ContinualRun
+
+    written = []
+    monkeypatch.setattr(std.tqdm, "write", classmethod(lambda cls, s, *a, **k: written.append(s)))
+    run = ContinualRun(build_config("smoke", {"train.progress": True, "optim.epochs": 1}), tmp_path)
+    run.steps, run.start_task, run.start_epoch = [2, 2], 0, 0
+    run._open_display(None)  # what fit() does once the data and the model are ready
+    run.log("cuda_graph: running the step eagerly")  # the Trainer and GraphStep get this log
+    run._teardown()
+    run.log("accuracy matrix")
+    assert written == ["cuda_graph: running the step eagerly"]
+    assert "accuracy matrix" in capsys.readouterr().out
