@@ -26,6 +26,7 @@ def test_rows_cover_each_loader_graph_and_streams():
     assert len({r.name for r in [ref, *rows]}) == len(rows) + 1
 
 
+@pytest.mark.slow
 def test_bench_quick_prints_header_rows_and_ratio(data_root, capsys):
     fastpnr(["bench", "--device", "cpu", "--quick", "--data_dir", str(data_root)])
     out = capsys.readouterr().out
@@ -65,6 +66,7 @@ def test_cli_bad_input_is_one_line(capsys):
     assert err.startswith("error: loader='pil' is invalid; allowed:") and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_profile_quick_writes_trace_and_prints_table(data_root, tmp_path, capsys):
     fastpnr(["profile", "--device", "cpu", "--quick", "--data_dir", str(data_root), "--out_dir", str(tmp_path)])
     out = capsys.readouterr().out

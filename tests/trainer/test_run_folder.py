@@ -145,6 +145,7 @@ class _Kill(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_killed_twice_then_resumed_run_has_each_tensorboard_step_once(data_root, tmp_path, monkeypatch):
     """Kill 1 mid-epoch (step 1 logged after the start checkpoint), kill 2 while task 0's results are saved (its
     evaluation scalars written); each resume replays those, and each (tag, step) must still appear once."""
