@@ -140,6 +140,7 @@ class TrainConfig:
     compile_backend: str = "inductor"       # torch.compile backend (inductor; eager/aot_eager to debug)
     graph_warmup: int = 3                   # eager rehearsal steps before capture (state restored after)
     steps_per_epoch: Optional[int] = None   # cap (smoke runs)
+    max_tasks: Optional[int] = None         # stop after the first N tasks (a partial run; --resume --train.max_tasks M goes on)
     progress: bool = True                 # progress bar while training, decoding progress
     threads: Optional[int] = None           # CPU threads
 
@@ -156,6 +157,7 @@ class TrainConfig:
         require(self.log_every >= 1, "train.log_every", self.log_every, ">= 1")
         require(self.graph_warmup >= 1, "train.graph_warmup", self.graph_warmup, ">= 1")
         require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "train.steps_per_epoch", self.steps_per_epoch, "None or >= 1")
+        require(self.max_tasks is None or self.max_tasks >= 1, "train.max_tasks", self.max_tasks, "None or an integer >= 1")
 
 
 @dataclass(frozen=True)

@@ -271,7 +271,7 @@ class ContinualRun:
         self._stops, self._epochs_run = {"epochs": stop_after_epochs, "eval": stop_before_eval}, 0
         try:
             ckpt = self._setup()
-            for task in range(self.start_task, self.cfg.data.num_tasks):
+            for task in range(self.start_task, self.last_task):
                 resumed = ckpt if task == self.start_task else None
                 if resumed is not None and resumed.get("phase") == "evaluate":
                     set_rng_state(resumed["rng"])  # the state the uninterrupted run evaluated with
@@ -283,7 +283,12 @@ class ContinualRun:
             return self.metrics
         finally:
             self._teardown()
-        self.log(_summary(self.metrics))
+        T = self.cfg.data.num_tasks
+        if self.last_task < T:
+            self.log(f"stopped after task {self.last_task - 1} of {T} (train.max_tasks={self.last_task}); continue with "
+                     f"--resume {self.out} --train.max_tasks {T}")
+        if self.metrics["accuracy_matrix"]:
+            self.log(_summary(self.metrics))
         return self.metrics
 
     def _setup(self) -> dict | None:
@@ -343,7 +348,8 @@ class ContinualRun:
     def _open_display(self, ckpt: dict | None) -> None:
         """The progress bar (or per-epoch lines; the run's log goes above the bar) and the TensorBoard scalars."""
         T, E = self.cfg.data.num_tasks, self.cfg.optim.epochs
-        total = sum(s * E for s in self.steps)
+        self.last_task = min(T, self.cfg.train.max_tasks or T)  # train.max_tasks: a partial run stops after these
+        total = sum(s * E for s in self.steps[:self.last_task])
         done = sum(self.steps[t] * E for t in range(self.start_task))
         done += self.steps[self.start_task] * self.start_epoch if self.start_task < T else 0
         self.progress = TrainProgress(total, done, self.cfg.train.progress, log=self._sink)

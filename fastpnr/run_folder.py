@@ -30,8 +30,9 @@ TASK_MODEL = re.compile(r"task\d+\.pt")
 TEMPORARY = re.compile(r"\.(checkpoint|task\d+)\.pt\..+\.tmp|(config|tasks|metrics)\.json\.tmp|tasks_indices\.npz\.tmp\.npz")
 # A folder holding one of these holds a run.
 RUN_MARKERS = ("config.json", CHECKPOINT, "metrics.json", TENSORBOARD)
-# Settings a resume may change: they cannot change the numbers (display, host-read cadence, where data is found).
-RESUME_SAFE = ("train.progress", "train.log_every", "data.data_dir", "data.cache_dir", "out")
+# Settings a resume may change: they cannot change the numbers (display, host-read cadence, where data is found,
+# how many tasks this session runs).
+RESUME_SAFE = ("train.progress", "train.log_every", "train.max_tasks", "data.data_dir", "data.cache_dir", "out")
 
 
 # ------------------------------------------------------------------------------------------------ new runs

@@ -121,6 +121,24 @@ def test_kill_during_evaluation_resumes_into_the_evaluation(data_root, tmp_path)
 
 
 @pytest.mark.slow
+def test_max_tasks_stops_after_the_first_tasks_and_resume_finishes(data_root, tmp_path):
+    ov = tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32, "train.max_tasks": 1})
+    part = ContinualRun(build_config("smoke", ov), tmp_path, log=quiet).fit()
+    assert len(part["accuracy_matrix"]) == 1
+    assert (tmp_path / "task0.pt").exists() and not (tmp_path / "task1.pt").exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["num_tasks"] == 2
+    assert resume_run(tmp_path, log=quiet)["accuracy_matrix"] == part["accuracy_matrix"]  # still capped at 1 task
+    resumed = resume_run(tmp_path, {"train.max_tasks": 2}, log=quiet)  # (exact resume itself: the test above)
+    assert len(resumed["accuracy_matrix"]) == 2 and resumed["accuracy_matrix"][0] == part["accuracy_matrix"][0]
+    assert (tmp_path / "task1.pt").exists()
+
+
+def test_max_tasks_below_one_is_a_one_line_error():
+    with pytest.raises(ConfigError, match="train.max_tasks=0 is invalid"):
+        build_config("smoke", {"train.max_tasks": 0})
+
+
+@pytest.mark.slow
 def test_two_task_run_linear_probe_clearly_above_chance(data_root, tmp_path):
     ov = tiny_overrides(data_root, **{"data.image_size": 32, "eval.train_fraction": 0.05, "data.test_fraction": 0.1,
                                       "eval.linear_epochs": 30, "optim.batch_size": 32})
