@@ -58,6 +58,7 @@ class DataConfig:
         require(0 < self.train_fraction <= 1, "data.train_fraction", self.train_fraction, "0 < fraction <= 1")
         require(0 < self.test_fraction <= 1, "data.test_fraction", self.test_fraction, "0 < fraction <= 1")
         require(0 < self.min_scale <= 1, "data.min_scale", self.min_scale, "0 < min_scale <= 1")
+        from loaders import LOADERS
         from loaders.ffcv_loader import CROP_MODES, ORDERS  # the loader's own lists: one source of truth
 
         from .data.decode import RESIZE_MODES
@@ -67,6 +68,7 @@ class DataConfig:
         for name in ("solarize_prob", "blur_prob"):
             v = getattr(self, name)
             require(len(v) in (1, 2) and all(0 <= p <= 1 for p in v), f"data.{name}", v, "one or two probabilities in [0, 1]")
+        require(self.loader in LOADERS, "data.loader", self.loader, sorted(LOADERS))
         require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
         require(self.ffcv_order in ORDERS, "data.ffcv_order", self.ffcv_order, ORDERS)
         require(self.ffcv_order != "quasi_random" or not self.ffcv_os_cache, "data.ffcv_os_cache",
@@ -461,7 +463,7 @@ def build_config(preset: str = "smoke", overrides: Optional[dict] = None) -> Run
     reg_name = reg_values.get("name", "finetune")
     require(reg_name in REGULARIZERS, "regularizer", reg_name, sorted(REGULARIZERS))
     reg_cfg = _make(REGULARIZERS[reg_name][1], reg_values, "regularizer", set(user.get("regularizer", {})))
-    return RunConfig(method=method_cfg, regularizer=reg_cfg, out=merged.get("out"), **sections)
+    return validate_combinations(RunConfig(method=method_cfg, regularizer=reg_cfg, out=merged.get("out"), **sections))
 
 
 def config_from_dict(d: dict) -> RunConfig:
@@ -472,7 +474,23 @@ def config_from_dict(d: dict) -> RunConfig:
     sections = {name: _make(cls, d[name], name, set(d[name])) for name, cls in SECTIONS.items()}
     method_cfg = _make(METHODS[d["method"]["name"]][1], d["method"], "method", set(d["method"]))
     reg_cfg = _make(REGULARIZERS[d["regularizer"]["name"]][1], d["regularizer"], "regularizer", set(d["regularizer"]))
-    return RunConfig(method=method_cfg, regularizer=reg_cfg, out=d.get("out"), **sections)
+    return validate_combinations(RunConfig(method=method_cfg, regularizer=reg_cfg, out=d.get("out"), **sections))
+
+
+def config_with_overrides(d: dict, overrides: dict) -> RunConfig:
+    """A saved configuration (``RunConfig.to_dict``) with dotted ``overrides`` applied (``--resume DIR --train.x v``)."""
+    return config_from_dict(_deep_merge(d, normalize_overrides(overrides)))
+
+
+def validate_combinations(cfg: RunConfig) -> RunConfig:
+    """Checks across sections (method x regularizer x optim: VICReg-PNR weights, MoCo queue sizes vs the batch), at
+    build time, so that a bad combination stops before a run folder is written or data is loaded."""
+    from .methods import METHODS
+    from .regularizers import REGULARIZERS
+
+    METHODS[cfg.method.name][0].check_run_config(cfg)
+    REGULARIZERS[cfg.regularizer.name][0].check_run_config(cfg)
+    return cfg
 
 
 def format_config(cfg: RunConfig) -> str:

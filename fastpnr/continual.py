@@ -1,10 +1,11 @@
 """The continual loop: tasks in sequence, evaluation after each, atomic checkpoints, metrics and plots.
 
-Run folder (``--out``):
+Run folder (``--out``; one run per folder, ``run_folder.RUN_FILES``):
     config.json            the resolved configuration
     tasks.json             task -> classes / domains / number of images; split seeds; skipped and corrupt files
     tasks_indices.npz      task{t}: train indices trained on; test, test_task{t}, eval_train: the evaluation subsets
-    checkpoint.pt          everything needed to resume (written atomically after every epoch and task)
+    checkpoint.pt          everything needed to resume (written atomically at the start, after every epoch, when a
+                           task's training ends (before its evaluation) and after its evaluation)
     task{t}.pt             the model after task t (for ``fastpnr linear`` / ``fastpnr knn``)
     metrics.json           accuracy_matrix (T x T, percent), per-protocol matrices, average accuracy, forgetting, ...
     accuracy_matrix.csv    and accuracy_matrix.png (heatmap)
@@ -12,7 +13,6 @@ Run folder (``--out``):
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -24,15 +24,15 @@ import torch
 
 from . import evaluation as ev
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
-from .config import RunConfig, TrainConfig, config_from_dict, format_config
+from .config import RunConfig, config_from_dict, config_with_overrides, format_config
 from .errors import ConfigError, FastPNRError, require
 from .methods import build_method
 from .optim import build_optimizer, set_lr
 from .regularizers import build_regularizer
+from .progress import TrainProgress
+from .run_folder import (CHECKPOINT, TASK_INDICES, TENSORBOARD, check_new_run_folder, check_resume_changes,
+                         config_changes, open_scalar_log, resume_folder)
 from .trainer import AUTOCAST_DTYPES, Trainer, compile_backbone
-
-CHECKPOINT = "checkpoint.pt"
-TASK_INDICES = "tasks_indices.npz"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,11 +104,17 @@ def _log_skipped(log, ds) -> None:
 class ContinualRun:
     """Train ``cfg.data.num_tasks`` tasks in sequence and evaluate after each one."""
 
-    def __init__(self, cfg: RunConfig, out: str | os.PathLike, resume: bool = False, log=print):
+    def __init__(self, cfg: RunConfig, out: str | os.PathLike, resume: bool = False, log=print, overwrite: bool = False,
+                 allow_config_change: bool = False, checkpoint: dict | None = None):
+        """``overwrite``: a new run may replace the run in ``out`` (its files are deleted first); ``resume``: continue
+        it from ``checkpoint`` (default: ``out/checkpoint.pt``), with ``allow_config_change`` for settings that
+        change the numbers (``run_folder.RESUME_SAFE`` may always change)."""
         self.cfg = cfg
         self.out = Path(out)
-        self.resume = resume
-        self.log = log
+        self.resume, self.overwrite, self.allow_config_change = resume, overwrite, allow_config_change
+        self._checkpoint, self._config_changes = checkpoint, {}
+        self.log = self._sink = log
+        self.progress = self.writer = None  # open during fit()
         self.device = resolve_device(cfg.train.device)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -241,120 +247,198 @@ class ContinualRun:
         return self._encoded_train
 
     # ------------------------------------------------------------------------------------------------ state
-    def _state(self, next_task, next_epoch, optimizer, trainer) -> dict:
+    def _state(self, next_task, next_epoch, optimizer, trainer, phase) -> dict:
         return {
-            "format": 1, "config": self.cfg.to_dict(), "next_task": next_task, "next_epoch": next_epoch,
+            "format": 2, "config": self.cfg.to_dict(), "next_task": next_task, "next_epoch": next_epoch, "phase": phase,
             "method": self.method.state_dict(), "regularizer": self.regularizer.state_dict(),
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scaler": trainer.scaler.state_dict() if trainer is not None else None,
             "rng": rng_state(), "metrics": self.metrics, "global_step": self.global_step,
+            "tensorboard_last_steps": dict(self.writer.last_steps) if self.writer is not None else None,
         }
 
-    def _save(self, next_task, next_epoch, optimizer=None, trainer=None):
-        atomic_save(self._state(next_task, next_epoch, optimizer, trainer), self.out / CHECKPOINT)
+    def _save(self, next_task, next_epoch, optimizer=None, trainer=None, phase="train"):
+        """Checkpoint. phase "train": task ``next_task`` trains from epoch ``next_epoch``; "evaluate": task
+        ``next_task`` is trained and its evaluation comes next."""
+        if self.writer is not None:
+            self.writer.flush()  # the event files hold every scalar the checkpoint counts
+        atomic_save(self._state(next_task, next_epoch, optimizer, trainer, phase), self.out / CHECKPOINT)
 
     # ------------------------------------------------------------------------------------------------ run
-    def fit(self, stop_after_epochs: int | None = None) -> dict:
-        """Run (or resume) all tasks. ``stop_after_epochs`` simulates a kill after that many epochs (tests)."""
+    def fit(self, stop_after_epochs: int | None = None, stop_before_eval: int | None = None) -> dict:
+        """Run (or resume) all tasks. Simulated kills (tests): ``stop_after_epochs`` after that many epochs;
+        ``stop_before_eval`` after task ``t``'s training and its checkpoint, before its evaluation."""
+        self._stops, self._epochs_run = {"epochs": stop_after_epochs, "eval": stop_before_eval}, 0
+        try:
+            ckpt = self._setup()
+            for task in range(self.start_task, self.last_task):
+                resumed = ckpt if task == self.start_task else None
+                if resumed is not None and resumed.get("phase") == "evaluate":
+                    set_rng_state(resumed["rng"])  # the state the uninterrupted run evaluated with
+                else:
+                    self._train_task(task, resumed)
+                self._finish_task(task)
+        except _Interrupted:
+            self.log(f"stopped after {self._epochs_run} epochs (simulated interruption); resume with --resume {self.out}")
+            return self.metrics
+        finally:
+            self._teardown()
+        T = self.cfg.data.num_tasks
+        if self.last_task < T:
+            self.log(f"stopped after task {self.last_task - 1} of {T} (train.max_tasks={self.last_task}); continue with "
+                     f"--resume {self.out} --train.max_tasks {T}")
+        if self.metrics["accuracy_matrix"]:
+            self.log(_summary(self.metrics))
+        return self.metrics
+
+    def _setup(self) -> dict | None:
+        """Everything before the first step: checks, the run folder, data, model, checkpoint, progress, TensorBoard."""
         cfg = self.cfg
+        ckpt = self._preflight()
+        if ckpt is None:
+            check_new_run_folder(self.out, self.overwrite)
         self.out.mkdir(parents=True, exist_ok=True)
-        start_task, start_epoch, ckpt = 0, 0, None
-        if self.resume:
-            ckpt = load_checkpoint(self.out / CHECKPOINT)
-            start_task, start_epoch = ckpt["next_task"], ckpt["next_epoch"]
-        _write_json(self.out / "config.json", cfg.to_dict())
         self.log(format_config(cfg))
         t0 = time.perf_counter()
         self._load_data()
         self.log(f"data: {self.cfg.data.dataset} train={len(self.train_set)} test={len(self.test_indices)} "
                  f"tasks={[len(t) for t in self.task_train]} corrupt={self.num_corrupt}{self.data_note} ({time.perf_counter() - t0:.1f}s)")
+        self.steps = [self._steps_per_epoch(len(idx)) for idx in self.task_train]
+        _write_json(self.out / "config.json", cfg.to_dict())  # from here on the folder holds a run
         self._build()
         self.metrics = {"accuracy_matrix": [], "test_accuracy": [], "matrices": {}, "task_time_s": [], "images_per_second": []}
-        self.global_step = 0
+        self.global_step, self.start_task, self.start_epoch = 0, 0, 0
         if ckpt is not None:
-            self.method.load_state_dict(ckpt["method"])
-            self.regularizer.load_state_dict(ckpt["regularizer"])
-            self.metrics = ckpt["metrics"]
-            self.global_step = ckpt["global_step"]
-            self.log(f"resumed from {self.out / CHECKPOINT}: task {start_task}, epoch {start_epoch}")
-        elif cfg.eval.forward_transfer:
-            self._evaluate_random_init()
+            self._restore(ckpt)
+        self._open_display(ckpt)
+        if ckpt is None:
+            if cfg.eval.forward_transfer:
+                self._evaluate_random_init()
+                self.progress.resume_training()
+            self._save(0, 0)  # resumable from the first step on
+        return ckpt
 
-        T, E = cfg.data.num_tasks, cfg.optim.epochs
-        last = min(T, cfg.train.max_tasks or T)  # train.max_tasks: a partial run stops after this many tasks
-        steps = [self._steps_per_epoch(len(idx)) for idx in self.task_train]
-        total_steps = sum(s * E for s in steps[:last])
-        done_steps = sum(steps[t] * E for t in range(start_task)) + (steps[start_task] * start_epoch if start_task < T else 0)
-        progress = _progress(total_steps, done_steps, cfg.train.progress)
-        writer = _tensorboard(self.out / "tb")
-        epochs_run = 0
-        try:
-            for task in range(start_task, last):
-                view_configs = self._view_configs()
-                if not (ckpt is not None and task == start_task and start_epoch > 0):
-                    self.regularizer.begin_task(self.method, task)
-                groups = self.method.param_groups(cfg.optim) + self.regularizer.param_groups(cfg.optim)
-                optimizer = build_optimizer(groups, cfg.optim)  # fresh per task, as the anchors
-                trainer = Trainer(self.method, self.regularizer, optimizer, cfg.train, self.device, log=self.log)
-                first_epoch = 0
-                if ckpt is not None and task == start_task:
-                    first_epoch = start_epoch
-                    if start_epoch > 0:
-                        optimizer.load_state_dict(ckpt["optimizer"])
-                        trainer.scaler.load_state_dict(ckpt["scaler"])
-                    set_rng_state(ckpt["rng"])
-                loader = self._loader(self.task_train[task], self.method.num_views, view_configs, seed=cfg.train.seed * 1000 + task)
-                probe_loader = None
-                if cfg.train.online_probe == "full":
-                    probe_loader = self._loader(self.eval_train, 1, [view_configs[-1]], seed=cfg.train.seed * 1000 + 500 + task)
-                task_start, task_images = time.perf_counter(), 0
-                for epoch in range(first_epoch, E):
-                    set_lr(optimizer, epoch, E, cfg.optim)
-                    loader.set_epoch(epoch)
-                    probe_iter = _cycle(probe_loader, epoch) if probe_loader is not None else None
-                    if progress is not None:
-                        progress.set_description(f"task {task + 1}/{T} epoch {epoch + 1}/{E}")
+    def _preflight(self) -> dict | None:
+        """Checks that need no data, before the folder is touched; on resume, the checkpoint (read and compared)."""
+        from loaders import require_available
 
-                    def on_log(step_in_task, host, ips, epoch_start=epoch * steps[task]):
-                        if writer is None:
-                            return
-                        at = self.global_step + step_in_task - epoch_start  # global step of this log line
-                        for k, v in host.items():
-                            writer.add_scalar(f"train/{k}", v, at)
-                        writer.add_scalar("train/images_per_second", ips, at)
+        require(self.cfg.train.precision != "fp16" or self.device.type == "cuda", "train.precision", "fp16",
+                f"bf16 or fp32 on {self.device.type} (fp16 needs a CUDA device)")
+        require_available(self.cfg.data.loader)
+        if not self.resume:
+            return None
+        ckpt = self._checkpoint if self._checkpoint is not None else load_checkpoint(self.out / CHECKPOINT)
+        old = config_from_dict(ckpt["config"]).to_dict()  # fields added since the run take their defaults
+        self._config_changes = check_resume_changes(config_changes(old, self.cfg.to_dict()), self.allow_config_change)
+        return ckpt
 
-                    trainer.train_epoch(loader, probe_iter, epoch, epoch * steps[task], steps[task] * E, steps[task],
-                                        progress=progress, on_log=on_log)
-                    self.global_step += steps[task]
-                    task_images += steps[task] * cfg.optim.batch_size
-                    if epoch + 1 < E:
-                        self._save(task, epoch + 1, optimizer, trainer)
-                    epochs_run += 1
-                    if stop_after_epochs is not None and epochs_run >= stop_after_epochs and epoch + 1 < E:
-                        raise _Interrupted()
-                elapsed = time.perf_counter() - task_start
-                self.metrics["task_time_s"].append(elapsed)
-                self.metrics["images_per_second"].append(task_images / max(elapsed, 1e-9))
-                self._evaluate(task, writer)
-                atomic_save({"config": cfg.to_dict(), "task": task, "method": self.method.state_dict()}, self.out / f"task{task}.pt")
-                self._save(task + 1, 0)
-                self._write_metrics()
-                if stop_after_epochs is not None and epochs_run >= stop_after_epochs and task + 1 < T:
-                    raise _Interrupted()
-        except _Interrupted:
-            self.log(f"stopped after {epochs_run} epochs (simulated interruption); resume with --resume {self.out}")
-            return self.metrics
-        finally:
-            if progress is not None:
-                progress.close()
-            if writer is not None:
-                writer.close()
-        if last < T:
-            self.log(f"stopped after task {last - 1} of {T} (train.max_tasks={last}); continue with --resume {self.out} "
-                     f"--train.max_tasks {T}")
-        if self.metrics["accuracy_matrix"]:
-            self.log(_summary(self.metrics))
-        return self.metrics
+    def _restore(self, ckpt: dict) -> None:
+        self.method.load_state_dict(ckpt["method"])
+        self.regularizer.load_state_dict(ckpt["regularizer"])
+        self.metrics, self.global_step = ckpt["metrics"], ckpt["global_step"]
+        self.start_task, self.start_epoch = ckpt["next_task"], ckpt["next_epoch"]
+        phase = ckpt.get("phase", "train")
+        if self._config_changes:  # allowed by --allow-config-change: on record
+            self.metrics.setdefault("resume_config_changes", []).append(
+                {"task": self.start_task, "epoch": self.start_epoch, "phase": phase,
+                 "changes": {k: [old, new] for k, (old, new) in self._config_changes.items()}})
+        self.log(f"resumed from {self.out / CHECKPOINT}: task {self.start_task}, "
+                 + ("its evaluation" if phase == "evaluate" else f"epoch {self.start_epoch}"))
+
+    def _open_display(self, ckpt: dict | None) -> None:
+        """The progress bar (or per-epoch lines; the run's log goes above the bar) and the TensorBoard scalars."""
+        T, E = self.cfg.data.num_tasks, self.cfg.optim.epochs
+        self.last_task = min(T, self.cfg.train.max_tasks or T)  # train.max_tasks: a partial run stops after these
+        total = sum(s * E for s in self.steps[:self.last_task])
+        done = sum(self.steps[t] * E for t in range(self.start_task))
+        done += self.steps[self.start_task] * self.start_epoch if self.start_task < T else 0
+        self.progress = TrainProgress(total, done, self.cfg.train.progress, log=self._sink)
+        self.log = self.progress.log
+        self.writer = open_scalar_log(self.out / TENSORBOARD, ckpt.get("tensorboard_last_steps") if ckpt else None)
+
+    def _teardown(self) -> None:
+        for opened in (self.progress, self.writer):
+            if opened is not None:
+                opened.close()
+        self.progress, self.writer, self.log = None, None, self._sink
+
+    def _train_task(self, task: int, ckpt: dict | None) -> None:
+        """Task ``task``'s epochs (from the checkpoint's epoch when resuming), then the checkpoint before evaluation."""
+        cfg, E = self.cfg, self.cfg.optim.epochs
+        first_epoch = ckpt["next_epoch"] if ckpt is not None else 0
+        view_configs = self._view_configs()
+        if first_epoch == 0:
+            self.regularizer.begin_task(self.method, task)
+        groups = self.method.param_groups(cfg.optim) + self.regularizer.param_groups(cfg.optim)
+        optimizer = build_optimizer(groups, cfg.optim)  # fresh per task, as the anchors
+        trainer = Trainer(self.method, self.regularizer, optimizer, cfg.train, self.device, log=self.log)
+        if ckpt is not None:
+            if first_epoch > 0:
+                optimizer.load_state_dict(ckpt["optimizer"])
+                trainer.scaler.load_state_dict(ckpt["scaler"])
+            set_rng_state(ckpt["rng"])
+        loader = self._loader(self.task_train[task], self.method.num_views, view_configs, seed=cfg.train.seed * 1000 + task)
+        probe_loader = None
+        if cfg.train.online_probe == "full":
+            probe_loader = self._loader(self.eval_train, 1, [view_configs[-1]], seed=cfg.train.seed * 1000 + 500 + task)
+        task_start, task_images = time.perf_counter(), 0
+        for epoch in range(first_epoch, E):
+            task_images += self._train_epoch(task, epoch, trainer, loader, probe_loader)
+        elapsed = time.perf_counter() - task_start
+        self.metrics["task_time_s"].append(elapsed)
+        self.metrics["images_per_second"].append(task_images / max(elapsed, 1e-9))
+        self._save(task, E, phase="evaluate")  # a kill during the evaluation keeps the task's training
+        if self._stops["eval"] == task:
+            raise _Interrupted()
+
+    def _train_epoch(self, task: int, epoch: int, trainer, loader, probe_loader) -> int:
+        """One epoch: steps, TensorBoard scalars, progress, checkpoint. Returns the number of images trained on."""
+        cfg, T, E, steps = self.cfg, self.cfg.data.num_tasks, self.cfg.optim.epochs, self.steps[task]
+        set_lr(trainer.optimizer, epoch, E, cfg.optim)
+        loader.set_epoch(epoch)
+        probe_iter = _cycle(probe_loader, epoch) if probe_loader is not None else None
+        self.progress.start_epoch(task, T, epoch, E)
+        t0 = time.perf_counter()
+        means = trainer.train_epoch(loader, probe_iter, epoch, epoch * steps, steps * E, steps,
+                                    progress=self.progress.bar, on_log=self._scalar_logger(epoch * steps))
+        self.global_step += steps
+        images = steps * cfg.optim.batch_size
+        self.progress.end_epoch(task, T, epoch, E, steps, images, time.perf_counter() - t0, means)
+        if epoch + 1 < E:
+            self._save(task, epoch + 1, trainer.optimizer, trainer)
+        self._epochs_run += 1
+        if self._stops["epochs"] is not None and self._epochs_run >= self._stops["epochs"] and epoch + 1 < E:
+            raise _Interrupted()
+        return images
+
+    def _scalar_logger(self, epoch_start: int):
+        """The trainer's on_log: the logged terms as TensorBoard scalars at their global step."""
+        def on_log(step_in_task, host, ips):
+            if self.writer is None:
+                return
+            at = self.global_step + step_in_task - epoch_start  # global step of this log line
+            for k, v in host.items():
+                self.writer.add_scalar(f"train/{k}", v, at)
+            self.writer.add_scalar("train/images_per_second", ips, at)
+        return on_log
+
+    def _finish_task(self, task: int) -> None:
+        """Evaluate the trained task; save task{t}.pt, metrics.json, then the checkpoint of the next task."""
+        cfg, T = self.cfg, self.cfg.data.num_tasks
+        self._eval_label = f"evaluating task {task + 1}/{T}"
+        self._evaluate(task, self.writer)
+        atomic_save({"config": cfg.to_dict(), "task": task, "method": self.method.state_dict()}, self.out / f"task{task}.pt")
+        self._write_metrics()
+        self._save(task + 1, 0)
+        self.progress.resume_training()
+        stop = self._stops["epochs"]
+        if stop is not None and self._epochs_run >= stop and task + 1 < T:
+            raise _Interrupted()
+
+    def _status(self, what: str) -> None:
+        """The evaluation phase on display (the bar's description, else a log line)."""
+        if self.progress is not None:
+            self.progress.status(f"{getattr(self, '_eval_label', 'evaluating')}: {what}")
 
     def _steps_per_epoch(self, n: int) -> int:
         b = self.cfg.optim.batch_size
@@ -376,6 +460,7 @@ class ContinualRun:
         cfg, method = self.cfg, method or self.method
         protocols = protocols or self._loop_protocols()
         extract = self._feature_extractor(method)
+        self._status("features")
         test_x = extract(self.test_set, self.test_indices)
         test_y = torch.as_tensor(self.test_set.labels[self.test_indices], device=self.device)
         logits: dict[str, list] = {}
@@ -384,8 +469,10 @@ class ContinualRun:
             train_x = extract(self.train_set, train_idx)
             train_y = torch.as_tensor(self.train_set.labels[train_idx], device=self.device)
         if "linear" in protocols:
+            self._status("linear probe")
             logits["linear"] = [self._fit_linear(train_x, train_y, task, r)(test_x) for r in range(cfg.eval.linear_seeds)]
         if "knn" in protocols:
+            self._status("kNN")
             logits["knn"] = [ev.knn_predict(train_x, train_y, test_x, self.num_classes, k=cfg.eval.knn_k,
                                             temperature=cfg.eval.knn_temperature)]
         if "online" in protocols:
@@ -396,6 +483,7 @@ class ContinualRun:
             with torch.no_grad():
                 logits["momentum_online"] = [method.momentum_classifier(ema_x)]
         if "official" in protocols:
+            self._status("official linear protocol")
             heads = [self._fit_official(method, train_idx, task, r) for r in range(cfg.eval.official_seeds)]
             with torch.no_grad():
                 logits["official"] = [head(test_x) for head in heads]
@@ -451,6 +539,7 @@ class ContinualRun:
 
     def _evaluate_random_init(self) -> None:
         """Accuracy of the untrained model (b_j), the reference of forward transfer (anchors §3.3)."""
+        self._eval_label = "evaluating the random-init model"
         rows = {name: ev.summarize_fits(fits) for name, fits in self._protocol_rows(task=-1).items()}
         self.metrics["random_init_accuracy"] = {name: s["row"] for name, s in rows.items()}
         self.log(f"random-init {self.cfg.eval.protocol} test acc {rows[self.cfg.eval.protocol]['test_accuracy']:.2f}%")
@@ -545,22 +634,6 @@ def _cycle(loader, epoch):
         k += 1
 
 
-def _progress(total, initial, enabled):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1)
-
-
-def _tensorboard(path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a core requirement; tolerate its absence in odd environments
-        return None
-    return SummaryWriter(str(path))
-
-
 def _write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -591,16 +664,13 @@ def _summary(m: dict) -> str:
     return "\n".join(lines)
 
 
-def resume_run(run_dir, log=print, **train_overrides) -> dict:
-    """Continue the run in ``run_dir`` from its last checkpoint with the configuration it was started with."""
-    ckpt = load_checkpoint(Path(run_dir) / CHECKPOINT)
-    d = ckpt["config"]
-    known = {f.name for f in dataclasses.fields(TrainConfig)}  # a field newer than the checkpoint takes its default
-    for k, v in train_overrides.items():
-        if k not in known:
-            raise ConfigError(f"train.{k} cannot be changed on resume; allowed: {', '.join(sorted(known))}")
-        d["train"][k] = v
-    cfg = config_from_dict(d)
+def resume_run(path, overrides: dict | None = None, allow_config_change: bool = False, log=print) -> dict:
+    """Continue the run in ``path`` (a run folder or its checkpoint.pt) from its last checkpoint, with the configuration
+    it was started with plus ``overrides`` (dotted, as on the command line; see ``run_folder.RESUME_SAFE``)."""
+    run_dir = resume_folder(path)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    cfg = config_with_overrides(ckpt["config"], overrides or {})
     if ckpt["next_task"] >= cfg.data.num_tasks:
         raise FastPNRError(f"the run in {run_dir} is already complete ({cfg.data.num_tasks} tasks); see metrics.json")
-    return ContinualRun(cfg, run_dir, resume=True, log=log).fit()
+    run = ContinualRun(cfg, run_dir, resume=True, log=log, allow_config_change=allow_config_change, checkpoint=ckpt)
+    return run.fit()

@@ -77,8 +77,11 @@ def _prepare(checkpoint, data_dir, device, eval_overrides, progress=False):
     return ckpt, cfg, run, method, changed
 
 
-def _task_of(ckpt) -> int:
-    return ckpt.get("task", ckpt.get("next_task", 0) - 1)
+def _last_trained_task(ckpt: dict) -> int:
+    """task{t}.pt names its task; a run's checkpoint.pt is at task next_task (trained already when phase "evaluate")."""
+    if "task" in ckpt:
+        return ckpt["task"]
+    return ckpt.get("next_task", 0) - (ckpt.get("phase") != "evaluate")
 
 
 def _run_figures(run, protocol: str, task: int) -> dict | None:
@@ -118,7 +121,7 @@ def _changed(run_cfg_eval: dict, overrides: dict) -> dict:
 
 def _report(run, ckpt, protocol: str, mode: str, fits, changed: dict, extra: dict | None = None) -> dict:
     s = ev.summarize_fits(fits)
-    task = _task_of(ckpt)
+    task = _last_trained_task(ckpt)
     result = {"protocol": protocol, "mode": mode, "task": task, "test_accuracy": s["test_accuracy"],
               "test_accuracy_std": s["test_accuracy_std"], "per_task_accuracy": s["row"],
               "per_task_accuracy_std": s["row_std"], "fits": len(fits),
@@ -178,7 +181,7 @@ def linear_eval(checkpoint: str, data_dir: str | None = None, mode: str = "featu
     overrides = _eval_overrides(mode, {"epochs": epochs, "lr": lr, "batch_size": batch_size, "momentum": momentum,
                                        "seeds": seeds, "train_fraction": train_fraction, "label_fraction": label_fraction})
     ckpt, cfg, run, method, changed = _prepare(checkpoint, data_dir, device, overrides, progress)
-    protocol, task = PROTOCOL_OF_MODE[mode], _task_of(ckpt)
+    protocol, task = PROTOCOL_OF_MODE[mode], _last_trained_task(ckpt)
     extra = {"per_domain_runs": _per_domain_runs(run, method, mode, task)} if per_domain else {}
     if mode == "official":
         extra["lr"] = cfg.eval.official_lr or ev.OFFICIAL_LINEAR_LR.get(cfg.method.name)
@@ -197,7 +200,7 @@ def knn_eval(checkpoint: str, data_dir: str | None = None, k: int | None = None,
     overrides = _eval_overrides("knn", {"k": k, "temperature": temperature, "train_fraction": train_fraction,
                                         "label_fraction": label_fraction})
     ckpt, cfg, run, method, changed = _prepare(checkpoint, data_dir, device, overrides)
-    fits = run._protocol_rows(_task_of(ckpt), method=method, protocols=("knn",))["knn"]
+    fits = run._protocol_rows(_last_trained_task(ckpt), method=method, protocols=("knn",))["knn"]
     result = _report(run, ckpt, "knn", "knn", fits, changed)
     if out:
         Path(out).write_text(json.dumps(result, indent=2))

@@ -38,6 +38,22 @@ def loader_class(kind: str):
                            f"{needs})") from None
 
 
+# kind → (module, function) that imports the kind's optional package or raises its one-line install hint
+DEPENDENCIES = {
+    "torchvision": ("loaders.torchvision_loader", "import_torchvision_transforms"),
+    "ffcv": ("loaders.ffcv_ops", "import_ffcv"),
+    "dali": ("loaders.dali_loader", "import_dali"),
+}
+
+
+def require_available(kind: str) -> None:
+    """Raise the one-line install hint now if loader `kind` cannot run here (checked before a run loads data)."""
+    loader_class(kind)
+    if kind in DEPENDENCIES:
+        module, function = DEPENDENCIES[kind]
+        getattr(importlib.import_module(module), function)()
+
+
 def make_loader(kind: str, source, batch_size: int, num_views: int, device, seed: int, shuffle: bool = True,
                 drop_last: bool = True, view_configs=None, subset=None, **kw):
     """Build a loader of `kind` over `source` (an ImageDataset) restricted to `subset` (dataset indices, a task).
@@ -50,4 +66,4 @@ def make_loader(kind: str, source, batch_size: int, num_views: int, device, seed
                drop_last=drop_last, view_configs=view_configs, subset=subset, **kw)
 
 
-__all__ = ["LOADERS", "Prefetcher", "ViewConfig", "augment_batch", "cifar_views", "imagenet_views", "loader_class", "make_loader"]
+__all__ = ["LOADERS", "Prefetcher", "ViewConfig", "augment_batch", "cifar_views", "imagenet_views", "loader_class", "make_loader", "require_available"]

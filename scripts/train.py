@@ -2,7 +2,7 @@
 
     fastpnr train --preset smoke --data-dir ../shared/data --out runs/smoke
     fastpnr train --preset cifar100-5t --method byol --regularizer pnr --optim.lr 1.0 --out runs/byol
-    fastpnr train --resume runs/smoke
+    fastpnr train --resume runs/smoke [--train.progress false]
 """
 from __future__ import annotations
 
@@ -14,22 +14,26 @@ from fastpnr.cli import run_fire
 from fastpnr.errors import FastPNRError
 
 
-def main(preset: str = "smoke", out: str | None = None, resume: str | None = None, **overrides):
+def main(preset: str | None = None, out: str | None = None, resume: str | None = None, overwrite: bool = False,
+         allow_config_change: bool = False, **overrides):
     """Continual SSL training; `fastpnr train --help` prints the options generated from the registries."""
     from fastpnr.config import build_config
     from fastpnr.continual import ContinualRun, resume_run
+    from fastpnr.run_folder import resume_folder
 
     if resume:
-        if overrides:
-            allowed = ("device", "progress", "threads", "log_every", "max_tasks")
-            bad = [k for k in overrides if k.replace("train.", "").replace("-", "_") not in allowed]
-            if bad:
-                raise FastPNRError(f"option {bad[0]!r} cannot be changed with --resume; allowed: {', '.join(allowed)}")
-        train_over = {k.replace("train.", "").replace("-", "_"): v for k, v in overrides.items()}
-        return _done(resume_run(resume, **train_over), resume)
+        for flag, given in (("--preset", preset), ("--out", out), ("--overwrite", overwrite)):
+            if given:
+                raise FastPNRError(f"{flag} cannot be combined with --resume (the run keeps its folder and "
+                                   "configuration); allowed with --resume: --section.field VALUE overrides, "
+                                   "--allow-config-change")
+        return _done(resume_run(resume, overrides, allow_config_change=allow_config_change), resume_folder(resume))
+    if allow_config_change:
+        raise FastPNRError("--allow-config-change is only for --resume RUN_DIR; allowed for a new run: --out, --overwrite")
+    preset = preset or "smoke"
     cfg = build_config(preset, overrides)
     out = out or cfg.out or f"runs/{preset}-{cfg.method.name}-{cfg.regularizer.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    metrics = ContinualRun(cfg, out).fit()
+    metrics = ContinualRun(cfg, out, overwrite=overwrite).fit()
     return _done(metrics, out)
 
 
@@ -51,6 +55,7 @@ def summary_text() -> str:
     from fastpnr.data import DATASETS
     from fastpnr.methods import METHODS
     from fastpnr.regularizers import REGULARIZERS
+    from fastpnr.run_folder import RESUME_SAFE
 
     try:
         from loaders import LOADERS
@@ -60,8 +65,8 @@ def summary_text() -> str:
     presets = "\n".join(f"      {k:<20} {v.get('description', '')}" for k, v in PRESETS.items())
     return f"""Continual self-supervised training (all tasks), with evaluation after every task.
 
-    fastpnr train --preset NAME [--data-dir DIR] [--out RUN_DIR] [--section.field VALUE ...]
-    fastpnr train --resume RUN_DIR
+    fastpnr train --preset NAME [--data-dir DIR] [--out RUN_DIR [--overwrite]] [--section.field VALUE ...]
+    fastpnr train --resume RUN_DIR [--train.progress false] [--allow-config-change]
 
     methods:      {', '.join(sorted(METHODS))}        (--method NAME)
     regularizers: {', '.join(sorted(REGULARIZERS))}        (--regularizer NAME)
@@ -75,7 +80,10 @@ def summary_text() -> str:
     data, model, method, regularizer, optim, train, eval (e.g. --optim.lr 0.3 --train.precision fp32).
     Short names: {', '.join(f'--{k}' for k in ALIASES)}.
     Data: --data-dir, else $FASTPNR_DATA, else ../shared/data beside the checkout.
-    --out RUN_DIR: the run folder (default runs/<preset>-<method>-<regularizer>-<time>).
+    --out RUN_DIR: the run folder (default runs/<preset>-<method>-<regularizer>-<time>); one run per folder: a
+    folder holding a run stops unless --overwrite (deletes that run's files, nothing else). --resume takes the
+    folder or its checkpoint.pt; only {', '.join(RESUME_SAFE)} may change, anything else needs
+    --allow-config-change (recorded in metrics.json).
     fastpnr train --help TOPIC: the fields of one section (data, model, method, regularizer, optim, train, eval),
     one method (e.g. byol) or one regularizer (e.g. pnr).
 

@@ -56,4 +56,33 @@ def test_missing_data_says_where_it_looked(tmp_path):
 
 def test_resume_of_missing_run_is_clear(tmp_path):
     out = _run("train", "--resume", str(tmp_path / "none"))
-    assert out.returncode == 2 and "no checkpoint at" in out.stderr
+    assert out.returncode == 2 and "no such folder or file" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_bad_moco_queue_is_refused_before_the_run_folder_is_made(tmp_path):
+    for size in ("1000", "16"):
+        out = _run("train", "--method", "mocov2plus", "--method.queue_size", size, "--optim.batch_size", "32",
+                   "--out", str(tmp_path / "run"))
+        msg = out.stderr.strip()
+        assert out.returncode == 2 and msg.startswith(f"error: method.queue_size={size} is invalid with optim.batch_size=32")
+        assert "multiple of the batch size" in msg and len(msg.splitlines()) == 1
+        assert not (tmp_path / "run").exists()
+
+
+def test_out_on_a_run_folder_is_refused_and_resume_refuses_result_changing_settings(tmp_path):
+    import torch
+
+    from fastpnr.config import build_config
+
+    cfg = build_config("smoke", {})
+    torch.save({"config": cfg.to_dict(), "next_task": 0, "next_epoch": 1}, tmp_path / "checkpoint.pt")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = _run("train", "--out", str(tmp_path), "--train.progress", "false")
+    assert out.returncode == 2 and "already holds a run" in out.stderr and f"--resume {tmp_path}" in out.stderr
+    bad = _run("train", "--resume", str(tmp_path), "--train.threads", "2", "--optim.lr", "0.1")
+    msg = bad.stderr.strip()
+    assert bad.returncode == 2 and len(msg.splitlines()) == 1
+    assert "train.threads None -> 2" in msg and "optim.lr 0.6 -> 0.1" in msg and "--allow-config-change" in msg
+    task = _run("train", "--resume", str(tmp_path / "task0.pt"))
+    assert task.returncode == 2 and "not a resumable checkpoint" in task.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

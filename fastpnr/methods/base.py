@@ -57,6 +57,10 @@ class Method(nn.Module):
                                     if getattr(cfg, "momentum_classifier", False) else None)
 
     # -- to override ---------------------------------------------------------------------------
+    @classmethod
+    def check_run_config(cls, run_cfg) -> None:
+        """Raise ConfigError for a setting that clashes with another section (``config.validate_combinations``)."""
+
     def build_heads(self) -> None:
         raise NotImplementedError
 

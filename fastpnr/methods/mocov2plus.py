@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import require
+from ..errors import ConfigError, require
 from ..losses import moco_loss
 from ..models import mlp
 from .base import LOSS_BACKENDS, Method, MethodConfig, check_tau
@@ -30,6 +30,10 @@ class MoCoV2PlusConfig(MethodConfig):
 
 
 class MoCoV2Plus(Method):
+    @classmethod
+    def check_run_config(cls, run_cfg) -> None:
+        require_queue_size("method.queue_size", run_cfg.method.queue_size, run_cfg.optim.batch_size)
+
     def build_heads(self):
         self.projector = mlp(self.feat_dim, self.cfg.proj_hidden, self.cfg.proj_out, bn=False)
         self.momentum_backbone = self.make_momentum_copy(self.backbone)
@@ -62,6 +66,17 @@ class MoCoV2Plus(Method):
 
     def end_of_step(self, out):
         ring_enqueue(self.queue, self.queue_ptr, out["k"])
+
+
+def require_queue_size(field: str, size: int, batch_size: int) -> None:
+    """A ring queue takes whole batches: its size must be a multiple of the batch, at least one batch (the anchors
+    assert ``queue_size % global_batch == 0``; otherwise a wrap overwrites keys of the same step)."""
+    if size >= batch_size and size % batch_size == 0:
+        return
+    lower, upper = max(batch_size, size // batch_size * batch_size), (size // batch_size + 1) * batch_size
+    near = f"{lower}" if lower == upper or size < batch_size else f"{lower} or {upper}"
+    raise ConfigError(f"{field}={size!r} is invalid with optim.batch_size={batch_size}; allowed: a multiple of the "
+                      f"batch size that is >= it (the queue takes whole batches), e.g. {near}")
 
 
 @torch.no_grad()

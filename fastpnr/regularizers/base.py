@@ -56,6 +56,10 @@ class Regularizer(nn.Module):
     def end_of_step(self, out: dict, frozen_out: dict) -> None:
         """Called after the optimizer step (e.g. MoCo-PNR's frozen queue)."""
 
+    @classmethod
+    def check_run_config(cls, run_cfg) -> None:
+        """Raise ConfigError for a setting that clashes with another section (``config.validate_combinations``)."""
+
 
 @dataclass(frozen=True)
 class FrozenModelConfig(RegularizerConfig):

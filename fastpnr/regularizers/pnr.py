@@ -40,6 +40,8 @@ class PNRConfig(FrozenModelConfig):
         for name in ("pos_weight", "neg_weight"):
             v = getattr(self, name)
             require(v is None or v >= 0, f"regularizer.{name}", v, "None or >= 0")
+        require(self.frozen_queue_size is None or self.frozen_queue_size >= 1, "regularizer.frozen_queue_size",
+                self.frozen_queue_size, "None or >= 1")
 
 
 class PNR(DistillRegularizer):
@@ -47,14 +49,9 @@ class PNR(DistillRegularizer):
         super().__init__(cfg, method)
         self.replaces_ssl_loss = self.kind in CONTRASTIVE
         if self.kind not in CONTRASTIVE:
-            pos, neg = DEFAULT_WEIGHTS.get(self.kind, DEFAULT_WEIGHTS["byol"])
-            self.pos_weight = pos if cfg.pos_weight is None else cfg.pos_weight
-            self.neg_weight = neg if cfg.neg_weight is None else cfg.neg_weight
+            self.pos_weight, self.neg_weight = pnr_weights(self.kind, cfg)
             self.distill_weight = self.pos_weight
-            if self.kind == "vicreg" and not self.neg_weight < self.pos_weight:
-                # lambda_d |u-a|^2 - lambda_n |u-b|^2 is unbounded below unless lambda_n < lambda_d (anchors §2.5).
-                raise ConfigError(f"regularizer.neg_weight={self.neg_weight!r} is invalid for VICReg-PNR; allowed: "
-                                  f"< regularizer.pos_weight ({self.pos_weight}), else the loss is unbounded below")
+            check_pnr_weights(self.kind, self.pos_weight, self.neg_weight)
         if self.kind == "mocov2plus":
             size = cfg.frozen_queue_size or method.cfg.queue_size
             # Q': the frozen model's embeddings, slot v holds view v; random at task 1 as in the anchors (strict=False load).
@@ -94,3 +91,29 @@ class PNR(DistillRegularizer):
             from ..methods.mocov2plus import ring_enqueue
 
             ring_enqueue(self.frozen_queue, self.frozen_queue_ptr, frozen_out["normalized"])
+
+    @classmethod
+    def check_run_config(cls, run_cfg) -> None:
+        """Checks across sections, run when the configuration is built (before any folder or data is touched)."""
+        from ..methods import METHODS
+        from ..methods.mocov2plus import require_queue_size
+
+        kind = getattr(METHODS[run_cfg.method.name][0], "regularizer_kind", run_cfg.method.name)
+        cfg = run_cfg.regularizer
+        if kind not in CONTRASTIVE:
+            check_pnr_weights(kind, *pnr_weights(kind, cfg))
+        if kind == "mocov2plus" and cfg.frozen_queue_size is not None:
+            require_queue_size("regularizer.frozen_queue_size", cfg.frozen_queue_size, run_cfg.optim.batch_size)
+
+
+def pnr_weights(kind: str, cfg: PNRConfig) -> tuple[float, float]:
+    """(pos_weight, neg_weight) of the asymmetric PNR regularizer: the configured ones, else the method's defaults."""
+    pos, neg = DEFAULT_WEIGHTS.get(kind, DEFAULT_WEIGHTS["byol"])
+    return (pos if cfg.pos_weight is None else cfg.pos_weight), (neg if cfg.neg_weight is None else cfg.neg_weight)
+
+
+def check_pnr_weights(kind: str, pos_weight: float, neg_weight: float) -> None:
+    # lambda_d |u-a|^2 - lambda_n |u-b|^2 is unbounded below unless lambda_n < lambda_d (anchors §2.5).
+    if kind == "vicreg" and not neg_weight < pos_weight:
+        raise ConfigError(f"regularizer.neg_weight={neg_weight!r} is invalid for VICReg-PNR; allowed: "
+                          f"< regularizer.pos_weight ({pos_weight}), else the loss is unbounded below")

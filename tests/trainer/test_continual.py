@@ -98,6 +98,29 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(data_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_kill_during_evaluation_resumes_into_the_evaluation(data_root, tmp_path):
+    """The checkpoint written when a task's training ends (before its evaluation) resumes into that evaluation and
+    ends like an uninterrupted run; without a bar, every epoch and evaluation phase prints a line."""
+    ov = tiny_overrides(data_root, **{"optim.epochs": 1, "eval.forward_transfer": False})
+    lines = []
+    full = ContinualRun(build_config("smoke", ov), tmp_path / "full", log=lines.append).fit()
+    epochs = [s for s in lines if s.startswith("task ") and " epoch " in s]
+    assert [s.split(" | ")[0] for s in epochs] == ["task 1/2 epoch 1/1", "task 2/2 epoch 1/1"]
+    assert all(" img/s | elapsed " in s and "train ETA" in s and "loss " in s for s in epochs)
+    assert "evaluating task 1/2: linear probe" in lines and "evaluating task 2/2: kNN" in lines
+    out = tmp_path / "stopped"
+    ContinualRun(build_config("smoke", ov), out, log=quiet).fit(stop_before_eval=0)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert (ckpt["next_task"], ckpt["next_epoch"], ckpt["phase"]) == (0, 1, "evaluate")
+    assert not (out / "task0.pt").exists() and ckpt["metrics"]["accuracy_matrix"] == []
+    resumed = resume_run(out, log=quiet)
+    assert resumed["matrices"] == full["matrices"]
+    a = torch.load(tmp_path / "full" / "task1.pt", weights_only=False)["method"]
+    b = torch.load(out / "task1.pt", weights_only=False)["method"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
 def test_max_tasks_stops_after_the_first_tasks_and_resume_finishes(data_root, tmp_path):
     ov = tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32, "train.max_tasks": 1})
     part = ContinualRun(build_config("smoke", ov), tmp_path, log=quiet).fit()
@@ -105,7 +128,7 @@ def test_max_tasks_stops_after_the_first_tasks_and_resume_finishes(data_root, tm
     assert (tmp_path / "task0.pt").exists() and not (tmp_path / "task1.pt").exists()
     assert json.loads((tmp_path / "metrics.json").read_text())["num_tasks"] == 2
     assert resume_run(tmp_path, log=quiet)["accuracy_matrix"] == part["accuracy_matrix"]  # still capped at 1 task
-    resumed = resume_run(tmp_path, log=quiet, max_tasks=2)  # (exact resume itself: the test above)
+    resumed = resume_run(tmp_path, {"train.max_tasks": 2}, log=quiet)  # (exact resume itself: the test above)
     assert len(resumed["accuracy_matrix"]) == 2 and resumed["accuracy_matrix"][0] == part["accuracy_matrix"][0]
     assert (tmp_path / "task1.pt").exists()
 

@@ -1,0 +1,181 @@
+"""The run folder's rules: one run per folder, what a resume may change, TensorBoard scalars that a resume does not
+repeat.
+
+- A new run refuses a folder that already holds a run (``check_new_run_folder``); ``--overwrite`` first deletes the
+  files fastpnr writes there (``clear_run_files``), never anything else.
+- ``--resume`` takes a run folder or its ``checkpoint.pt`` (``resume_folder``); a configuration that differs from the
+  checkpoint's in a setting that can change the numbers stops the resume (``config_changes``) unless allowed.
+- ``ScalarLog`` writes the TensorBoard scalars and remembers the last step written per tag; that goes into every
+  checkpoint, and a resume first drops from the event files what was written after the checkpoint
+  (``prune_events``), so that each (tag, step) appears once.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from .errors import ConfigError, DataError
+
+CHECKPOINT = "checkpoint.pt"
+TENSORBOARD = "tb"
+TASK_INDICES = "tasks_indices.npz"
+# Everything fastpnr writes into a run folder (continual.py's module docstring lists what each holds).
+RUN_FILES = ("config.json", "tasks.json", TASK_INDICES, CHECKPOINT, "metrics.json", "accuracy_matrix.csv",
+             "accuracy_matrix.png", TENSORBOARD)
+TASK_MODEL = re.compile(r"task\d+\.pt")
+# Atomic writes cut short: checkpoint.atomic_save's ".checkpoint.pt.XXXX.tmp", continual._write_json's "x.json.tmp",
+# continual._write_task_indices's "tasks_indices.npz.tmp.npz".
+TEMPORARY = re.compile(r"\.(checkpoint|task\d+)\.pt\..+\.tmp|(config|tasks|metrics)\.json\.tmp|tasks_indices\.npz\.tmp\.npz")
+# A folder holding one of these holds a run.
+RUN_MARKERS = ("config.json", CHECKPOINT, "metrics.json", TENSORBOARD)
+# Settings a resume may change: they cannot change the numbers (display, host-read cadence, where data is found,
+# how many tasks this session runs).
+RESUME_SAFE = ("train.progress", "train.log_every", "train.max_tasks", "data.data_dir", "data.cache_dir", "out")
+
+
+# ------------------------------------------------------------------------------------------------ new runs
+def run_files(out: Path) -> list[Path]:
+    """The files and folders fastpnr wrote in ``out``."""
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir()
+                  if p.name in RUN_FILES or TASK_MODEL.fullmatch(p.name) or TEMPORARY.fullmatch(p.name))
+
+
+def holds_run(out: Path) -> list[str]:
+    """Names of the run files in ``out`` that mark it as holding a run (empty: free for a new run)."""
+    return [p.name for p in run_files(out) if p.name in RUN_MARKERS or TASK_MODEL.fullmatch(p.name)]
+
+
+def check_new_run_folder(out: Path, overwrite: bool) -> None:
+    """Refuse ``out`` if it holds a run, unless ``overwrite``: then delete that run's files (and only those)."""
+    found = holds_run(out)
+    if not found:
+        return
+    if not overwrite:
+        raise ConfigError(f"--out {out} already holds a run ({', '.join(found[:4])}); continue it with --resume {out}, "
+                          "pick a new folder, or pass --overwrite to delete that run's files first")
+    clear_run_files(out)
+
+
+def clear_run_files(out: Path) -> None:
+    for p in run_files(out):
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+# ------------------------------------------------------------------------------------------------ resume
+def resume_folder(path: str | os.PathLike) -> Path:
+    """The run folder to resume from ``path``: a run folder, or its ``checkpoint.pt``."""
+    p = Path(path)
+    accepted = f"pass the run folder (written by `fastpnr train --out`) or its {CHECKPOINT}"
+    if p.is_dir():
+        if not (p / CHECKPOINT).is_file():
+            raise DataError(f"--resume {p}: the folder has no {CHECKPOINT}, so it holds no resumable run; {accepted}")
+        return p
+    if TASK_MODEL.fullmatch(p.name):
+        raise DataError(f"--resume {p}: {p.name} is the model saved after a task (for `fastpnr linear` / "
+                        f"`fastpnr knn`), not a resumable checkpoint; {accepted}, e.g. --resume {p.parent}")
+    if not p.exists():
+        raise DataError(f"--resume {p}: no such folder or file; {accepted}")
+    if p.name != CHECKPOINT:
+        raise DataError(f"--resume {p}: not a run checkpoint; {accepted}")
+    return p.parent
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_changes(old: dict, new: dict) -> dict:
+    """{field: (old, new)} for every dotted field whose value differs between two ``RunConfig.to_dict()``."""
+    a, b = _flatten(old), _flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_resume_changes(changes: dict, allow: bool) -> dict:
+    """The changes that can change the numbers; raise unless ``allow`` when there are any."""
+    risky = {k: v for k, v in changes.items() if k not in RESUME_SAFE}
+    if risky and not allow:
+        listed = ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in risky.items())
+        raise ConfigError(f"--resume with settings that can change the results: {listed}; allowed to change: "
+                          f"{', '.join(RESUME_SAFE)}; pass --allow-config-change to resume anyway (recorded in "
+                          "metrics.json)")
+    return risky
+
+
+# ------------------------------------------------------------------------------------------------ TensorBoard
+class ScalarLog:
+    """A TensorBoard SummaryWriter that remembers the last step written per tag (``last_steps``, checkpointed).
+
+    Any ``add_*(tag, value, global_step, ...)`` of SummaryWriter works and is tracked (scalars, images, figures)."""
+
+    def __init__(self, path: Path, last_steps: dict | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(path))
+        self.last_steps = dict(last_steps or {})
+
+    def __getattr__(self, name):
+        if not name.startswith("add_"):
+            raise AttributeError(name)
+        add = getattr(self.writer, name)
+
+        def tracked(tag, value, global_step=None, *args, **kwargs):
+            add(tag, value, global_step, *args, **kwargs)
+            step = int(global_step or 0)  # TensorBoard writes a missing step as 0
+            self.last_steps[tag] = max(step, self.last_steps.get(tag, step))
+        return tracked
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def open_scalar_log(path: Path, last_steps: dict | None = None) -> ScalarLog | None:
+    """A ScalarLog in ``path`` (on resume: after ``prune_events``), or None without tensorboard."""
+    try:
+        import tensorboard  # noqa: F401  (a core requirement; tolerated absent in odd environments)
+    except ImportError:
+        return None
+    if last_steps is not None and path.is_dir():
+        prune_events(path, last_steps)
+    return ScalarLog(path, last_steps)
+
+
+def prune_events(path: Path, last_steps: dict) -> None:
+    """Rewrite each event file in ``path`` without the summaries written after the checkpoint: a (tag, step) is kept
+    if ``step <= last_steps[tag]``. Events without summaries (file version, graphs) are kept."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    for file in sorted(path.glob("events.out.tfevents.*")):
+        records = list(RawEventFileLoader(str(file)).Load())
+        kept = [r for r in records if _keep(Event.FromString(r), last_steps)]
+        if len(kept) == len(records):
+            continue
+        tmp = file.with_name(file.name + ".tmp")
+        with open(tmp, "wb") as f:
+            writer = RecordWriter(f)
+            for r in kept:
+                writer.write(r)
+        os.replace(tmp, file)
+
+
+def _keep(event, last_steps: dict) -> bool:
+    if not event.HasField("summary"):
+        return True
+    return all(event.step <= last_steps.get(v.tag, -1) for v in event.summary.value)
