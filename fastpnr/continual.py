@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
 from . import evaluation as ev
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .config import RunConfig, config_from_dict, format_config
@@ -58,12 +59,16 @@ def _subsample(indices: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 class ContinualRun:
     """Train ``cfg.data.num_tasks`` tasks in sequence and evaluate after each one."""
 
-    def __init__(self, cfg: RunConfig, out: str | os.PathLike, resume: bool = False, log=print):
+    def __init__(self, cfg: RunConfig, out: str | os.PathLike, resume: bool = False, log=print, dist=None):
         self.cfg = cfg
         self.out = Path(out)
         self.resume = resume
-        self.log = log
         self.device = resolve_device(cfg.train.device)
+        # torchrun: one process per device; only rank 0 logs and writes run files (through dist.main_only)
+        self.dist = dist if dist is not None else distributed.from_env(self.device, cfg.dist)
+        self.device = getattr(self.dist, "device", self.device)
+        self.log = self.dist.main_only(log)
+        self.write_json, self.save_file = self.dist.main_only(_write_json), self.dist.main_only(atomic_save)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
@@ -102,7 +107,7 @@ class ContinualRun:
             item["train_images_used"] = int(len(self.task_train[t]))
             item["test_images"] = int(len(self.test_parts[t]))
         if write_tasks:
-            _write_json(self.out / "tasks.json", desc)
+            self.write_json(self.out / "tasks.json", desc)
         self.image_size = self.train_set.images.shape[1] if self.train_set.images is not None else (d.image_size or spec.native_size)
         self.crop_size = d.crop_size or self.image_size
 
@@ -124,6 +129,10 @@ class ContinualRun:
         self.method = build_method(cfg.method, cfg.model, self.num_classes)
         self.regularizer = build_regularizer(cfg.regularizer, self.method)
         memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+        if self.dist.enabled and cfg.dist.sync_batchnorm:  # the online, EMA and frozen models: global-batch BN
+            distributed.convert_batchnorm(self.method)
+            distributed.convert_batchnorm(self.regularizer)
+        self.method.dist = self.regularizer.dist = self.dist
         self.method.to(self.device, memory_format=memory_format)
         self.regularizer.to(self.device, memory_format=memory_format)
         if compile_backbone(self.method, cfg.train):
@@ -148,9 +157,11 @@ class ContinualRun:
             source = self._encoded_train_set()
         elif kind == "torchvision":
             extra = {"num_workers": self.cfg.data.num_workers}
-        loader = make_loader(kind, source, batch_size=self.cfg.optim.batch_size, num_views=num_views,
+        batch = self.cfg.optim.batch_size
+        loader = make_loader(kind, source, batch_size=batch, num_views=num_views,
                              device=self.device, seed=seed, shuffle=shuffle, drop_last=drop_last,
-                             view_configs=view_configs, subset=indices, **extra)
+                             view_configs=view_configs, subset=indices,
+                             shard=self.dist.shard(batch) if self.dist.enabled else None, **extra)
         return Prefetcher(loader, self.device, ahead=None if self.cfg.data.prefetch else False)
 
     def _train_beton(self) -> str:
@@ -161,10 +172,11 @@ class ContinualRun:
         d = self.cfg.data
         size = "native" if not d.image_size else f"{d.image_size}" + ("" if d.resize == "stretch" else f"-{d.resize}")
         path = cache_root(d.cache_dir) / "betons" / f"{d.dataset}-train-{size}-{len(self.train_set)}.beton"
-        if not path.exists():
-            self.log(f"writing {path} (once) for the ffcv loader")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_beton(self.train_set, path, num_workers=max(1, self.cfg.data.num_workers))
+        with self.dist.main_first():
+            if not path.exists():
+                self.log(f"writing {path} (once) for the ffcv loader")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_beton(self.train_set, path, num_workers=max(1, self.cfg.data.num_workers))
         return str(path)
 
     def _encoded_train_set(self):
@@ -187,21 +199,35 @@ class ContinualRun:
         }
 
     def _save(self, next_task, next_epoch, optimizer=None, trainer=None):
-        atomic_save(self._state(next_task, next_epoch, optimizer, trainer), self.out / CHECKPOINT)
+        # the state is the same on every rank; the file is rank 0's (its RNG states, which every rank resumes with)
+        self.save_file(self._state(next_task, next_epoch, optimizer, trainer), self.out / CHECKPOINT)
 
     # ------------------------------------------------------------------------------------------------ run
     def fit(self, stop_after_epochs: int | None = None) -> dict:
-        """Run (or resume) all tasks. ``stop_after_epochs`` simulates a kill after that many epochs (tests)."""
+        """Run (or resume) all tasks. ``stop_after_epochs`` simulates a kill after that many epochs (tests).
+        Under torchrun, a collective that fails because another rank stopped raises one line naming that rank."""
+        try:
+            return self._fit(stop_after_epochs)
+        except Exception as e:  # noqa: BLE001 - re-raised, as a PeerFailure when a peer is gone
+            failure = self.dist.failure(e)
+            if failure is e:
+                raise
+            raise failure from None
+
+    def _fit(self, stop_after_epochs: int | None = None) -> dict:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.dist.local_batch(cfg.optim.batch_size)  # one line when the world size does not divide the batch
+        self.dist.main_only(self.out.mkdir)(parents=True, exist_ok=True)
         start_task, start_epoch, ckpt = 0, 0, None
         if self.resume:
             ckpt = load_checkpoint(self.out / CHECKPOINT)
             start_task, start_epoch = ckpt["next_task"], ckpt["next_epoch"]
-        _write_json(self.out / "config.json", cfg.to_dict())
+        self.write_json(self.out / "config.json", cfg.to_dict())
         self.log(format_config(cfg))
+        self.log(f"processes: {self.dist.describe()}, per-rank batch {self.dist.local_batch(cfg.optim.batch_size)}")
         t0 = time.perf_counter()
-        self._load_data()
+        with self.dist.main_first():  # rank 0 fills the decode cache, the others read it
+            self._load_data()
         self.log(f"data: {self.cfg.data.dataset} train={len(self.train_set)} test={len(self.test_indices)} "
                  f"tasks={[len(t) for t in self.task_train]} corrupt={self.num_corrupt} ({time.perf_counter() - t0:.1f}s)")
         self._build()
@@ -215,13 +241,15 @@ class ContinualRun:
             self.log(f"resumed from {self.out / CHECKPOINT}: task {start_task}, epoch {start_epoch}")
         elif cfg.eval.forward_transfer:
             self._evaluate_random_init()
+        self.dist.broadcast_module(self.method)  # every rank starts from rank 0's weights and buffers
+        self.dist.broadcast_module(self.regularizer)
 
         T, E = cfg.data.num_tasks, cfg.optim.epochs
         steps = [self._steps_per_epoch(len(idx)) for idx in self.task_train]
         total_steps = sum(s * E for s in steps)
         done_steps = sum(steps[t] * E for t in range(start_task)) + (steps[start_task] * start_epoch if start_task < T else 0)
-        progress = _progress(total_steps, done_steps, cfg.train.progress)
-        writer = _tensorboard(self.out / "tb")
+        progress = _progress(total_steps, done_steps, cfg.train.progress and self.dist.is_main)
+        writer = self.dist.main_only(_tensorboard)(self.out / "tb")
         epochs_run = 0
         try:
             for task in range(start_task, T):
@@ -230,7 +258,7 @@ class ContinualRun:
                     self.regularizer.begin_task(self.method, task)
                 groups = self.method.param_groups(cfg.optim) + self.regularizer.param_groups(cfg.optim)
                 optimizer = build_optimizer(groups, cfg.optim)  # fresh per task, as the anchors
-                trainer = Trainer(self.method, self.regularizer, optimizer, cfg.train, self.device, log=self.log)
+                trainer = Trainer(self.method, self.regularizer, optimizer, cfg.train, self.device, log=self.log, dist=self.dist)
                 first_epoch = 0
                 if ckpt is not None and task == start_task:
                     first_epoch = start_epoch
@@ -270,10 +298,12 @@ class ContinualRun:
                 elapsed = time.perf_counter() - task_start
                 self.metrics["task_time_s"].append(elapsed)
                 self.metrics["images_per_second"].append(task_images / max(elapsed, 1e-9))
+                self.metrics.setdefault("world_size", []).append(self.dist.world_size)  # of each task's training
+                self.metrics.setdefault("per_rank_batch_size", []).append(self.dist.local_batch(cfg.optim.batch_size))
                 self._evaluate(task, writer)
-                atomic_save({"config": cfg.to_dict(), "task": task, "method": self.method.state_dict()}, self.out / f"task{task}.pt")
+                self.save_file({"config": cfg.to_dict(), "task": task, "method": self.method.state_dict()}, self.out / f"task{task}.pt")
                 self._save(task + 1, 0)
-                self._write_metrics()
+                self.dist.main_only(self._write_metrics)()
                 if stop_after_epochs is not None and epochs_run >= stop_after_epochs and task + 1 < T:
                     raise _Interrupted()
         except _Interrupted:
@@ -303,8 +333,11 @@ class ContinualRun:
         size = self.crop_size if self.crop_size != self.image_size else None
         kw = dict(batch_size=cfg.eval.batch_size, device=self.device, mean=self.train_set.mean, std=self.train_set.std,
                   size=size, autocast_dtype=AUTOCAST_DTYPES[cfg.train.precision])
-        train_x = ev.extract_features(self.method.backbone, _images(self.train_set), self.eval_train, **kw)
-        test_x = ev.extract_features(self.method.backbone, _images(self.test_set), self.test_indices, **kw)
+        # torchrun: whole eval batches dealt to the ranks, features gathered (each batch computed as in one process)
+        extract = lambda ds, idx: self.dist.map_batches(  # noqa: E731
+            lambda part: ev.extract_features(self.method.backbone, _images(ds), part, **kw), idx, cfg.eval.batch_size)
+        train_x = extract(self.train_set, self.eval_train)
+        test_x = extract(self.test_set, self.test_indices)
         train_y = torch.as_tensor(self.train_set.labels[self.eval_train], device=self.device)
         test_y = torch.as_tensor(self.test_set.labels[self.test_indices], device=self.device)
         logits = {}
@@ -316,7 +349,8 @@ class ContinualRun:
                                        temperature=cfg.eval.knn_temperature)
         with torch.no_grad():
             logits["online"] = self.method.classifier(test_x)
-        return {name: (ev.part_accuracies(lg, test_y, self.test_parts), ev.accuracy(lg, test_y)) for name, lg in logits.items()}
+        rows = {name: (ev.part_accuracies(lg, test_y, self.test_parts), ev.accuracy(lg, test_y)) for name, lg in logits.items()}
+        return self.dist.broadcast_object(rows)  # the probes run on every rank; all keep rank 0's numbers
 
     def _evaluate_random_init(self) -> None:
         """Accuracy of the untrained model (b_j), the reference of forward transfer (anchors §3.3)."""

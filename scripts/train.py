@@ -16,9 +16,24 @@ from fastpnr.errors import FastPNRError
 
 def main(preset: str = "smoke", out: str | None = None, resume: str | None = None, **overrides):
     """Continual SSL training; `fastpnr train --help` prints the options generated from the registries."""
-    from fastpnr.config import build_config
-    from fastpnr.continual import ContinualRun, resume_run
+    from fastpnr import distributed
 
+    try:
+        return _train(preset, out, resume, overrides)
+    finally:
+        distributed.shutdown()
+
+
+def _train(preset, out, resume, overrides):
+    from fastpnr import distributed
+    from fastpnr.config import build_config
+    from fastpnr.continual import CHECKPOINT, ContinualRun, resume_run
+
+    launched = distributed.torchrun_env()
+    if launched is not None and launched[1] > 1 and not (out or resume):
+        raise FastPNRError("--out RUN_DIR is required under torchrun (every rank must name the same run folder)")
+    if not resume and out and distributed.is_elastic_restart() and (Path(out) / CHECKPOINT).exists():
+        resume, overrides = out, {}  # torchrun restarted the workers (--max-restarts): continue from the checkpoint
     if resume:
         if overrides:
             allowed = ("device", "progress", "threads", "log_every")
