@@ -227,8 +227,12 @@ class ProcessGroup(Dist):
         padded[:len(local)] = local
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
         tdist.all_gather(parts, padded)
-        return torch.cat([parts[(s // batch_size) % self.world_size][_offset(s, batch_size, self.world_size):][:min(batch_size, n - s)]
-                          for s in starts]) if n else local
+        rows = []
+        for s in starts:  # batch k sits on rank k % W, after that rank's k // W earlier (full) batches
+            k = s // batch_size
+            at = k // self.world_size * batch_size
+            rows.append(parts[k % self.world_size][at:at + min(batch_size, n - s)])
+        return torch.cat(rows) if n else local
 
     def main_only(self, fn):
         return fn if self.is_main else _nothing
@@ -288,12 +292,6 @@ _COUNTER = [0]
 def _next_id() -> int:
     _COUNTER[0] += 1
     return _COUNTER[0]
-
-
-def _offset(start: int, batch_size: int, world_size: int) -> int:
-    """Row offset, inside its rank's share, of the eval batch starting at ``start`` (every earlier batch of that
-    rank is full)."""
-    return (start // batch_size) // world_size * batch_size
 
 
 def _default_store():

@@ -78,7 +78,8 @@ def help_text() -> str:
 {presets}
 
     Every configuration field can be overridden as --section.field VALUE with section one of
-    data, model, method, regularizer, optim, train, eval (e.g. --optim.lr 0.3 --train.precision fp32).
+    data, model, method, regularizer, optim, train, eval, dist (e.g. --optim.lr 0.3 --train.precision fp32).
+    Under torchrun (one process per GPU, or gloo on CPU) --optim.batch_size is the global batch; see README.
     Short names: {', '.join(f'--{k}' for k in ALIASES)}.
     Data: --data-dir, else $FASTPNR_DATA, else ../shared/data beside the checkout.
 """
