@@ -172,6 +172,10 @@ def _gather_grads(rank, world, out):
     loss = simclr_loss(z1, z2, temperature=0.5)
     loss.backward()
     dist.average_gradients(list(model.parameters()))
+    # eval features: whole batches dealt round-robin, gathered back in order (11 rows, batches of 3: 2 + 2 batches)
+    rows = dist.map_batches(lambda idx: torch.as_tensor(idx, dtype=torch.float32)[:, None].repeat(1, 2),
+                            np.arange(100, 111), 3)
+    assert torch.equal(rows[:, 0], torch.arange(100, 111, dtype=torch.float32))
     dist.local_loss = True  # the official per-GPU semantics: the loss sees the local rows only
     assert dist.loss_batch(a1) is a1
     dist.local_loss = False
