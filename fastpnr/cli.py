@@ -10,6 +10,7 @@ COMMANDS = {
     "knn": "kNN evaluation of a checkpoint",
     "compare": "runs side by side: final accuracy, A_T, forgetting, forward transfer, img/s (table, plot)",
     "to_beton": "write an FFCV .beton file from a dataset",
+    "cache": "list the decode cache (entries, sizes, last use) and evict: --clear, --clear_older_than, --max_size",
     "bench": "side-by-side step benchmark (anchors' pipeline vs fastpnr)",
     "bench_loaders": "loader throughput benchmark",
     "bench_kernels": "fused InfoNCE kernel benchmark",
@@ -18,11 +19,19 @@ COMMANDS = {
 
 
 def run_fire(main, argv=None, name: str = "fastpnr"):
-    """Run a fire CLI; bad input (any FastPNRError) is one line on stderr and exit code 2, not a traceback."""
+    """Run a fire CLI; bad input (any FastPNRError) is one line on stderr and exit code 2, not a traceback.
+
+    ``-h``/``--help`` prints the help generated from ``main`` (``fastpnr.helptext``) on stdout: fire's own help
+    starts with an "INFO:" line, goes to stderr and opens a pager."""
     import fire
 
     from .errors import FastPNRError
+    from .helptext import command_help, wants_help
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(argv):
+        print(command_help(main, name))
+        return
     try:
         fire.Fire(main, command=argv, name=name)
     except FastPNRError as e:

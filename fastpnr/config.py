@@ -26,18 +26,18 @@ FROZEN_BN = ("eval", "train")
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "cifar10"
+    dataset: str = "cifar10"              # dataset name (a DATASETS registry entry)
     data_dir: Optional[str] = None          # else $FASTPNR_DATA, else ../shared/data beside the checkout
     image_size: Optional[int] = None        # resize at load time (e.g. Tiny-ImageNet to 32 for a CIFAR-like setting)
     resize: str = "stretch"                 # stretch: whole image; center: shorter side x256/224 + centre crop
-    scenario: str = "class"
-    num_tasks: int = 5
+    scenario: str = "class"               # class-, data- or domain-incremental task split
+    num_tasks: int = 5                    # number of tasks the stream is split into
     split_seed: int = 5                     # class-IL permutation seed (anchors: seed_everything(5))
     data_split_seed: int = 42               # data-IL random_split seed (anchors: Generator().manual_seed(42))
     domain_order: Optional[tuple] = None    # domain-IL task order; default: the dataset's order
     train_fraction: float = 1.0             # seeded subsample of each task's images (smoke runs)
     test_fraction: float = 1.0              # seeded subsample of the test set (smoke runs)
-    loader: str = "gpu"
+    loader: str = "gpu"                   # training loader kind: gpu (resident images), torchvision, ffcv, dali
     num_workers: int = 4                    # torchvision / ffcv loaders
     prefetch: bool = True                   # CUDA: produce batch k+1 on a side stream while step k runs
     ffcv_order: str = "random"              # FFCV traversal: random, quasi_random (needs ffcv_os_cache false), sequential
@@ -46,10 +46,10 @@ class DataConfig:
     ffcv_crop: str = "device"               # device: decode once, crop the views on the device; decoder: FFCV crops
     crop_size: Optional[int] = None         # default: the image size
     min_scale: float = 0.08                 # RandomResizedCrop lower scale (VICReg: 0.2)
-    solarize_prob: tuple = (0.0, 0.2)
-    blur_prob: tuple = (0.0, 0.0)
-    skip_corrupt: bool = False
-    cache_dir: Optional[str] = None
+    solarize_prob: tuple = (0.0, 0.2)     # solarization probability per view (one value: all views)
+    blur_prob: tuple = (0.0, 0.0)         # Gaussian blur probability per view (one value: all views)
+    skip_corrupt: bool = False            # skip undecodable images (counted in metrics.json) instead of stopping
+    cache_dir: Optional[str] = None       # decode cache folder; default $FASTPNR_CACHE, else ~/.cache/fastpnr
     download: bool = True                   # fetch the official archive (CIFAR) into the data root when missing
 
     def __post_init__(self):
@@ -78,11 +78,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "resnet18"
-    cifar_stem: bool = True
+    backbone: str = "resnet18"            # ResNet architecture of the encoder
+    cifar_stem: bool = True               # 3x3 stride-1 first convolution and no max-pool (small images)
     stem_padding: int = 2                   # the anchors' quirk (not 1)
-    zero_init_residual: bool = False
-    channels_last: bool = True
+    zero_init_residual: bool = False      # zero-init the last BN of each residual block
+    channels_last: bool = True            # NHWC memory format for the model and the views
 
     def __post_init__(self):
         from .models import BACKBONES
@@ -92,19 +92,19 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = "lars"
-    lr: float = 0.4
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    lars_eta: float = 0.02
-    lars_clip: bool = True
-    exclude_bias_n_norm: bool = True
-    classifier_lr: float = 0.1
-    batch_size: int = 256
+    optimizer: str = "lars"               # lars (SGD + LARS trust ratio) or plain sgd with momentum
+    lr: float = 0.4                       # base learning rate of the backbone and heads (see scale_lr_by_batch)
+    weight_decay: float = 1e-4            # L2 weight decay of the backbone and heads
+    momentum: float = 0.9                 # SGD momentum
+    lars_eta: float = 0.02                # LARS trust coefficient
+    lars_clip: bool = True                # clip the LARS ratio: r = min(r / lr, 1)
+    exclude_bias_n_norm: bool = True      # no LARS adaptation and no weight decay on biases and norm weights
+    classifier_lr: float = 0.1            # learning rate of the online linear probe
+    batch_size: int = 256                 # images per training step
     epochs: int = 500                       # per task
-    warmup_epochs: int = 10
-    warmup_start_lr: float = 0.003
-    min_lr: float = 0.0
+    warmup_epochs: int = 10               # linear warm-up epochs of each task, then cosine decay
+    warmup_start_lr: float = 0.003        # learning rate at the start of the warm-up
+    min_lr: float = 0.0                   # learning rate at the end of the cosine decay
     scale_lr_by_batch: bool = True          # effective lr = lr * batch_size / 256
     schedule_interval: str = "epoch"        # the anchors step the scheduler per epoch
 
@@ -126,10 +126,10 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     device: str = "auto"                    # auto = cuda when available
-    precision: str = "bf16"
+    precision: str = "bf16"               # autocast dtype of the step (fp16: CUDA only, with a GradScaler)
     matmul_precision: str = "high"          # float32 matmuls outside autocast on CUDA: high = TF32, highest = exact
-    seed: int = 5
-    deterministic: bool = False
+    seed: int = 5                         # seed of the model init, loader batches and augmentations
+    deterministic: bool = False           # deterministic algorithms (slower), cudnn.benchmark off
     log_every: int = 20                     # steps between host reads of the loss (a sync)
     online_probe: str = "full"              # full: the anchors' probe on the whole labelled train set; task; off
     frozen_stream: bool = True              # frozen previous model on its own CUDA stream
@@ -138,7 +138,7 @@ class TrainConfig:
     compile_backend: str = "inductor"       # torch.compile backend (inductor; eager/aot_eager to debug)
     graph_warmup: int = 3                   # eager rehearsal steps before capture (state restored after)
     steps_per_epoch: Optional[int] = None   # cap (smoke runs)
-    progress: bool = True
+    progress: bool = True                 # progress bar while training, decoding progress
     threads: Optional[int] = None           # CPU threads
 
     def __post_init__(self):
@@ -159,12 +159,12 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     protocol: str = "linear"                # which accuracy fills the accuracy matrix
-    linear_epochs: int = 100
-    linear_lr: float = 0.1
-    linear_batch_size: int = 512
-    linear_weight_decay: float = 0.0
-    knn_k: int = 20
-    knn_temperature: float = 0.07
+    linear_epochs: int = 100              # epochs of the linear probe fitted after each task
+    linear_lr: float = 0.1                # learning rate of the linear probe
+    linear_batch_size: int = 512          # batch size of the linear probe
+    linear_weight_decay: float = 0.0      # weight decay of the linear probe
+    knn_k: int = 20                       # neighbours of the weighted kNN
+    knn_temperature: float = 0.07         # temperature of the kNN's exponential vote weights
     train_fraction: float = 1.0             # share of the labelled train set used to fit the probe
     batch_size: int = 512                   # feature extraction
     forward_transfer: bool = True           # also evaluate the random-init model (b_j) for forward transfer

@@ -2,7 +2,8 @@
 
 Run folder (``--out``):
     config.json            the resolved configuration
-    tasks.json             task -> classes / domains / number of images
+    tasks.json             task -> classes / domains / number of images; split seeds; skipped and corrupt files
+    tasks_indices.npz      task{t}: train indices trained on; test, test_task{t}, eval_train: the evaluation subsets
     checkpoint.pt          everything needed to resume (written atomically after every epoch and task)
     task{t}.pt             the model after task t (for ``fastpnr linear`` / ``fastpnr knn``)
     metrics.json           accuracy_matrix (T x T, percent), per-protocol matrices, average accuracy, forgetting, ...
@@ -31,6 +32,7 @@ from .regularizers import build_regularizer
 from .trainer import AUTOCAST_DTYPES, Trainer, compile_backbone
 
 CHECKPOINT = "checkpoint.pt"
+TASK_INDICES = "tasks_indices.npz"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,6 +56,49 @@ def _subsample(indices: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     keep = max(1, int(round(len(indices) * fraction)))
     return np.sort(rng.choice(indices, size=keep, replace=False))
+
+
+def _split_seeds(d, num_tasks: int) -> dict:
+    """Every seed that makes a run's split (recorded in tasks.json): the class order (class-IL), the data-IL
+    random_split, and the subsamples of each task's images, of the test set and of the evaluation train set."""
+    return {"class_order": d.split_seed, "data_split": d.data_split_seed,
+            "train_subsample": [d.split_seed + 1000 + t for t in range(num_tasks)],
+            "test_subsample": d.split_seed + 999, "eval_train_subsample": d.split_seed + 998}
+
+
+def _write_task_indices(path: Path, task_train, test_all, test_parts, eval_train) -> None:
+    """tasks_indices.npz: `task{t}` the train-split indices task t trained on; `test` the test-split indices
+    evaluated, `test_task{t}` those of task t; `eval_train` the train-split indices the probes fit on."""
+    arrays = {f"task{t}": np.asarray(idx, np.int64) for t, idx in enumerate(task_train)}
+    arrays.update({f"test_task{t}": np.asarray(test_all, np.int64)[p] for t, p in enumerate(test_parts)})
+    arrays.update(test=np.asarray(test_all, np.int64), eval_train=np.asarray(eval_train, np.int64))
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _data_note(datasets) -> str:
+    """" skipped={...}" counts for the run's "data:" line (nothing when nothing was skipped)."""
+    counts: dict[str, int] = {}
+    for ds in datasets:
+        for kind, n in ds.skipped.counts().items():
+            if n:
+                counts[kind] = counts.get(kind, 0) + n
+    return f" skipped={counts}" if counts else ""
+
+
+CORRUPT_LOG_MAX = 20  # corrupt images named one per line; the rest are counted (all are in tasks.json, metrics.json)
+
+
+def _log_skipped(log, ds) -> None:
+    """One line for what the listing of ``ds`` skipped, one per corrupt image skipped (each once)."""
+    if ds.skipped.total():
+        log(f"data: skipped in {ds.name}/{ds.split}: {ds.skipped.describe()} (names in tasks.json)")
+    for member, reason in ds.corrupt[:CORRUPT_LOG_MAX]:
+        log(f"data: skipped corrupt image {member}: {reason}")
+    if len(ds.corrupt) > CORRUPT_LOG_MAX:
+        log(f"data: ... and {len(ds.corrupt) - CORRUPT_LOG_MAX} more corrupt images in {ds.name}/{ds.split} "
+            f"(all named in tasks.json and metrics.json)")
 
 
 class ContinualRun:
@@ -90,26 +135,45 @@ class ContinualRun:
         self.train_set = load_dataset(d.dataset, "train", d.data_dir, **kw)
         self.test_set = load_dataset(d.dataset, eval_split, d.data_dir, **kw)
         self.num_corrupt = int(self.train_set.num_corrupt + self.test_set.num_corrupt)
-        self.tasks = make_tasks(d.scenario, self.train_set, d.num_tasks, seed=d.split_seed if d.scenario != "data" else d.data_split_seed,
+        self.corrupt_images = self.train_set.corrupt_images + self.test_set.corrupt_images  # metrics.json
+        self.tasks = make_tasks(d.scenario, self.train_set, d.num_tasks, seed=d.split_seed, data_seed=d.data_split_seed,
                                 domain_order=d.domain_order)
-        self.task_train = [_subsample(t.train_indices, d.train_fraction, d.split_seed + 1000 + t.index) for t in self.tasks]
-        test_all = _subsample(np.arange(len(self.test_set)), d.test_fraction, d.split_seed + 999)
+        self.seeds = seeds = _split_seeds(d, len(self.tasks))  # recorded in tasks.json
+        self.task_train = [_subsample(t.train_indices, d.train_fraction, s)
+                           for t, s in zip(self.tasks, seeds["train_subsample"])]
+        test_all = _subsample(np.arange(len(self.test_set)), d.test_fraction, seeds["test_subsample"])
         parts = task_test_indices(d.scenario, self.tasks, self.test_set)
         # Positions inside ``test_all`` of each task's test images.
         pos = {int(i): k for k, i in enumerate(test_all)}
         self.test_indices = test_all
         self.test_parts = [np.array([pos[int(i)] for i in p if int(i) in pos], dtype=np.int64) for p in parts]
-        self.eval_train = _subsample(np.arange(len(self.train_set)), self.cfg.eval.train_fraction, d.split_seed + 998)
+        self.eval_train = _subsample(np.arange(len(self.train_set)), self.cfg.eval.train_fraction,
+                                     seeds["eval_train_subsample"])
         self.num_classes = len(self.train_set.classes)
-        desc = describe_tasks(self.tasks, self.train_set)
+        if write_tasks:
+            self.write_json(self.out / "tasks.json", self._describe_data(describe_tasks(self.tasks, self.train_set)))
+            self.dist.main_only(_write_task_indices)(self.out / TASK_INDICES, self.task_train, test_all, self.test_parts,
+                                                      self.eval_train)
+        self.data_note = _data_note([self.train_set, self.test_set])
+        for ds in (self.train_set, self.test_set):
+            _log_skipped(self.log, ds)
+        self.image_size = self.train_set.images.shape[1] if self.train_set.images is not None else (d.image_size or spec.native_size)
+        self.crop_size = d.crop_size or self.image_size
+
+    def _describe_data(self, desc: dict) -> dict:
+        """tasks.json: ``describe_tasks`` plus the images used per task, the seeds and fractions of the split (the
+        split itself is in tasks_indices.npz), and what was skipped: files per split, corrupt images."""
+        d = self.cfg.data
         desc["scenario"] = d.scenario
         for t, item in enumerate(desc["tasks"]):
             item["train_images_used"] = int(len(self.task_train[t]))
             item["test_images"] = int(len(self.test_parts[t]))
-        if write_tasks:
-            self.write_json(self.out / "tasks.json", desc)
-        self.image_size = self.train_set.images.shape[1] if self.train_set.images is not None else (d.image_size or spec.native_size)
-        self.crop_size = d.crop_size or self.image_size
+        desc["seeds"] = self.seeds
+        desc["fractions"] = {"train": d.train_fraction, "test": d.test_fraction, "eval_train": self.cfg.eval.train_fraction}
+        desc["indices_file"] = TASK_INDICES
+        desc["skipped"] = {ds.split: ds.skipped.to_json() for ds in (self.train_set, self.test_set)}
+        desc["corrupt_images"] = self.corrupt_images
+        return desc
 
     def _view_configs(self):
         from loaders import ViewConfig
@@ -229,7 +293,7 @@ class ContinualRun:
         with self.dist.main_first():  # rank 0 fills the decode cache, the others read it
             self._load_data()
         self.log(f"data: {self.cfg.data.dataset} train={len(self.train_set)} test={len(self.test_indices)} "
-                 f"tasks={[len(t) for t in self.task_train]} corrupt={self.num_corrupt} ({time.perf_counter() - t0:.1f}s)")
+                 f"tasks={[len(t) for t in self.task_train]} corrupt={self.num_corrupt}{self.data_note} ({time.perf_counter() - t0:.1f}s)")
         self._build()
         self.metrics = {"accuracy_matrix": [], "test_accuracy": [], "matrices": {}, "task_time_s": [], "images_per_second": []}
         self.global_step = 0
@@ -377,6 +441,7 @@ class ContinualRun:
         if "random_init_accuracy" in m:
             m["forward_transfer"] = cm.forward_transfer(m["random_init_accuracy"][proto])
         m["num_corrupt"] = self.num_corrupt
+        m["corrupt_images"] = self.corrupt_images
         m["eval_time_s"] = m.get("eval_time_s", []) + [time.perf_counter() - t0]
         row = ", ".join(f"{a:.1f}" for a in m["accuracy_matrix"][-1])
         self.log(f"\nafter task {task}: {proto} test acc {m['test_accuracy'][-1]:.2f}% | per task [{row}] | "

@@ -155,6 +155,15 @@ class ContinualMetrics:
 
 def save_heatmap(matrix: list[list[float]], path, title: str = "accuracy a[i][j] (%)") -> None:
     """A PNG heatmap of the accuracy matrix (rows: after task i, columns: task j)."""
+    import matplotlib.pyplot as plt
+
+    fig = heatmap_figure(matrix, title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def heatmap_figure(matrix: list[list[float]], title: str = "accuracy a[i][j] (%)"):
+    """The matplotlib figure of ``save_heatmap`` (Agg backend): the matrix, its values, a colorbar."""
     import matplotlib
 
     matrix_np = np.asarray(matrix, dtype=float)
@@ -162,7 +171,9 @@ def save_heatmap(matrix: list[list[float]], path, title: str = "accuracy a[i][j]
     import matplotlib.pyplot as plt
 
     t_rows, t_cols = matrix_np.shape
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * t_cols, 1.0 + 0.8 * t_rows))
+    # Constrained layout keeps the tick labels inside the figure; the title's padding keeps it clear of the
+    # colorbar's top label ("100"), which sticks out above the axes.
+    fig, ax = plt.subplots(figsize=(2.2 + 0.9 * t_cols, 1.4 + 0.8 * t_rows), layout="constrained")
     im = ax.imshow(matrix_np, cmap="viridis", vmin=0, vmax=max(100.0, float(np.nanmax(matrix_np)) if matrix_np.size else 100))
     for i in range(t_rows):
         for j in range(t_cols):
@@ -171,8 +182,6 @@ def save_heatmap(matrix: list[list[float]], path, title: str = "accuracy a[i][j]
                 ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w" if v < 60 else "k", fontsize=9)
     ax.set_xticks(range(t_cols), [f"task {j}" for j in range(t_cols)])
     ax.set_yticks(range(t_rows), [f"after {i}" for i in range(t_rows)])
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    ax.set_title(title, pad=14)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label("%")
+    return fig

@@ -2,8 +2,8 @@
 
 - class: `torch.randperm(num_classes, generator=Generator().manual_seed(seed)).chunk(T)`; the anchors call
   `seed_everything(seed)` then `torch.randperm(num_classes).chunk(T)`, the same stream. num_classes % T == 0.
-- data: `random_split` of all training images into T chunks with `Generator().manual_seed(42)`, independent of the
-  run seed; every chunk has N // T images and the first also the remainder (cassle/utils/pretrain_dataloader.py).
+- data: `random_split` of all training images into T chunks with `Generator().manual_seed(data_seed)` (42, as the
+  anchors; `--data.data_split_seed`), independent of the run seed; every chunk has N // T images and the first also the remainder (cassle/utils/pretrain_dataloader.py).
 - domain: task t is one domain, in the given order (default for PACS: photo, art_painting, cartoon, sketch; for
   DomainNet the dataset's order, the anchors' real, quickdraw, painting, sketch, infograph, clipart).
 """

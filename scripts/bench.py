@@ -70,7 +70,7 @@ FASTPNR_ROWS = [
 # loader kind → (importable module of its package, how to install it), for the "skipped" row
 PACKAGES = {"torchvision": ("torchvision", "pip install torchvision"), "ffcv": ("ffcv", "pip install ffcv==1.0.2"),
             "dali": ("nvidia.dali", "pip install nvidia-dali-cuda130")}
-QUICK_IMAGES = 512  # --quick: the loaders read only the first images of the train split (a small .beton)
+QUICK_IMAGES = 512  # --quick: only the first images of the train split are decoded (nothing cached), a small .beton
 
 
 _ARGV: list[str] = []  # the command line, for the header (set by ``cli``)
@@ -80,10 +80,11 @@ def quiet(*_a, **_k):
     pass
 
 
-def load_train_set(data_dir=None, image_size=None):
+def load_train_set(data_dir=None, image_size=None, limit=None):
+    """CIFAR-10 train, decoded (and cached); `limit`: only its first `limit` images, decoded for this run only."""
     from fastpnr.data import load_dataset
 
-    return load_dataset("cifar10", "train", data_dir, image_size=image_size)
+    return load_dataset("cifar10", "train", data_dir, image_size=image_size, limit=limit)
 
 
 class _Head:
@@ -122,8 +123,9 @@ class BenchData:
         if self._encoded is None:
             from fastpnr.data import load_dataset
 
+            limit = None if self.subset is None else len(self.subset)  # the subset is a prefix: read only it
             self._encoded = load_dataset(self.decoded.name, self.decoded.split, self.data_dir, decode=False,
-                                         cache_dir=self.cache_dir)
+                                         cache_dir=self.cache_dir, limit=limit)
         return self._encoded
 
     def beton(self) -> Path:
@@ -252,7 +254,8 @@ def main(device="cuda", quick=False, batch_size=256, steps=50, warmup=10, data_d
     """Run the reference and fastpnr rows; print a header, img/s per row and each row's ratio to the reference.
 
     rows: "all", or comma-separated indices into [reference, *fastpnr rows] (0 = reference).
-    quick: a smoke test in seconds (batch 8, 16 px, 2 steps after 1, the loaders on the first 512 images).
+    quick: a smoke test in seconds (batch 8, 16 px, 2 steps after 1, the loaders on the first 512 images, the
+    only ones decoded).
     beton_dir: where the ffcv row's .beton goes (default: the decode cache; with --quick a temporary folder).
     compile: a torch.compile mode (default, max-autotune-no-cudagraphs) adds a row with the gpu loader, the compiled
     backbone, the graph and two streams; compilation runs in the warm-up, untimed (max-autotune: minutes).
@@ -278,7 +281,7 @@ def main(device="cuda", quick=False, batch_size=256, steps=50, warmup=10, data_d
                             "bf16", True, True, True, compile=compile))
     picked = all_rows if rows == "all" else [all_rows[int(i)] for i in _as_list(rows)]
     t0 = time.perf_counter()
-    train_set = load_train_set(data_dir, image_size)
+    train_set = load_train_set(data_dir, image_size, limit=QUICK_IMAGES if quick else None)
     tmp = tempfile.TemporaryDirectory(prefix="fastpnr-bench-") if quick and beton_dir is None else None
     data = BenchData(train_set, data_dir, subset=QUICK_IMAGES if quick else None,
                      beton_dir=tmp.name if tmp is not None else beton_dir)

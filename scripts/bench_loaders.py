@@ -301,7 +301,7 @@ def run_benchmark(device="cuda", datasets=None, kinds=",".join(ALL_KINDS), batch
     if baseline == "torchvision":
         against = "torchvision (the anchors' PIL pipeline)"
     elif "torchvision" in kinds:
-        against = "gpu (torchvision: skipped (not installed))"
+        against = "gpu (torchvision is not installed)"
     else:
         against = "gpu (torchvision not asked for)"
     header = {
@@ -343,7 +343,7 @@ def run_benchmark(device="cuda", datasets=None, kinds=",".join(ALL_KINDS), batch
                 for kind in kinds:
                     row = dict(dataset=name, size=size, kind=kind, img_s=None, ratio=None, status="ok")
                     if missing[kind]:
-                        row["status"] = f"skipped (not installed: {INSTALL[kind]})"
+                        row["status"] = f"skipped: not installed ({INSTALL[kind]})"
                     else:
                         _log(f"{name} {size} px: {kind} ...")
                         torch.set_num_threads(threads)

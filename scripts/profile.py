@@ -79,7 +79,7 @@ def main(device="cuda", quick=False, batch_size=256, wait=2, warmup=3, active=5,
     why = missing(loader)
     if why is not None:
         raise SystemExit(f"error: loader {loader!r} {why}")
-    train_set = load_train_set(data_dir, image_size)
+    train_set = load_train_set(data_dir, image_size, limit=QUICK_IMAGES if quick else None)
     notes = []
     tmp = tempfile.TemporaryDirectory(prefix="fastpnr-profile-") if quick else None
     data = BenchData(train_set, data_dir, subset=QUICK_IMAGES if quick else None,

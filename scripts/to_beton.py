@@ -11,9 +11,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import fire
+from fastpnr.cli import run_fire
+from fastpnr.data.decode import RESIZE_MODES
 
-from fastpnr.errors import FastPNRError
+CHOICES = {"resize": RESIZE_MODES}  # validated in load_dataset (help text)
 
 
 def main(dataset: str, split: str = "train", data_dir: str | None = None, out: str | None = None,
@@ -44,11 +45,7 @@ def main(dataset: str, split: str = "train", data_dir: str | None = None, out: s
 
 
 def cli(argv=None):
-    try:
-        fire.Fire(main, command=argv, name="fastpnr to_beton")
-    except FastPNRError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_fire(main, argv, name="fastpnr to_beton")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,16 @@ def _done(metrics, out):
     print(f"run folder: {Path(out).resolve()} (metrics.json, accuracy_matrix.csv/png, tb/)")
 
 
-def help_text() -> str:
+def help_text(topic: str | None = None) -> str:
+    """The summary and every configuration field; ``topic`` (a section, method or regularizer): its fields only."""
+    from fastpnr.helptext import config_reference
+
+    if topic is not None:
+        return config_reference(topic)
+    return summary_text() + "\n" + config_reference()
+
+
+def summary_text() -> str:
     from fastpnr.config import ALIASES, PRESETS, SCENARIOS
     from fastpnr.data import DATASETS
     from fastpnr.methods import METHODS
@@ -82,14 +91,26 @@ def help_text() -> str:
     Under torchrun (one process per GPU, or gloo on CPU) --optim.batch_size is the global batch; see README.
     Short names: {', '.join(f'--{k}' for k in ALIASES)}.
     Data: --data-dir, else $FASTPNR_DATA, else ../shared/data beside the checkout.
+    --out RUN_DIR: the run folder (default runs/<preset>-<method>-<regularizer>-<time>).
+    fastpnr train --help TOPIC: the fields of one section (data, model, method, regularizer, optim, train, eval),
+    one method (e.g. byol) or one regularizer (e.g. pnr).
+
+Configuration fields: their defaults before the preset (a preset and its per-method block change some; the run
+prints its resolved configuration), the values allowed, and what they mean.
 """
 
 
 def cli(argv=None):
     """Entry point with one-line errors for bad input (no traceback)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if "--help" in args or "-h" in args:
-        print(help_text())
+    flag = next((i for i, a in enumerate(args) if a in ("-h", "--help")), None)
+    if flag is not None:
+        topic = args[flag + 1] if flag + 1 < len(args) and not args[flag + 1].startswith("-") else None
+        try:
+            print(help_text(topic))
+        except FastPNRError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
         return
     run_fire(main, args, name="fastpnr train")
 

@@ -1,19 +1,72 @@
-"""Suite-wide fixtures: real data root (skip when absent), an isolated decode cache, tiny run overrides."""
+"""Suite-wide fixtures: real data root (skip when absent), an isolated decode cache, tiny run overrides, and a
+private temporary folder whose leftovers fail the session."""
 from __future__ import annotations
 
+import getpass
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-# One decode cache per test session, so the suite never depends on (or writes to) the user's cache.
+# Everything the tests, fastpnr and the processes they start create with `tempfile` lands in one private folder
+# (TMPDIR), removed when the session ends; what a test left there (instead of using tmp_path or cleaning up) fails
+# the session. pytest's own tmp_path folders and torch's compile cache stay where they would have been.
+_TEMP_ROOT = tempfile.gettempdir()
+os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", _TEMP_ROOT)
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(_TEMP_ROOT, f"torchinductor_{getpass.getuser()}"))
+SESSION_TMP = Path(tempfile.mkdtemp(prefix="fastpnr-tests-"))
+os.environ["TMPDIR"] = tempfile.tempdir = str(SESSION_TMP)
+# Third-party temporaries that are removed by their owners at interpreter exit, after the session ends.
+_THIRD_PARTY = ("pymp-", "matplotlib-", "torchinductor_")
+
+# One decode cache per test session (inside SESSION_TMP, removed with it), so the suite never depends on (or writes
+# to) the user's cache; a $FASTPNR_CACHE set by the user is used (and kept) instead.
 if "FASTPNR_CACHE" not in os.environ:
-    import tempfile
-
     os.environ["FASTPNR_CACHE"] = tempfile.mkdtemp(prefix="fastpnr-test-cache-")
+_SESSION_CACHE = Path(os.environ["FASTPNR_CACHE"])
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+def torch_threads(cores: int | None = None, load: float | None = None) -> int:
+    """torch's intra-op threads for the next test: 2 on a quiet machine, 1 when other jobs keep every core busy.
+    Under load, each op's thread barrier waits for a descheduled thread: a ResNet-18 step at 16 px took 1.8-2x the
+    wall time with 2 threads than with 1 on the 2-core development machine at load average 13 (2.6x the CPU time)."""
+    cores = cores or os.cpu_count() or 1
+    load = os.getloadavg()[0] if load is None else load
+    return 1 if load > cores + 1 else min(2, cores)  # the suite's own 2 threads add up to 2 to the load
+
+
+os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads()))  # the processes tests start
+
+
+@pytest.fixture(autouse=True)
+def _threads_for_the_machine_load():
+    """Per test, since the load changes (and a run with train.threads changes torch's setting for the process)."""
+    torch.set_num_threads(torch_threads())
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Entries of the session's temporary folder that a test or the code under test left behind."""
+    return sorted(p.name for p in folder.iterdir() if p != _SESSION_CACHE and not p.name.startswith(_THIRD_PARTY))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's temporary folder; fail the session if anything but the decode cache was left in it."""
+    left = leftovers(SESSION_TMP) if SESSION_TMP.is_dir() else []
+    shutil.rmtree(SESSION_TMP, ignore_errors=True)
+    if left:
+        msg = (f"the tests left {len(left)} temporary entries behind (write under tmp_path, or clean up): "
+               f"{', '.join(left[:10])}")
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write("\n")
+            reporter.write_line(msg, red=True)
+        else:
+            print(msg)
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ def test_rows_cover_each_loader_graph_and_streams():
     assert len({r.name for r in [ref, *rows]}) == len(rows) + 1
 
 
+@pytest.mark.slow
 def test_bench_quick_prints_header_rows_and_ratio(data_root, capsys):
     fastpnr(["bench", "--device", "cpu", "--quick", "--data_dir", str(data_root)])
     out = capsys.readouterr().out
@@ -65,6 +66,7 @@ def test_cli_bad_input_is_one_line(capsys):
     assert err.startswith("error: loader='pil' is invalid; allowed:") and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_profile_quick_writes_trace_and_prints_table(data_root, tmp_path, capsys):
     fastpnr(["profile", "--device", "cpu", "--quick", "--data_dir", str(data_root), "--out_dir", str(tmp_path)])
     out = capsys.readouterr().out
@@ -89,3 +91,33 @@ def test_gpu_idle_share_is_one_minus_the_union_of_kernel_intervals():
     assert share == pytest.approx(0.4) and window_ms == pytest.approx(0.1)
     assert profile.gpu_idle_share([_kernel(0, 5, device=torch.autograd.DeviceType.CPU)]) is None
     assert profile.gpu_idle_share([_kernel(3, 9)]) == (pytest.approx(0.0), pytest.approx(0.006))
+
+
+def test_bench_quick_decodes_only_the_images_it_uses(tmp_path, monkeypatch, capsys):
+    """Issue 10: --quick decoded (and cached) all 50,000 training images to use 512."""
+    import fastpnr.data.decode as decode
+    from fastpnr.data import cache
+    from tests.data.utils import jpeg_bytes, write_tar
+
+    n = bench.QUICK_IMAGES + 88
+    write_tar(tmp_path / "data" / "cifar10" / "train.tar", "train",
+              {f"c{i % 10}/{i:04d}.jpg": jpeg_bytes(i) for i in range(n)}, mode="w")
+    monkeypatch.setenv("FASTPNR_CACHE", str(tmp_path / "cache"))
+    decoded = []
+    real = decode._decode_chunk
+    monkeypatch.setattr(decode, "_decode_chunk", lambda blobs, size: decoded.append(len(blobs)) or real(blobs, size))
+    from fastpnr.cli import _module
+
+    cli_bench = _module("bench")  # the module `fastpnr bench` runs (fastpnr.scripts.bench when installed)
+    sources = []  # the data each row would train on (the steps themselves are test_bench_quick_prints_...'s)
+    monkeypatch.setattr(cli_bench, "build_setup", lambda row, data, *a, **k: (SimpleNamespace(graph=None),
+                                                                          sources.append(data.source(row.loader))))
+    monkeypatch.setattr(cli_bench, "time_row", lambda *a, **k: 1.0)
+    fastpnr(["bench", "--device", "cpu", "--quick", "--data_dir", str(tmp_path / "data")])
+    out = capsys.readouterr().out
+    assert f"cifar10 train {bench.QUICK_IMAGES} images 16 px" in out and "failed" not in out
+    assert sources and all(len(s) == bench.QUICK_IMAGES for s in sources if not isinstance(s, str))
+    assert sum(decoded) == bench.QUICK_IMAGES
+    assert not cache.entries(tmp_path / "cache")  # nothing written to the decode cache
+    encoded = bench.BenchData(sources[0], tmp_path / "data", subset=bench.QUICK_IMAGES).encoded()  # the dali row's
+    assert len(encoded) == bench.QUICK_IMAGES and sum(decoded) == bench.QUICK_IMAGES

@@ -36,7 +36,7 @@ def test_quick_cpu_run(data_root, tmp_path, capsys):
     assert head[0] == ["dataset", "size", "kind", "img/s", "ratio"]
     baseline = "torchvision" if bl.missing_package("torchvision") is None else "gpu"
     if baseline == "gpu":
-        assert "torchvision: skipped (not installed)" in text  # the ratio line says what the ratios are against
+        assert "of gpu (torchvision is not installed)" in text  # the ratio line says what the ratios are against
     else:
         assert "of torchvision (the anchors' PIL pipeline)" in text
     rows = _rows(text)
@@ -44,7 +44,7 @@ def test_quick_cpu_run(data_root, tmp_path, capsys):
     for kind, (dataset, size, _, img_s, ratio) in rows.items():
         assert (dataset, size) == ("cifar10", "32")
         if bl.missing_package(kind) is not None:
-            assert img_s.startswith("skipped (not installed") and ratio == "-"
+            assert img_s == f"skipped: not installed ({bl.INSTALL[kind]})" and ratio == "-"
         elif not img_s.startswith("skipped"):
             assert float(img_s) > 0 and ratio.endswith("x")
     assert not rows["gpu"][3].startswith("skipped")  # the gpu kind always runs on CPU
@@ -56,7 +56,9 @@ def test_quick_cpu_run(data_root, tmp_path, capsys):
 
 
 def test_failing_kind_is_a_skipped_row(data_root, monkeypatch, tmp_path, capsys):
+    """A kind that raises is one "skipped: <error>" row, whichever extras are installed (dali counts as installed)."""
     real = bl.bench_one
+    monkeypatch.setattr(bl, "missing_package", lambda kind: None)
 
     def flaky(kind, *args, **kw):
         if kind == "dali":
@@ -71,6 +73,15 @@ def test_failing_kind_is_a_skipped_row(data_root, monkeypatch, tmp_path, capsys)
     assert rows["gpu"][4] == "1.00x"
     csv_text = (tmp_path / "bench.csv").read_text()
     assert "# batch_size: 64" in csv_text and "dataset,size,kind,img_s,ratio,status" in csv_text
+
+
+def test_missing_kind_is_one_skipped_row(data_root, monkeypatch, capsys):
+    """A kind whose package is missing (dali here, installed or not) is one row naming the install command."""
+    monkeypatch.setattr(bl, "missing_package", lambda kind: "nvidia.dali" if kind == "dali" else None)
+    bl.main(device="cpu", quick=True, data_dir=str(data_root), kinds="gpu,dali", batches=1, warmup=1)
+    text = capsys.readouterr().out
+    assert _rows(text)["dali"][3:] == ["skipped: not installed (pip install nvidia-dali-cuda130)", "-"]
+    assert "))" not in text
 
 
 def test_missing_dataset_is_a_skipped_row(tmp_path, capsys):

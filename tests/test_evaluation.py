@@ -42,3 +42,27 @@ def test_linear_probe_separates_separable_features_and_part_accuracies():
     assert ev.accuracy(logits, y) == 100.0
     parts = [torch.arange(0, 100).numpy(), torch.arange(100, 200).numpy()]
     assert ev.part_accuracies(logits, y, parts) == [100.0, 100.0]
+
+
+@pytest.mark.parametrize("tasks", [1, 2, 5])
+def test_heatmap_title_clears_the_colorbar_and_labels_fit(tasks, tmp_path):
+    """The colorbar's top label ("100") sticks out above the axes: the title must sit above it, and every label
+    (tick labels "after i", the title) must lie inside the figure."""
+    import matplotlib.pyplot as plt
+
+    matrix = [[80.0 + i - j if j <= i else float("nan") for j in range(tasks)] for i in range(tasks)]
+    fig = ev.heatmap_figure(matrix)
+    try:
+        renderer = fig.canvas.get_renderer()
+        fig.draw(renderer)
+        ax, cax = fig.axes
+        title = ax.title.get_window_extent(renderer)
+        bar_labels = [t.get_window_extent(renderer) for t in cax.get_yticklabels() if t.get_text()]
+        assert title.y0 >= max(b.y1 for b in bar_labels)
+        texts = [ax.title, *ax.get_yticklabels(), *ax.get_xticklabels(), *cax.get_yticklabels()]
+        for box in (t.get_window_extent(renderer) for t in texts if t.get_text()):
+            assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1
+    finally:
+        plt.close(fig)
+    ev.save_heatmap(matrix, tmp_path / "m.png")
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"

@@ -111,7 +111,14 @@ class Decoded:
 def _corrupt_error(member: str, reason: str) -> DataError:
     where, _, name = member.rpartition("::")
     what = f"'{name}' in {where}" if where else f"'{member}'"
-    return DataError(f"corrupt image {what}: {reason}; pass skip_corrupt=True (--skip-corrupt) to skip it")
+    return DataError(f"corrupt image {what}: {reason}; --skip-corrupt skips it (skip_corrupt=True in load_dataset)")
+
+
+def _mixed_sizes_error(member: str, shape: tuple, first: tuple) -> DataError:
+    """Sizes as PIL and file browsers give them (width x height), the fix as the user types it."""
+    return DataError(f"image '{member}' is {shape[1]}x{shape[0]} (width x height) but earlier images are "
+                     f"{first[1]}x{first[0]}; --data.image_size N resizes every image to NxN "
+                     f"(image_size=N in load_dataset)")
 
 
 def read_entries(entries: Iterator, *, decode: bool, size=None, skip_corrupt: bool = False,
@@ -156,8 +163,7 @@ def read_entries(entries: Iterator, *, decode: bool, size=None, skip_corrupt: bo
             if shape is None:
                 shape = x.shape
             elif x.shape != shape:
-                raise DataError(f"image '{member}' is {x.shape[0]}x{x.shape[1]} but earlier images are "
-                                f"{shape[0]}x{shape[1]}; pass image_size=N to resize all images to NxN")
+                raise _mixed_sizes_error(member, x.shape, shape)
             keep.append(True)
         good = [x for x in arrays if x is not None]
         if good:

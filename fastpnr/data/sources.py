@@ -21,7 +21,7 @@ import urllib.request
 import zipfile
 import zlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -29,10 +29,10 @@ import numpy as np
 
 import fastpnr
 from fastpnr.data.registry import DatasetSpec
+from fastpnr.data.skipped import IMAGE_SUFFIXES, Skipped
 from fastpnr.errors import DataError
 
-ARCHIVE_SUFFIXES = (".tar.xz", ".txz", ".tar", ".tar.gz", ".tgz")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
+ARCHIVE_SUFFIXES = (".tar.xz", ".txz", ".tar", ".tar.gz", ".tgz", ".zip")
 # Official CIFAR pickle folders and tarballs, by dataset name.
 CIFAR_PICKLES = {"cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz"),
                  "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz")}
@@ -50,6 +50,8 @@ class Source:
     `entries` streams encoded images (kind "encoded"); `arrays` returns decoded CIFAR pickles (kind "pickle") as
     (images uint8 (N, 32, 32, 3), labels int64 (N,), members, classes).
     `labelled`: the entries carry int labels into `classes` (from file lists), not class folder names.
+    `tree`: `files` are the images of a folder tree (the cache keys them by name, size and mtime), not archives.
+    `skipped`: what the listing passed over (complete once `entries` has been consumed).
     """
 
     kind: str
@@ -60,6 +62,8 @@ class Source:
     entries: Callable[[], Iterator[Entry]] | None = None
     arrays: Callable[[], tuple[np.ndarray, np.ndarray, list[str], list[str]]] | None = None
     labelled: bool = False
+    tree: bool = False
+    skipped: Skipped = field(default_factory=Skipped)
 
 
 def candidate_roots(data_dir=None) -> list[Path]:
@@ -79,11 +83,6 @@ def resolve_data_root(data_dir=None) -> Path:
     return next((r for r in roots if r.is_dir()), roots[0])
 
 
-def _is_image(name: str) -> bool:
-    base = name.rsplit("/", 1)[-1]
-    return not base.startswith(".") and base.lower().endswith(IMAGE_SUFFIXES)
-
-
 def _archive(directory: Path, stem: str) -> Path | None:
     return next((directory / f"{stem}{s}" for s in ARCHIVE_SUFFIXES if (directory / f"{stem}{s}").is_file()), None)
 
@@ -98,21 +97,86 @@ def _split_archives(directory: Path, split: str) -> list[Path]:
     return [p for _, p in sorted(shards)]
 
 
-def iter_archive(path: Path) -> Iterator[tuple[str, bytes]]:
-    """(member name, bytes) of every image file in a tar archive, in archive order."""
+SPLIT_LAYOUT = "<split>/<class>/<file> images"
+
+
+def _unreadable(path: Path, e: Exception, expected: str) -> DataError:
+    """One line for an archive that cannot be opened (tarfile's own message lists every method it tried)."""
+    size = path.stat().st_size if path.is_file() else None
+    if size == 0:
+        why = "the file is empty (0 bytes)"
+    elif "could not be opened successfully" in str(e):
+        why = "not a tar archive (plain, gzip, bzip2 or xz)"
+    else:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return DataError(f"cannot read archive {path}: {why}; expected a .tar, .tar.xz, .tar.gz or .zip archive of "
+                     f"{expected}")
+
+
+def _empty_leaf_dirs(dirs: set[str], image_dirs: set[str]) -> list[str]:
+    """Names of the folders (archive paths) with no image at or below them and no sub-folder: empty classes."""
+    full = {d for d in dirs if d}
+    for d in list(full) + list(image_dirs):  # every ancestor is a folder too
+        while "/" in d:
+            d = d.rsplit("/", 1)[0]
+            full.add(d)
+    has_child = {d.rsplit("/", 1)[0] for d in full if "/" in d}
+    occupied = set()
+    for d in image_dirs:
+        while d:
+            occupied.add(d)
+            d = d.rsplit("/", 1)[0] if "/" in d else ""
+    return sorted({d.rsplit("/", 1)[-1] for d in full - has_child - occupied})
+
+
+def _archive_members(path: Path) -> Iterator[tuple[str, bool, int, Callable[[], bytes]]]:
+    """(name, is_dir, size, read) per member of a tar or zip archive, in archive order."""
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                yield info.filename.rstrip("/"), info.is_dir(), info.file_size, lambda i=info: zf.read(i)
+        return
+    with tarfile.open(path, "r:*") as tf:
+        for m in tf:
+            if m.isdir() or m.isfile():
+                yield m.name, m.isdir(), m.size, lambda m=m: tf.extractfile(m).read()
+
+
+def iter_archive(path: Path, skipped: Skipped | None = None,
+                 expected: str = SPLIT_LAYOUT) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) of every image file in a tar or zip archive, in archive order; the rest goes into
+    `skipped` (not images, empty files, and at the end the class folders left without an image)."""
+    skipped = skipped if skipped is not None else Skipped()
+    dirs, image_dirs = set(), set()
     try:
-        with tarfile.open(path, "r:*") as tf:
-            for m in tf:
-                if m.isfile() and _is_image(m.name):
-                    yield m.name, tf.extractfile(m).read()
-    except (tarfile.TarError, lzma.LZMAError, zlib.error, EOFError) as e:
-        raise DataError(f"cannot read archive {path}: {e}; expected a tar or .tar.xz archive") from None
+        for name, is_dir, size, read in _archive_members(path):
+            name = name[2:] if name.startswith("./") else name
+            parent = name.rsplit("/", 1)[0] if "/" in name else ""
+            if is_dir:
+                dirs.add(name.rstrip("/"))
+            elif skipped.keep(f"{path}::{name}", size):
+                image_dirs.add(parent)
+                yield name, read()
+            else:
+                dirs.add(parent)
+    except (tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError, zlib.error, EOFError, OSError) as e:
+        raise _unreadable(path, e, expected) from None
+    skipped.empty_classes.extend(_empty_leaf_dirs(dirs, image_dirs))
 
 
-def _list_folder(folder: Path) -> list[Path]:
-    """Image files at `<folder>/<class>/<file>`, classes and files sorted by name."""
-    return [f for c in sorted(p for p in folder.iterdir() if p.is_dir())
-            for f in sorted(c.iterdir()) if f.is_file() and _is_image(f.name)]
+def _list_folder(folder: Path, skipped: Skipped | None = None) -> list[Path]:
+    """Image files at `<folder>/<class>/<file>`, classes and files sorted by name; the rest goes into `skipped`."""
+    skipped = skipped if skipped is not None else Skipped()
+    files = []
+    for entry in sorted(folder.iterdir()):
+        if not entry.is_dir():
+            skipped.keep(str(entry), entry.stat().st_size, in_class=False)
+            continue
+        images = [f for f in sorted(entry.iterdir()) if f.is_file() and skipped.keep(str(f), f.stat().st_size)]
+        if not images:
+            skipped.empty_classes.append(entry.name)
+        files.extend(images)
+    return files
 
 
 def _class_of(member: str, where: Path) -> str:
@@ -125,21 +189,24 @@ def _class_of(member: str, where: Path) -> str:
 def _split_source(directory: Path, split: str, classes: list[str] | None) -> Source | None:
     folder = directory / split
     if folder.is_dir():
-        files = _list_folder(folder)
+        skipped = Skipped()
+        files = _list_folder(folder, skipped)
 
         def entries():
             for f in files:
                 yield str(f), f.parent.name, None, f.read_bytes()
-        return Source("encoded", folder, files, classes, entries=entries)
+        return Source("encoded", folder, files, classes, entries=entries, tree=True, skipped=skipped)
     archives = _split_archives(directory, split)
     if not archives:
         return None
+    skipped = Skipped()
 
     def entries():
         for a in archives:
-            for name, data in iter_archive(a):
+            for name, data in iter_archive(a, skipped):
                 yield f"{a}::{name}", _class_of(name, a), None, data
-    return Source("encoded", archives[0] if len(archives) == 1 else directory, archives, classes, entries=entries)
+    return Source("encoded", archives[0] if len(archives) == 1 else directory, archives, classes, entries=entries,
+                  skipped=skipped)
 
 
 def _read_classes_tsv(path: Path) -> list[str]:
@@ -164,10 +231,13 @@ def _pacs_source(directory: Path, split: str, domains: tuple[str, ...]) -> Sourc
         raise DataError(f"PACS domain {missing[0]!r} is missing: no {directory / missing[0]}.tar.xz or folder; "
                         f"all of {', '.join(domains)} are needed")
 
+    skipped = Skipped()
+
     def domain_items(d: str, path: Path) -> list[tuple[str, str, bytes]]:
         if path.is_dir():
-            return [(str(f), f.parent.name, f.read_bytes()) for f in _list_folder(path)]
-        return [(f"{path}::{n}", _class_of(n, path), b) for n, b in iter_archive(path)]
+            return [(str(f), f.parent.name, f.read_bytes()) for f in _list_folder(path, skipped)]
+        return [(f"{path}::{n}", _class_of(n, path), b)
+                for n, b in iter_archive(path, skipped, "<domain>/<class>/<file> images")]
 
     def entries():
         for d in domains:
@@ -179,7 +249,7 @@ def _pacs_source(directory: Path, split: str, domains: tuple[str, ...]) -> Sourc
             for member, cls, data in items:
                 if (member in test) == (split == "test"):
                     yield member, cls, d, data
-    return Source("encoded", directory, [found[d] for d in domains], None, domains, entries=entries)
+    return Source("encoded", directory, [found[d] for d in domains], None, domains, entries=entries, skipped=skipped)
 
 
 def _domain_location(directory: Path, domain: str) -> Path | None:
@@ -259,8 +329,7 @@ def _listed_images(location: Path, rows: list[tuple[str, int, int]], list_path: 
     left = Counter(order)
     pending: dict[str, bytes] = {}
     i = 0
-    for name, data in iter_archive(location):
-        name = name[2:] if name.startswith("./") else name
+    for name, data in iter_archive(location, expected="<domain>/<class>/<file> images"):
         if name in left:
             pending[name] = data
         while i < len(order) and order[i] in pending:
@@ -384,6 +453,15 @@ def download(url: str, dest_dir: Path) -> Path:
     return dest
 
 
+def no_images_error(source: Source, spec: DatasetSpec, split: str, why: str = "") -> DataError:
+    """"split ... holds no images", with what the listing skipped and the layout it reads."""
+    skipped = f" (skipped: {source.skipped.describe()})" if source.skipped.total() else ""
+    layout = {"pacs": "<domain>/<class>/<file> images", "domainnet": "the images its file lists name"}.get(
+        spec.layout, SPLIT_LAYOUT.replace("<split>", split))
+    return DataError(f"split {split!r} of {spec.name} in {source.location} holds no images{why}{skipped}; expected "
+                     f"{layout} ({', '.join(IMAGE_SUFFIXES)})")
+
+
 def find_source(spec: DatasetSpec, split: str, data_dir=None, *, download_missing: bool = False) -> Source:
     """The `Source` of `spec`'s `split` under the data root(s); DataError listing the places looked."""
     roots = candidate_roots(data_dir)
@@ -393,7 +471,7 @@ def find_source(spec: DatasetSpec, split: str, data_dir=None, *, download_missin
         source = _source_in(spec, d, split)
         if source is not None:
             if not source.files:
-                raise DataError(f"split {split!r} of {spec.name} in {source.location} holds no images")
+                raise no_images_error(source, spec, split)
             return source
     looked = ", ".join(map(str, dirs))
     if download_missing and spec.download_url:

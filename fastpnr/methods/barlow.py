@@ -13,8 +13,8 @@ from .base import Method, MethodConfig
 class BarlowConfig(MethodConfig):
     proj_hidden: int = 2048
     proj_out: int = 2048
-    lamb: float = 5e-3
-    scale: float = 0.1
+    lamb: float = 5e-3                    # weight of the off-diagonal (redundancy) terms
+    scale: float = 0.1                    # scale of the whole loss (solo-learn's scale_loss)
 
     def __post_init__(self):
         super().__post_init__()

@@ -25,9 +25,9 @@ LOSS_BACKENDS = ("auto", "torch", "triton")
 
 @dataclass(frozen=True)
 class MethodConfig:
-    name: str = ""
-    proj_hidden: int = 2048
-    proj_out: int = 128
+    name: str = ""                        # SSL method (a METHODS registry entry; set with --method)
+    proj_hidden: int = 2048               # projector hidden width
+    proj_out: int = 128                   # projector output width
 
     def __post_init__(self):
         require(self.proj_hidden >= 1, "method.proj_hidden", self.proj_hidden, ">= 1")

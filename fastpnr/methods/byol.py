@@ -14,9 +14,9 @@ from .base import Method, MethodConfig, check_tau
 class BYOLConfig(MethodConfig):
     proj_hidden: int = 4096
     proj_out: int = 256
-    pred_hidden: int = 4096
-    base_tau: float = 0.99
-    final_tau: float = 1.0
+    pred_hidden: int = 4096               # predictor hidden width
+    base_tau: float = 0.99                # EMA momentum of the target network at the start (cosine schedule)
+    final_tau: float = 1.0                # EMA momentum at the end of the schedule
 
     def __post_init__(self):
         super().__post_init__()

@@ -37,8 +37,8 @@ class SimSiamGSGConfig(SimSiamConfig):
 class BYOLGSGConfig(SimSiamGSGConfig):
     """SimSiam-style heads plus an EMA target; the anchor's momentum is a constant 0.99 (no tau schedule)."""
 
-    base_tau: float = 0.99
-    final_tau: float = 0.99
+    base_tau: float = 0.99                # EMA momentum of the target network (constant in the anchor)
+    final_tau: float = 0.99               # EMA momentum at the end (equal to base_tau: no schedule)
 
     def __post_init__(self):
         super().__post_init__()

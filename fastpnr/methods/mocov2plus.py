@@ -14,10 +14,10 @@ from .base import LOSS_BACKENDS, Method, MethodConfig, check_tau
 
 @dataclass(frozen=True)
 class MoCoV2PlusConfig(MethodConfig):
-    temperature: float = 0.2
-    queue_size: int = 65536
-    base_tau: float = 0.99
-    final_tau: float = 0.999
+    temperature: float = 0.2              # InfoNCE temperature
+    queue_size: int = 65536               # negative keys kept per view in the queue
+    base_tau: float = 0.99                # EMA momentum of the key encoder at the start (cosine schedule)
+    final_tau: float = 0.999              # EMA momentum at the end of the schedule
     loss_backend: str = "auto"    # auto: the fused Triton InfoNCE kernel on CUDA, the PyTorch reference elsewhere
 
     def __post_init__(self):

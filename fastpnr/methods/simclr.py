@@ -11,7 +11,7 @@ from .base import LOSS_BACKENDS, Method, MethodConfig
 
 @dataclass(frozen=True)
 class SimCLRConfig(MethodConfig):
-    temperature: float = 0.2
+    temperature: float = 0.2              # InfoNCE temperature
     loss_backend: str = "auto"    # auto: the fused Triton InfoNCE kernel on CUDA, the PyTorch reference elsewhere
 
     def __post_init__(self):

@@ -12,7 +12,7 @@ from .base import Method, MethodConfig
 class SimSiamConfig(MethodConfig):
     proj_hidden: int = 2048
     proj_out: int = 2048
-    pred_hidden: int = 512
+    pred_hidden: int = 512                # predictor bottleneck width
     fix_pred_lr: bool = True     # the predictor keeps a constant lr (SimSiam paper, GSG --fix-pred-lr)
 
 

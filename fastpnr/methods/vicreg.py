@@ -13,9 +13,9 @@ from .base import Method, MethodConfig
 class VICRegConfig(MethodConfig):
     proj_hidden: int = 2048
     proj_out: int = 2048
-    sim_weight: float = 25.0
-    var_weight: float = 25.0
-    cov_weight: float = 1.0
+    sim_weight: float = 25.0              # weight of the invariance (MSE) term
+    var_weight: float = 25.0              # weight of the variance term
+    cov_weight: float = 1.0               # weight of the covariance term
 
     def __post_init__(self):
         super().__post_init__()

@@ -2,7 +2,9 @@
 
 The CIFAR stem of the anchors replaces the 7x7/2 convolution and the max-pool with a 3x3/1 convolution
 with ``padding=2`` (not 1: a quirk of cassle/methods/base.py kept for reproducibility; feature maps are
-then 34 -> 17 -> 9 -> 5 for 32 px inputs).
+then 34 -> 17 -> 9 -> 5 for 32 px inputs). The anchors swap that stem in after torchvision's initialization, so
+it keeps ``nn.Conv2d``'s default init (kaiming-uniform, a=sqrt(5): U(-1/sqrt(27), 1/sqrt(27))), not the
+kaiming-normal of every other convolution.
 """
 from __future__ import annotations
 
@@ -95,6 +97,8 @@ class ResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     nn.init.zeros_(m.last_bn().weight)
+        if cifar_stem:
+            self.conv1.reset_parameters()  # the anchors' stem is built after the init above (cassle/methods/base.py)
 
     def _make_layer(self, block, planes, blocks, stride=1):
         layers = [block(self.inplanes, planes, stride)]

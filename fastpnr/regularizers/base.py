@@ -21,7 +21,7 @@ FROZEN_BN_MODES = ("eval", "train")
 
 @dataclass(frozen=True)
 class RegularizerConfig:
-    name: str = "finetune"
+    name: str = "finetune"                # continual strategy (a REGULARIZERS registry entry; set with --regularizer)
 
 
 class Regularizer(nn.Module):
@@ -62,7 +62,7 @@ class Regularizer(nn.Module):
 @dataclass(frozen=True)
 class FrozenModelConfig(RegularizerConfig):
     frozen_bn: str = "eval"   # eval: PNR on ImageNet-100/DomainNet; train: CaSSLe, and PNR on CIFAR (anchors §2.0)
-    distill_hidden: int = 2048
+    distill_hidden: int = 2048            # hidden width of the distillation predictor
 
     def __post_init__(self):
         require(self.frozen_bn in FROZEN_BN_MODES, "regularizer.frozen_bn", self.frozen_bn, FROZEN_BN_MODES)

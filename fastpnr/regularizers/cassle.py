@@ -23,9 +23,9 @@ class CaSSLeConfig(FrozenModelConfig):
     name: str = "cassle"
     frozen_bn: str = "train"               # CaSSLe never puts the frozen model in eval mode
     weight: Optional[float] = None         # lambda ("distill_lamb"); None: 1, VICReg 25
-    distill_temperature: float = 0.2
-    barlow_lamb: float = 5e-3
-    barlow_scale: float = 0.1
+    distill_temperature: float = 0.2      # temperature of the contrastive distiller
+    barlow_lamb: float = 5e-3             # off-diagonal weight of the decorrelative (Barlow) distiller
+    barlow_scale: float = 0.1             # scale of the decorrelative distiller's loss
 
     def __post_init__(self):
         super().__post_init__()

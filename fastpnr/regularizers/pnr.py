@@ -31,7 +31,7 @@ class PNRConfig(FrozenModelConfig):
     pos_weight: Optional[float] = None      # lambda_d ("distill_lamb"); None: the method's default
     neg_weight: Optional[float] = None      # lambda_n ("negative_lamb"); None: the method's default
     barlow_lamb: float = 5e-3               # Barlow-PNR positive term
-    barlow_scale: float = 0.1
+    barlow_scale: float = 0.1             # Barlow-PNR scale of the loss
     frozen_queue_size: Optional[int] = None # MoCo-PNR second queue; None: the method's queue size
 
     def __post_init__(self):

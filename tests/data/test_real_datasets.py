@@ -14,6 +14,7 @@ PACS_COUNTS = {"art_painting": [379, 255, 285, 184, 201, 295, 449], "cartoon": [
                "photo": [189, 202, 182, 186, 199, 280, 432], "sketch": [772, 740, 753, 608, 816, 80, 160]}
 
 
+@pytest.mark.slow
 def test_cifar10_train_decodes_then_hits_the_cache(shared_root, session_cache):
     t0 = time.perf_counter()
     first = load_dataset("cifar10", "train", shared_root, cache_dir=session_cache)
@@ -32,14 +33,14 @@ def test_cifar10_train_decodes_then_hits_the_cache(shared_root, session_cache):
     assert first.mean == DATASETS["cifar10"].mean == (0.4914, 0.4822, 0.4465)
 
 
-def test_cifar10_test_split_and_dataset_folder_as_data_dir(shared_root, session_cache):
-    ds = load_dataset("cifar10", "test", shared_root / "cifar10", cache_dir=session_cache)
+def test_cifar10_test_split_and_dataset_folder_as_data_dir(shared_root, suite_cache):
+    ds = load_dataset("cifar10", "test", shared_root / "cifar10", cache_dir=suite_cache)
     assert len(ds) == 10000 and ds.images.shape[1:] == (32, 32, 3)
     assert np.array_equal(np.bincount(ds.labels), [1000] * 10)
 
 
-def test_pacs_domains_and_deterministic_split(shared_root, session_cache):
-    test = load_dataset("pacs", "test", shared_root, cache_dir=session_cache)
+def test_pacs_domains_and_deterministic_split(shared_root, suite_cache):
+    test = load_dataset("pacs", "test", shared_root, cache_dir=suite_cache)
     train = load_dataset("pacs", "train", shared_root, decode=False)  # bytes only: sizes without decoding
     assert test.domains == train.domains == ["art_painting", "cartoon", "photo", "sketch"]
     assert test.classes == ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
@@ -53,8 +54,8 @@ def test_pacs_domains_and_deterministic_split(shared_root, session_cache):
     assert len(test) + len(train) == 9991 and not set(test.members) & set(train.members)
 
 
-def test_tinyimagenet_classes_from_tsv_and_test_alias(shared_root, session_cache):
-    ds = load_dataset("tinyimagenet100", "test", shared_root, cache_dir=session_cache)
+def test_tinyimagenet_classes_from_tsv_and_test_alias(shared_root, suite_cache):
+    ds = load_dataset("tinyimagenet100", "test", shared_root, cache_dir=suite_cache)
     rows = [line.split("\t") for line in (shared_root / "tinyimagenet100" / "classes.tsv").read_text().splitlines()]
     assert ds.split == "val" and len(ds) == 5000 and ds.images.shape[1:] == (64, 64, 3)
     assert ds.classes == [r[1] for r in rows] and ds.classes[0] == "n01443537" and ds.classes[99] == "n09428293"

@@ -110,3 +110,18 @@ def test_bad_archive_empty_split_missing_domain_and_bad_args(tmp_path):
         load_dataset("cifar11", "train", tmp_path)
     with pytest.raises(ConfigError, match="image_size"):
         load_dataset("imagefolder", "train", tmp_path, image_size=0)
+
+
+def test_zip_split_archive_matches_folder(tmp_path):
+    import zipfile
+
+    write_tree(tmp_path / "a", "train", FILES)
+    (tmp_path / "b").mkdir()
+    with zipfile.ZipFile(tmp_path / "b" / "train.zip", "w") as zf:
+        zf.writestr("train/", b"")
+        for rel in sorted(FILES):
+            zf.writestr(f"train/{rel}", FILES[rel])
+    folder = load_dataset("imagefolder", "train", tmp_path / "a", cache_dir=tmp_path / "cache")
+    archive = load_dataset("imagefolder", "train", tmp_path / "b", cache_dir=tmp_path / "cache")
+    assert np.array_equal(folder.images, archive.images) and archive.classes == folder.classes
+    assert archive.members[0] == f"{tmp_path / 'b' / 'train.zip'}::train/ant/00.jpg" and not archive.skipped.total()

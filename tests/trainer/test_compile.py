@@ -17,6 +17,7 @@ def quiet(*_):
     pass
 
 
+@pytest.mark.slow
 def test_compiled_run_matches_the_uncompiled_run(data_root, tmp_path):
     runs = {}
     for mode in ("off", "default"):

@@ -80,6 +80,7 @@ def test_frozen_model_is_previous_task_model_and_stays_frozen(data_root, tmp_pat
             assert torch.equal(final[f"frozen.{name}"], value), name  # snapshot == end of task 0, unchanged since
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_uninterrupted(data_root, tmp_path):
     ov = tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32, "optim.epochs": 2,
                                                           "train.online_probe": "full"})
@@ -96,6 +97,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(data_root, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_two_task_run_linear_probe_clearly_above_chance(data_root, tmp_path):
     ov = tiny_overrides(data_root, **{"data.image_size": 32, "eval.train_fraction": 0.05, "data.test_fraction": 0.1,
                                       "eval.linear_epochs": 30, "optim.batch_size": 32})
@@ -165,6 +167,7 @@ def test_corrupt_image_errors_or_is_skipped_and_counted(tmp_path):
     metrics = ContinualRun(build_config("smoke", {**ov, "data.skip_corrupt": True}), tmp_path / "run2", log=quiet).fit()
     assert metrics["num_corrupt"] == 1
     assert json.loads((tmp_path / "run2" / "metrics.json").read_text())["num_corrupt"] == 1
+    assert [m.rsplit("/", 2)[-2:] for m in metrics["corrupt_images"]] == [["ants", "003.jpg"]]  # named, not only counted
 
 
 def test_data_incremental_and_domain_incremental_runs(data_root, tmp_path):
@@ -178,6 +181,7 @@ def test_data_incremental_and_domain_incremental_runs(data_root, tmp_path):
     assert "photo" in json.dumps(tasks["tasks"])
 
 
+@pytest.mark.slow
 def test_domainnet_six_domain_run_and_per_domain_linear_eval(tmp_path):
     from fastpnr.offline_eval import knn_eval, linear_eval
     from tests.data.utils import DOMAINNET_DOMAINS, domainnet_files, write_domainnet
