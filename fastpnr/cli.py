@@ -9,6 +9,7 @@ COMMANDS = {
     "linear": "offline linear evaluation of a checkpoint",
     "knn": "kNN evaluation of a checkpoint",
     "compare": "runs side by side: final accuracy, A_T, forgetting, forward transfer, img/s (table, plot)",
+    "study": "the comparison grid (methods x strategies x seeds), one train process per cell; report, --status",
     "to_beton": "write an FFCV .beton file from a dataset",
     "cache": "list the decode cache (entries, sizes, last use) and evict: --clear, --clear_older_than, --max_size",
     "bench": "side-by-side step benchmark (anchors' pipeline vs fastpnr)",

@@ -18,7 +18,7 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")  # torch.compile modes; the step has its own graph
 SCENARIOS = ("class", "data", "domain")
-PROTOCOLS = ("linear", "knn", "online")
+PROTOCOLS = ("linear", "knn", "online", "official")
 OPTIMIZERS = ("lars", "sgd")
 PROBES = ("full", "task", "off")
 FROZEN_BN = ("eval", "train")
@@ -83,10 +83,12 @@ class ModelConfig:
     stem_padding: int = 2                   # the anchors' quirk (not 1)
     zero_init_residual: bool = False      # zero-init the last BN of each residual block
     channels_last: bool = True            # NHWC memory format for the model and the views
+    width: int = 64                       # ResNet base width (layers w, 2w, 4w, 8w); 64 = the anchors'
 
     def __post_init__(self):
         from .models import BACKBONES
         require(self.backbone in BACKBONES, "model.backbone", self.backbone, sorted(BACKBONES))
+        require(isinstance(self.width, int) and self.width >= 1, "model.width", self.width, "an integer >= 1")
         require(self.stem_padding in (0, 1, 2, 3), "model.stem_padding", self.stem_padding, "0..3")
 
 
@@ -131,13 +133,14 @@ class TrainConfig:
     seed: int = 5                         # seed of the model init, loader batches and augmentations
     deterministic: bool = False           # deterministic algorithms (slower), cudnn.benchmark off
     log_every: int = 20                     # steps between host reads of the loss (a sync)
-    online_probe: str = "full"              # full: the anchors' probe on the whole labelled train set; task; off
+    online_probe: str = "full"              # full: the anchors' probe on the whole labelled train set (CIFAR-100 runs); task; off
     frozen_stream: bool = True              # frozen previous model on its own CUDA stream
     cuda_graph: bool = True                 # capture the whole step in a CUDA graph (CUDA only; else eager)
     compile: str = "off"                    # torch.compile the online backbone: off, default, max-autotune-no-cudagraphs
     compile_backend: str = "inductor"       # torch.compile backend (inductor; eager/aot_eager to debug)
     graph_warmup: int = 3                   # eager rehearsal steps before capture (state restored after)
     steps_per_epoch: Optional[int] = None   # cap (smoke runs)
+    max_tasks: Optional[int] = None         # stop after the first N tasks (a partial run; --resume --train.max_tasks M goes on)
     progress: bool = True                 # progress bar while training, decoding progress
     threads: Optional[int] = None           # CPU threads
 
@@ -154,17 +157,25 @@ class TrainConfig:
         require(self.log_every >= 1, "train.log_every", self.log_every, ">= 1")
         require(self.graph_warmup >= 1, "train.graph_warmup", self.graph_warmup, ">= 1")
         require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "train.steps_per_epoch", self.steps_per_epoch, "None or >= 1")
+        require(self.max_tasks is None or self.max_tasks >= 1, "train.max_tasks", self.max_tasks, "None or an integer >= 1")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    protocol: str = "linear"                # which accuracy fills the accuracy matrix
-    linear_epochs: int = 100              # epochs of the linear probe fitted after each task
-    linear_lr: float = 0.1                # learning rate of the linear probe
-    linear_batch_size: int = 512          # batch size of the linear probe
-    linear_weight_decay: float = 0.0      # weight decay of the linear probe
-    knn_k: int = 20                       # neighbours of the weighted kNN
-    knn_temperature: float = 0.07         # temperature of the kNN's exponential vote weights
+    protocol: str = "linear"                # which accuracy fills the accuracy matrix: linear, knn, online, official
+    linear_epochs: int = 100                # epochs of the linear probe fitted after each task
+    linear_lr: float = 0.1                  # learning rate of the linear probe
+    linear_batch_size: int = 512            # batch size of the linear probe
+    linear_weight_decay: float = 0.0        # weight decay of the linear probe
+    linear_seeds: int = 3                   # feature-probe fits per task (seeds by one rule): matrix = mean, std beside
+    label_fraction: float = 1.0             # stratified share of the probe's labels per class (semi-supervised: 0.01, 0.1)
+    official_epochs: int = 100              # official protocol (PNR main_linear.py): epochs, lr x0.1 at 60% and 80%
+    official_lr: Optional[float] = None     # official protocol lr; None: the method's (BYOL/MoCo 3.0, SimCLR 1.0, ...)
+    official_batch_size: int = 256          # official protocol batch size
+    official_momentum: float = 0.0          # official protocol SGD momentum (PNR 0.0; CaSSLe 0.9)
+    official_seeds: int = 1                 # official-protocol fits per task (each a full augmented training)
+    knn_k: int = 20                         # neighbours of the weighted kNN
+    knn_temperature: float = 0.07           # temperature of the kNN's exponential vote weights
     train_fraction: float = 1.0             # share of the labelled train set used to fit the probe
     batch_size: int = 512                   # feature extraction
     forward_transfer: bool = True           # also evaluate the random-init model (b_j) for forward transfer
@@ -172,6 +183,14 @@ class EvalConfig:
     def __post_init__(self):
         require(self.protocol in PROTOCOLS, "eval.protocol", self.protocol, PROTOCOLS)
         require(self.linear_epochs >= 1, "eval.linear_epochs", self.linear_epochs, ">= 1")
+        for name in ("linear_seeds", "official_seeds", "official_epochs"):
+            v = getattr(self, name)
+            require(isinstance(v, int) and v >= 1, f"eval.{name}", v, "an integer >= 1")
+        require(0 < self.label_fraction <= 1, "eval.label_fraction", self.label_fraction, "0 < fraction <= 1")
+        require(self.official_lr is None or self.official_lr > 0, "eval.official_lr", self.official_lr, "None or > 0")
+        require(isinstance(self.official_batch_size, int) and self.official_batch_size >= 1, "eval.official_batch_size",
+                self.official_batch_size, "an integer >= 1")
+        require(0 <= self.official_momentum < 1, "eval.official_momentum", self.official_momentum, "0 <= momentum < 1")
         require(self.knn_k >= 1, "eval.knn_k", self.knn_k, ">= 1")
         require(0 < self.train_fraction <= 1, "eval.train_fraction", self.train_fraction, "0 < fraction <= 1")
 
@@ -197,6 +216,11 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     out: Optional[str] = None
+
+    def __post_init__(self):
+        # Checks across sections. An untrained probe has no accuracy to report.
+        require(not (self.eval.protocol == "online" and self.train.online_probe == "off"), "eval.protocol",
+                self.eval.protocol, "linear or knn with --train.online_probe off (the online probe is not trained)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -256,6 +280,10 @@ _DOMAINNET_PER_METHOD = {
 # The anchors' DomainNet task order (fastpnr.data.registry.DOMAINNET_DOMAINS, cassle/methods/base.py).
 _DOMAINNET_ORDER = ("real", "quickdraw", "painting", "sketch", "infograph", "clipart")
 
+# Online probe (train.online_probe): the anchors train it on CIFAR-100 only (main_pretrain.py sets the probe batch only
+# for cifar100). The ImageNet-100 and DomainNet presets, and fastpnr's own presets that use their recipes
+# (tinyimagenet100-5t, pacs-domain), leave it off: its train-mode forward of all-class labelled batches would move the
+# backbone's BN running statistics with other tasks' images.
 PRESETS: dict[str, dict] = {
     # The README's first command: real CIFAR-10, 2 class-IL tasks, SimCLR + PNR, a few minutes on a 2-core CPU.
     "smoke": {
@@ -264,7 +292,9 @@ PRESETS: dict[str, dict] = {
         "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
         "optim": {"batch_size": 128, "epochs": 1, "warmup_epochs": 0, "lr": 0.3},
         "train": {"online_probe": "task", "log_every": 5},
-        "eval": {"protocol": "linear", "linear_epochs": 30, "train_fraction": 0.1, "forward_transfer": False},
+        # one probe fit per task: the quick-start job stays a few minutes (every other preset: eval.linear_seeds 3)
+        "eval": {"protocol": "linear", "linear_epochs": 30, "train_fraction": 0.1, "forward_transfer": False,
+                 "linear_seeds": 1},
         "per_method": _CIFAR_PER_METHOD,
     },
     "cifar100-5t": {
@@ -288,7 +318,7 @@ PRESETS: dict[str, dict] = {
         "description": "Tiny-ImageNet-100 (64 px) class-IL, 5 tasks x 20 classes, 200 epochs, ImageNet-100 recipes",
         "data": {"dataset": "tinyimagenet100", "num_tasks": 5, "blur_prob": (1.0, 0.1)},
         "model": {"cifar_stem": True}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
-        "optim": {"epochs": 200}, "per_method": _IN100_PER_METHOD,
+        "optim": {"epochs": 200}, "train": {"online_probe": "off"}, "per_method": _IN100_PER_METHOD,
     },
     "imagenet100-5t": {
         "description": "ImageNet-100 (imagefolder) class-IL, 5 tasks, 400 epochs, 224 px, the anchors' IN-100 recipe",
@@ -297,21 +327,21 @@ PRESETS: dict[str, dict] = {
         "data": {"dataset": "imagefolder", "num_tasks": 5, "image_size": 224, "resize": "center", "crop_size": 224, "blur_prob": (1.0, 0.1),
                  "loader": "dali"},
         "model": {"cifar_stem": False}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
-        "optim": {"epochs": 400}, "per_method": _IN100_PER_METHOD,
+        "optim": {"epochs": 400}, "train": {"online_probe": "off"}, "eval": {"protocol": "official"}, "per_method": _IN100_PER_METHOD,
     },
     "imagenet100-data-5t": {
         "description": "ImageNet-100 (imagefolder) data-IL, 5 random chunks, 400 epochs, 224 px, data-IL negative weights",
         "data": {"dataset": "imagefolder", "scenario": "data", "num_tasks": 5, "image_size": 224, "resize": "center", "crop_size": 224,
                  "blur_prob": (1.0, 0.1), "loader": "dali"},
         "model": {"cifar_stem": False}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
-        "optim": {"epochs": 400}, "per_method": _IN100_DATA_PER_METHOD,
+        "optim": {"epochs": 400}, "train": {"online_probe": "off"}, "eval": {"protocol": "official"}, "per_method": _IN100_DATA_PER_METHOD,
     },
     "pacs-domain": {
         "description": "PACS domain-IL photo -> art_painting -> cartoon -> sketch (128 px resized to 64), 100 epochs",
         "data": {"dataset": "pacs", "scenario": "domain", "num_tasks": 4, "image_size": 64,
                  "domain_order": ("photo", "art_painting", "cartoon", "sketch"), "blur_prob": (1.0, 0.1)},
         "model": {"cifar_stem": True}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
-        "optim": {"epochs": 100}, "per_method": _IN100_PER_METHOD,
+        "optim": {"epochs": 100}, "train": {"online_probe": "off"}, "per_method": _IN100_PER_METHOD,
     },
     "domainnet-6t": {
         "description": "DomainNet domain-IL, 6 tasks real -> quickdraw -> painting -> sketch -> infograph -> clipart, "
@@ -321,7 +351,7 @@ PRESETS: dict[str, dict] = {
         "data": {"dataset": "domainnet", "scenario": "domain", "num_tasks": 6, "domain_order": _DOMAINNET_ORDER,
                  "image_size": 224, "resize": "center", "crop_size": 224, "blur_prob": (1.0, 0.1), "loader": "dali"},
         "model": {"cifar_stem": False}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
-        "optim": {"epochs": 200}, "per_method": _DOMAINNET_PER_METHOD,
+        "optim": {"epochs": 200}, "train": {"online_probe": "off"}, "eval": {"protocol": "official"}, "per_method": _DOMAINNET_PER_METHOD,
     },
 }
 

@@ -12,6 +12,7 @@ Run folder (``--out``):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -24,8 +25,8 @@ import torch
 from . import distributed
 from . import evaluation as ev
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
-from .config import RunConfig, config_from_dict, format_config
-from .errors import ConfigError, FastPNRError
+from .config import RunConfig, TrainConfig, config_from_dict, format_config
+from .errors import ConfigError, FastPNRError, require
 from .methods import build_method
 from .optim import build_optimizer, set_lr
 from .regularizers import build_regularizer
@@ -309,14 +310,15 @@ class ContinualRun:
         self.dist.broadcast_module(self.regularizer)
 
         T, E = cfg.data.num_tasks, cfg.optim.epochs
+        last = min(T, cfg.train.max_tasks or T)  # train.max_tasks: a partial run stops after this many tasks
         steps = [self._steps_per_epoch(len(idx)) for idx in self.task_train]
-        total_steps = sum(s * E for s in steps)
+        total_steps = sum(s * E for s in steps[:last])
         done_steps = sum(steps[t] * E for t in range(start_task)) + (steps[start_task] * start_epoch if start_task < T else 0)
         progress = _progress(total_steps, done_steps, cfg.train.progress and self.dist.is_main)
         writer = self.dist.main_only(_tensorboard)(self.out / "tb")
         epochs_run = 0
         try:
-            for task in range(start_task, T):
+            for task in range(start_task, last):
                 view_configs = self._view_configs()
                 if not (ckpt is not None and task == start_task and start_epoch > 0):
                     self.regularizer.begin_task(self.method, task)
@@ -378,87 +380,174 @@ class ContinualRun:
                 progress.close()
             if writer is not None:
                 writer.close()
-        self.log(_summary(self.metrics))
+        if last < T:
+            self.log(f"stopped after task {last - 1} of {T} (train.max_tasks={last}); continue with --resume {self.out} "
+                     f"--train.max_tasks {T}")
+        if self.metrics["accuracy_matrix"]:
+            self.log(_summary(self.metrics))
         return self.metrics
 
     def _steps_per_epoch(self, n: int) -> int:
         b = self.cfg.optim.batch_size
         if n < b:
             raise ConfigError(f"optim.batch_size={b} is invalid; allowed: <= the smallest task's {n} training images "
-                              "(lower the batch size or raise data.train_fraction)")
+                              "(lower --optim.batch_size N or raise --data.train_fraction F)")
         steps = n // b  # drop_last: fixed shapes
         cap = self.cfg.train.steps_per_epoch
         return min(steps, cap) if cap else steps
 
     # ------------------------------------------------------------------------------------------------ eval
-    def _protocol_rows(self, seed: int) -> dict:
-        """{protocol: (per-task accuracies, whole-test accuracy)} of the current backbone (linear, kNN, online)."""
+    def _protocol_rows(self, task: int, method=None, protocols=None) -> dict:
+        """{protocol: [(per-task accuracies, whole-test accuracy) per fit]} of ``method``'s backbone after ``task``.
+
+        The one path of every probe: the loop after each task (task -1: the random-init model) and ``fastpnr linear``
+        / ``fastpnr knn`` on a saved model; fit r of task t is seeded ``evaluation.eval_seed(train.seed, t, r)``.
+        ``protocols`` default: linear, knn, online, and official when ``eval.protocol`` is official.
+        """
+        cfg, method = self.cfg, method or self.method
+        protocols = protocols or self._loop_protocols()
+        extract = self._feature_extractor(method)
+        test_x = extract(self.test_set, self.test_indices)
+        test_y = torch.as_tensor(self.test_set.labels[self.test_indices], device=self.device)
+        logits: dict[str, list] = {}
+        train_idx = self._probe_train_indices()
+        if {"linear", "knn"} & set(protocols):
+            train_x = extract(self.train_set, train_idx)
+            train_y = torch.as_tensor(self.train_set.labels[train_idx], device=self.device)
+        if "linear" in protocols:
+            logits["linear"] = [self._fit_linear(train_x, train_y, task, r)(test_x) for r in range(cfg.eval.linear_seeds)]
+        if "knn" in protocols:
+            logits["knn"] = [ev.knn_predict(train_x, train_y, test_x, self.num_classes, k=cfg.eval.knn_k,
+                                            temperature=cfg.eval.knn_temperature)]
+        if "online" in protocols:
+            with torch.no_grad():
+                logits["online"] = [method.classifier(test_x)]
+        if "momentum_online" in protocols:  # the anchors' momentum_val_acc1: the EMA backbone's own probe
+            ema_x = self._feature_extractor(method, method.momentum_backbone)(self.test_set, self.test_indices)
+            with torch.no_grad():
+                logits["momentum_online"] = [method.momentum_classifier(ema_x)]
+        if "official" in protocols:
+            heads = [self._fit_official(method, train_idx, task, r) for r in range(cfg.eval.official_seeds)]
+            with torch.no_grad():
+                logits["official"] = [head(test_x) for head in heads]
+        rows = {name: [(ev.part_accuracies(lg, test_y, self.test_parts), ev.accuracy(lg, test_y)) for lg in fits]
+                for name, fits in logits.items()}
+        return self.dist.broadcast_object(rows)  # the probes run on every rank; all keep rank 0's numbers
+
+    def _loop_protocols(self) -> tuple:
+        # The online probes only where train.online_probe trains them (momentum_online: MoCo/BYOL's momentum classifier).
+        probes = () if self.cfg.train.online_probe == "off" else ("online",) + (
+            ("momentum_online",) if self.method.momentum_classifier is not None else ())
+        return ("linear", "knn") + probes + (("official",) if self.cfg.eval.protocol == "official" else ())
+
+    def _probe_train_indices(self) -> np.ndarray:
+        """The labelled train images of the probes: eval.train_fraction, then eval.label_fraction per class."""
+        return ev.stratified_subset(self.eval_train, self.train_set.labels, self.cfg.eval.label_fraction)
+
+    def _feature_extractor(self, method, backbone=None):
         cfg = self.cfg
         size = self.crop_size if self.crop_size != self.image_size else None
         kw = dict(batch_size=cfg.eval.batch_size, device=self.device, mean=self.train_set.mean, std=self.train_set.std,
                   size=size, autocast_dtype=AUTOCAST_DTYPES[cfg.train.precision])
         # torchrun: whole eval batches dealt to the ranks, features gathered (each batch computed as in one process)
-        extract = lambda ds, idx: self.dist.map_batches(  # noqa: E731
-            lambda part: ev.extract_features(self.method.backbone, _images(ds), part, **kw), idx, cfg.eval.batch_size)
-        train_x = extract(self.train_set, self.eval_train)
-        test_x = extract(self.test_set, self.test_indices)
-        train_y = torch.as_tensor(self.train_set.labels[self.eval_train], device=self.device)
-        test_y = torch.as_tensor(self.test_set.labels[self.test_indices], device=self.device)
-        logits = {}
-        predict = ev.linear_probe(train_x, train_y, self.num_classes, epochs=cfg.eval.linear_epochs, lr=cfg.eval.linear_lr,
-                                  batch_size=cfg.eval.linear_batch_size, weight_decay=cfg.eval.linear_weight_decay,
-                                  seed=seed)
-        logits["linear"] = predict(test_x)
-        logits["knn"] = ev.knn_predict(train_x, train_y, test_x, self.num_classes, k=cfg.eval.knn_k,
-                                       temperature=cfg.eval.knn_temperature)
-        with torch.no_grad():
-            logits["online"] = self.method.classifier(test_x)
-        rows = {name: (ev.part_accuracies(lg, test_y, self.test_parts), ev.accuracy(lg, test_y)) for name, lg in logits.items()}
-        return self.dist.broadcast_object(rows)  # the probes run on every rank; all keep rank 0's numbers
+        return lambda ds, idx: self.dist.map_batches(
+            lambda part: ev.extract_features(method.backbone if backbone is None else backbone, _images(ds), part, **kw),
+            idx, cfg.eval.batch_size)
+
+    def _fit_linear(self, train_x, train_y, task: int, repeat: int):
+        e = self.cfg.eval
+        return ev.linear_probe(train_x, train_y, self.num_classes, epochs=e.linear_epochs, lr=e.linear_lr,
+                               batch_size=e.linear_batch_size, weight_decay=e.linear_weight_decay,
+                               seed=ev.eval_seed(self.cfg.train.seed, task, repeat))
+
+    def _fit_official(self, method, subset, task: int, repeat: int):
+        """The official protocol's head (evaluation.train_official_head) on augmented batches of ``subset``."""
+        e, cfg = self.cfg.eval, self.cfg
+        seed = ev.eval_seed(cfg.train.seed, task, repeat)
+        loader = self._official_loader(subset, seed % 2 ** 31)
+        lr = e.official_lr or ev.OFFICIAL_LINEAR_LR.get(cfg.method.name)
+        require(lr is not None, "eval.official_lr", e.official_lr, f"a value for method {cfg.method.name!r} (no anchor lr)")
+        return ev.train_official_head(method.backbone, loader, method.feat_dim, self.num_classes, e.official_epochs, lr,
+                                      e.official_momentum, seed, AUTOCAST_DTYPES[cfg.train.precision],
+                                      progress=cfg.train.progress)
+
+    def _official_loader(self, subset, seed: int):
+        """Augmented batches for the official probe on the run's loader: DALI reads the encoded JPEG bytes, every
+        other kind the decoded images resident on the device (the gpu loader: whole-batch augmentation)."""
+        from loaders import Prefetcher, make_loader
+
+        kind = "dali" if self.cfg.data.loader == "dali" else "gpu"
+        source = self._encoded_train_set() if kind == "dali" else self.train_set
+        view = ev.official_view(self.crop_size, self.train_set.mean, self.train_set.std)
+        batch = min(self.cfg.eval.official_batch_size, len(subset))
+        loader = make_loader(kind, source, batch_size=batch, num_views=1, device=self.device, seed=seed,
+                             view_configs=[view], subset=np.asarray(subset))
+        return Prefetcher(loader, self.device, ahead=None if self.cfg.data.prefetch else False)
 
     def _evaluate_random_init(self) -> None:
         """Accuracy of the untrained model (b_j), the reference of forward transfer (anchors §3.3)."""
-        rows = self._protocol_rows(seed=self.cfg.train.seed - 1)
-        self.metrics["random_init_accuracy"] = {name: row for name, (row, _) in rows.items()}
-        self.log(f"random-init {self.cfg.eval.protocol} test acc {rows[self.cfg.eval.protocol][1]:.2f}%")
+        rows = {name: ev.summarize_fits(fits) for name, fits in self._protocol_rows(task=-1).items()}
+        self.metrics["random_init_accuracy"] = {name: s["row"] for name, s in rows.items()}
+        self.log(f"random-init {self.cfg.eval.protocol} test acc {rows[self.cfg.eval.protocol]['test_accuracy']:.2f}%")
 
     def _evaluate(self, task: int, writer) -> None:
         cfg, m = self.cfg, self.metrics
         t0 = time.perf_counter()
-        for name, (row, test_acc) in self._protocol_rows(seed=cfg.train.seed + task).items():
-            m["matrices"].setdefault(name, []).append(row)
-            m.setdefault("test_accuracy_by_protocol", {}).setdefault(name, []).append(test_acc)
+        for name, fits in self._protocol_rows(task).items():
+            _record_fits(m, name, ev.summarize_fits(fits))
             if writer is not None:
-                writer.add_scalar(f"eval/{name}_test_accuracy", test_acc, task)
-                for j, a in enumerate(row):
+                writer.add_scalar(f"eval/{name}_test_accuracy", m["test_accuracy_by_protocol"][name][-1], task)
+                for j, a in enumerate(m["matrices"][name][-1]):
                     writer.add_scalar(f"eval/{name}_task{j}", a, task)
         proto = cfg.eval.protocol
         m["accuracy_matrix"] = m["matrices"][proto]
+        m["accuracy_matrix_std"] = m["matrices_std"][proto]
         m["test_accuracy"] = m["test_accuracy_by_protocol"][proto]
-        cm = ev.ContinualMetrics(m["accuracy_matrix"])
-        m["average_accuracy"] = cm.average_accuracy()
-        m["forgetting"] = cm.forgetting()
-        if "random_init_accuracy" in m:
-            m["forward_transfer"] = cm.forward_transfer(m["random_init_accuracy"][proto])
+        m.update(_summaries(m["accuracy_matrix"], m.get("random_init_accuracy", {}).get(proto)))
         m["num_corrupt"] = self.num_corrupt
         m["corrupt_images"] = self.corrupt_images
         m["eval_time_s"] = m.get("eval_time_s", []) + [time.perf_counter() - t0]
         row = ", ".join(f"{a:.1f}" for a in m["accuracy_matrix"][-1])
-        self.log(f"\nafter task {task}: {proto} test acc {m['test_accuracy'][-1]:.2f}% | per task [{row}] | "
-                 f"knn {m['test_accuracy_by_protocol']['knn'][-1]:.2f}% | online {m['test_accuracy_by_protocol']['online'][-1]:.2f}%")
+        others = " | ".join(f"{k} {v[-1]:.2f}%" for k, v in m["test_accuracy_by_protocol"].items() if k != proto)
+        self.log(f"\nafter task {task}: {proto} test acc {m['test_accuracy'][-1]:.2f}% "
+                 f"(± {m['test_accuracy_std_by_protocol'][proto][-1]:.2f}) | per task [{row}] | {others}")
 
     def _write_metrics(self) -> None:
         m = dict(self.metrics)
         m["protocol"] = self.cfg.eval.protocol
         m["num_tasks"] = self.cfg.data.num_tasks
+        m["probe_fits"] = {name: len(v) for name, v in m.get("matrices_by_fit", {}).items()}
         _write_json(self.out / "metrics.json", m)
         with open(self.out / "accuracy_matrix.csv", "w") as f:
             T = self.cfg.data.num_tasks
             f.write("after_task," + ",".join(f"task{j}" for j in range(T)) + "\n")
             for i, row in enumerate(m["accuracy_matrix"]):
                 f.write(f"{i}," + ",".join(f"{a:.4f}" for a in row) + "\n")
+        std = m.get("accuracy_matrix_std")
         ev.save_heatmap(m["accuracy_matrix"], self.out / "accuracy_matrix.png",
-                        title=f"{self.cfg.method.name}+{self.cfg.regularizer.name}: {self.cfg.eval.protocol} accuracy (%)")
+                        title=f"{self.cfg.method.name}+{self.cfg.regularizer.name}: {self.cfg.eval.protocol} accuracy (%)",
+                        std=std if std and any(v for r in std for v in r) else None)
+
+
+def _record_fits(m: dict, name: str, s: dict) -> None:
+    """Append one task's summarized probe fits of protocol ``name`` to the metrics (means, stds, values per fit)."""
+    m["matrices"].setdefault(name, []).append(s["row"])
+    m.setdefault("matrices_std", {}).setdefault(name, []).append(s["row_std"])
+    m.setdefault("test_accuracy_by_protocol", {}).setdefault(name, []).append(s["test_accuracy"])
+    m.setdefault("test_accuracy_std_by_protocol", {}).setdefault(name, []).append(s["test_accuracy_std"])
+    per_fit = m.setdefault("matrices_by_fit", {}).setdefault(name, [[] for _ in s["rows"]])
+    for matrix, row in zip(per_fit, s["rows"]):
+        matrix.append(row)
+
+
+def _summaries(matrix, random_init) -> dict:
+    """A_T (also as average_accuracy, its old name), average incremental accuracy, forgetting, forward transfer."""
+    cm = ev.ContinualMetrics(matrix)
+    out = {"final_average_accuracy": cm.final_average_accuracy(), "average_accuracy": cm.final_average_accuracy(),
+           "average_incremental_accuracy": cm.average_incremental_accuracy(), "forgetting": cm.forgetting()}
+    if random_init is not None:
+        out["forward_transfer"] = cm.forward_transfer(random_init)
+    return out
 
 
 class _Interrupted(Exception):
@@ -532,7 +621,7 @@ def _summary(m: dict) -> str:
     for i, row in enumerate(m["accuracy_matrix"]):
         lines.append(f"  after {i}: " + "  ".join(f"{a:6.2f}" for a in row))
     fwt = f"  forward transfer {m['forward_transfer']:.2f}" if m.get("forward_transfer") is not None else ""
-    lines.append(f"average accuracy {m['average_accuracy']:.2f}%  forgetting {m['forgetting']:.2f}{fwt}  "
+    lines.append(f"final average accuracy A_T {m['average_accuracy']:.2f}%  forgetting {m['forgetting']:.2f}{fwt}  "
                  f"final test accuracy {m['test_accuracy'][-1]:.2f}%")
     return "\n".join(lines)
 
@@ -541,9 +630,10 @@ def resume_run(run_dir, log=print, **train_overrides) -> dict:
     """Continue the run in ``run_dir`` from its last checkpoint with the configuration it was started with."""
     ckpt = load_checkpoint(Path(run_dir) / CHECKPOINT)
     d = ckpt["config"]
+    known = {f.name for f in dataclasses.fields(TrainConfig)}  # a field newer than the checkpoint takes its default
     for k, v in train_overrides.items():
-        if k not in d["train"]:
-            raise ConfigError(f"train.{k} cannot be changed on resume; allowed: {', '.join(sorted(d['train']))}")
+        if k not in known:
+            raise ConfigError(f"train.{k} cannot be changed on resume; allowed: {', '.join(sorted(known))}")
         d["train"][k] = v
     cfg = config_from_dict(d)
     if ckpt["next_task"] >= cfg.data.num_tasks:

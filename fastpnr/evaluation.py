@@ -117,10 +117,49 @@ def part_accuracies(logits, labels, parts: list[np.ndarray]) -> list[float]:
     return out
 
 
+# --------------------------------------------------------------------------------------------- seeds and subsets
+def eval_seed(train_seed: int, task: int, repeat: int = 0) -> int:
+    """The one seed rule of every probe fit: after task ``task`` (-1: the random-init model), repeat ``repeat``.
+
+    The run and ``fastpnr linear`` both use it, so the offline figure of task t equals the run's; repeat 0 is the
+    seed of single-fit runs (``train.seed + task``).
+    """
+    return train_seed + task + 1000 * repeat
+
+
+def stratified_subset(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int = 42) -> np.ndarray:
+    """A ``fraction`` of ``indices`` drawn per class (round(n_c * fraction), at least 1 of each class), sorted.
+
+    The semi-supervised linear evaluation of the anchors (1% / 10% of the labels, stratified, seed 42).
+    """
+    if fraction >= 1:
+        return np.asarray(indices)
+    indices = np.asarray(indices)
+    classes = np.asarray(labels)[indices]
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(classes):
+        members = indices[classes == c]
+        k = max(1, int(round(len(members) * fraction)))
+        keep.append(rng.choice(members, size=k, replace=False))
+    return np.sort(np.concatenate(keep)) if keep else indices[:0]
+
+
+def mean_and_std(values) -> tuple:
+    """Mean and sample standard deviation (ddof 1; 0 for one value) over the first axis, as plain floats/lists."""
+    a = np.asarray(values, dtype=float)
+    std = a.std(axis=0, ddof=1) if a.shape[0] > 1 else np.zeros_like(a[0])
+    mean = a.mean(axis=0)
+    return (mean.tolist(), std.tolist()) if a.ndim > 1 else (float(mean), float(std))
+
+
 # --------------------------------------------------------------------------------------------- continual metrics
 @dataclass
 class ContinualMetrics:
-    """Average accuracy and forgetting from a (possibly partial) accuracy matrix a[i][j] in percent."""
+    """Accuracy summaries of a (possibly partial) accuracy matrix a[i][j] in percent, rows i = after task i.
+
+    A_k = mean_{j<=k} a[k][j] is the average accuracy over the tasks seen after task k.
+    """
 
     matrix: list[list[float]]
 
@@ -128,22 +167,33 @@ class ContinualMetrics:
     def tasks_done(self) -> int:
         return len(self.matrix)
 
+    def _seen_average(self, k: int) -> float:
+        return float(np.mean(self.matrix[k][: k + 1]))
+
+    def final_average_accuracy(self) -> float:
+        """A_T: mean_{j<=T} a[T][j] after the last finished task T (the tables' "average accuracy")."""
+        return self._seen_average(self.tasks_done - 1)
+
+    def average_incremental_accuracy(self) -> float:
+        """mean over k of A_k (every row's average over the tasks seen so far)."""
+        return float(np.mean([self._seen_average(k) for k in range(self.tasks_done)]))
+
     def average_accuracy(self) -> float:
-        """A_i = mean_j<=i a[i][j] after the last finished task i (the usual class-IL average incremental accuracy)."""
-        last = self.matrix[-1]
-        seen = last[: self.tasks_done]
-        return float(np.mean(seen))
+        """Alias of ``final_average_accuracy`` (A_T), the name of older metrics files."""
+        return self.final_average_accuracy()
 
     def final_accuracy_all_tasks(self) -> float:
         return float(np.mean(self.matrix[-1]))
 
     def forgetting(self) -> float:
         """mean over j < i of max_{l < i} a[l][j] - a[i][j], i = the last finished task (0 with one task)."""
+        drops = self.forgetting_per_task()
+        return float(np.mean(drops)) if drops else 0.0
+
+    def forgetting_per_task(self) -> list[float]:
+        """[max_{j <= l < i} a[l][j] - a[i][j] for each earlier task j < i], i = the last finished task."""
         i = self.tasks_done - 1
-        if i == 0:
-            return 0.0
-        drops = [max(self.matrix[l][j] for l in range(j, i)) - self.matrix[i][j] for j in range(i)]
-        return float(np.mean(drops))
+        return [float(max(self.matrix[l][j] for l in range(j, i)) - self.matrix[i][j]) for j in range(i)]
 
     def forward_transfer(self, random_init: list[float]) -> float | None:
         """mean over j >= 1 of a[j-1][j] - b_j, b_j the random-init model's accuracy on task j (None before task 1)."""
@@ -153,16 +203,16 @@ class ContinualMetrics:
         return float(np.mean([self.matrix[j - 1][j] - random_init[j] for j in range(1, i + 1)]))
 
 
-def save_heatmap(matrix: list[list[float]], path, title: str = "accuracy a[i][j] (%)") -> None:
-    """A PNG heatmap of the accuracy matrix (rows: after task i, columns: task j)."""
+def save_heatmap(matrix: list[list[float]], path, title: str = "accuracy a[i][j] (%)", std=None) -> None:
+    """A PNG heatmap of the accuracy matrix (rows: after task i, columns: task j); ``std`` (same shape) adds "± s"."""
     import matplotlib.pyplot as plt
 
-    fig = heatmap_figure(matrix, title)
+    fig = heatmap_figure(matrix, title, std)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def heatmap_figure(matrix: list[list[float]], title: str = "accuracy a[i][j] (%)"):
+def heatmap_figure(matrix: list[list[float]], title: str = "accuracy a[i][j] (%)", std=None):
     """The matplotlib figure of ``save_heatmap`` (Agg backend): the matrix, its values, a colorbar."""
     import matplotlib
 
@@ -179,9 +229,84 @@ def heatmap_figure(matrix: list[list[float]], title: str = "accuracy a[i][j] (%)
         for j in range(t_cols):
             v = matrix_np[i, j]
             if not np.isnan(v):
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w" if v < 60 else "k", fontsize=9)
+                label = f"{v:.1f}" if std is None else f"{v:.1f}\n±{std[i][j]:.1f}"
+                ax.text(j, i, label, ha="center", va="center", color="w" if v < 60 else "k", fontsize=9)
     ax.set_xticks(range(t_cols), [f"task {j}" for j in range(t_cols)])
     ax.set_yticks(range(t_rows), [f"after {i}" for i in range(t_rows)])
     ax.set_title(title, pad=14)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label("%")
     return fig
+
+
+# --------------------------------------------------------------------------------------------- official protocol
+# The anchors' offline linear evaluation (PNR main_linear.py, cassle/methods/linear.py, bash_files/linear/*):
+# SGD lr by method (SimSiam 30.0 from CaSSLe; the GSG variants take their base method's), momentum 0.0 (PNR; CaSSLe
+# 0.9), weight decay 0, batch 256, 100 epochs, MultiStep at 60 and 80 with gamma 0.1.
+OFFICIAL_LINEAR_LR = {"simclr": 1.0, "mocov2plus": 3.0, "byol": 3.0, "barlow": 0.1, "vicreg": 0.3, "simsiam": 30.0,
+                      "simsiam_gsg": 30.0, "byol_gsg": 3.0}
+OFFICIAL_DECAY_AT = (0.6, 0.8)  # MultiStep milestones as shares of the epochs ([60, 80] of 100)
+
+
+def official_lr(base_lr: float, epoch: int, epochs: int) -> float:
+    """The MultiStep schedule: base_lr x 0.1 per milestone (0.6 and 0.8 of ``epochs``, at least epoch 1) passed."""
+    milestones = [max(1, int(share * epochs)) for share in OFFICIAL_DECAY_AT]
+    return base_lr * 0.1 ** sum(epoch >= m for m in milestones)
+
+
+def official_view(size: int, mean, std):
+    """The training augmentation: random-resized-crop (0.08-1, bicubic) + horizontal flip, nothing else."""
+    from loaders import ViewConfig
+
+    return ViewConfig(size=size, crop_scale=(0.08, 1.0), interpolation="bicubic", brightness=0.0, contrast=0.0,
+                      saturation=0.0, hue=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0,
+                      flip_prob=0.5, mean=tuple(mean), std=tuple(std))
+
+
+def train_official_head(backbone, loader, feat_dim: int, num_classes: int, epochs: int, lr: float, momentum: float,
+                        seed: int, autocast_dtype=None, progress: bool = False) -> torch.nn.Linear:
+    """A Linear(feat_dim, C) trained on ``loader``'s augmented batches through the frozen backbone (eval mode)."""
+    device = next(backbone.parameters()).device
+    with torch.random.fork_rng(devices=[]):  # the head's init must not depend on (or disturb) the training RNG
+        torch.manual_seed(seed)
+        head = torch.nn.Linear(feat_dim, num_classes).to(device)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=0.0)
+    was_training = backbone.training
+    backbone.eval()
+    bar = _epoch_bar(epochs, progress)
+    try:
+        for epoch in range(epochs):
+            for group in opt.param_groups:
+                group["lr"] = official_lr(lr, epoch, epochs)
+            loader.set_epoch(epoch)
+            for views, labels, _ in loader:
+                with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                                     enabled=autocast_dtype is not None):
+                    feats = backbone(views[0])
+                loss = F.cross_entropy(head(feats.float()), labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if bar is not None:
+                bar.update(1)
+    finally:
+        backbone.train(was_training)
+        if bar is not None:
+            bar.close()
+    return head
+
+
+def _epoch_bar(epochs: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=epochs, unit="epoch", desc="official linear", leave=False, dynamic_ncols=True)
+
+
+def summarize_fits(fits: list[tuple[list[float], float]]) -> dict:
+    """Per-task rows and whole-test accuracies of repeated probe fits -> their means, stds and the values per fit."""
+    rows, tests = [list(r) for r, _ in fits], [float(t) for _, t in fits]
+    row, row_std = mean_and_std(rows)
+    test, test_std = mean_and_std(tests)
+    return {"row": row, "row_std": row_std, "test_accuracy": test, "test_accuracy_std": test_std, "rows": rows,
+            "tests": tests}

@@ -116,7 +116,7 @@ class GraphStep:
             self._lr_ready = True
         self.refill(views, labels, probe_batch)
         if self.has_ema:
-            self.tau.fill_(t.method.ema_tau(step + 1, total_steps))  # outside the graph, no sync
+            self.tau.fill_(t.method.step_tau(step, total_steps))  # outside the graph, no sync; eager uses the same
         if self.reason is None and self.graph is None:
             self._capture()
         if self.graph is None:

@@ -1,159 +1,204 @@
 """Offline evaluation of a saved model (``task{t}.pt`` or ``checkpoint.pt``): linear probe or kNN per task.
 
-Two linear protocols:
-- ``features`` (default): a linear classifier on frozen, precomputed features (fast; the continual loop's protocol);
-- ``augmented``: the anchors' offline protocol (cassle/methods/linear.py): the frozen backbone in eval mode, a
-  linear layer trained with SGD on random-resized-crop + flip batches, MultiStep(0.6, 0.8) decay, momentum 0.0 as
-  the PNR code (CaSSLe used 0.9: ``--momentum 0.9``).
+Both go through the run's own evaluation path (``ContinualRun._protocol_rows``) with the run's configuration and
+seed rule (``evaluation.eval_seed``), so with no options the result is the run's figure for that task; the output
+carries ``matches_run`` and the run's figure beside its own (read from ``metrics.json`` in the run folder).
 
-Domain-IL runs also report the accuracy per domain; ``per_domain=True`` adds the anchors' DomainNet protocol of one
-more linear run per domain (trained and tested on that domain only, ``per_domain_runs``) beside the all-domain run.
+Two linear modes:
+- ``features`` (default): the continual loop's probe, ``eval.linear_seeds`` fits of a linear classifier on frozen,
+  precomputed features (fast);
+- ``official``: the anchors' offline protocol (PNR main_linear.py, ``evaluation.train_official_head``): the frozen
+  backbone in eval mode, Linear(feat_dim, C) trained with SGD on random-resized-crop + flip batches of the gpu or
+  DALI loader, lr by method, momentum 0.0 (PNR; CaSSLe 0.9), batch 256, 100 epochs, lr x0.1 at 60% and 80%.
+  ``augmented`` is its former name.
+
+``label_fraction`` keeps a stratified share of the labels per class (the papers' 1% / 10% semi-supervised
+evaluation, seed 42). Domain-IL runs also report the accuracy per domain; ``per_domain=True`` adds the anchors'
+DomainNet protocol of one more linear run per domain (trained and tested on that domain only, ``per_domain_runs``).
 """
 from __future__ import annotations
 
+import copy
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import evaluation as ev
 from .checkpoint import load_checkpoint
 from .config import config_from_dict
-from .continual import ContinualRun, _images
+from .continual import ContinualRun
 from .errors import ConfigError, require
 from .methods import build_method
-from .trainer import AUTOCAST_DTYPES
+
+MODES = ("features", "official", "augmented")
+# command-line option -> eval config field, per linear mode (the others are shared: train_fraction, label_fraction)
+MODE_OPTIONS = {
+    "features": {"epochs": "linear_epochs", "lr": "linear_lr", "batch_size": "linear_batch_size", "seeds": "linear_seeds"},
+    "official": {"epochs": "official_epochs", "lr": "official_lr", "batch_size": "official_batch_size",
+                 "momentum": "official_momentum", "seeds": "official_seeds"},
+    "knn": {"k": "knn_k", "temperature": "knn_temperature"},
+}
+PROTOCOL_OF_MODE = {"features": "linear", "official": "official", "knn": "knn"}
+SHARED_OPTIONS = {"train_fraction": "train_fraction", "label_fraction": "label_fraction"}
 
 
-def _load_run(checkpoint: str, data_dir: str | None, device: str):
+def _eval_overrides(mode: str, options: dict) -> dict:
+    """{eval field: value} for the options given (not None); an option the mode does not take is an error."""
+    fields = {**MODE_OPTIONS[mode], **SHARED_OPTIONS}
+    for name, value in options.items():
+        require(value is None or name in fields, name, value, f"unset with --mode {mode} (options: {', '.join(fields)})")
+    return {fields[k]: v for k, v in options.items() if v is not None}
+
+
+def _load_run(checkpoint: str, data_dir: str | None, device: str, eval_overrides: dict, progress: bool):
     ckpt = load_checkpoint(checkpoint)
-    d = ckpt["config"]
+    d = copy.deepcopy(ckpt["config"])
     if data_dir is not None:
         d["data"]["data_dir"] = data_dir
     d["train"]["device"] = device
-    d["train"]["progress"] = False
+    d["train"]["progress"] = progress
+    d["eval"].setdefault("linear_seeds", 1)  # a run from before eval.linear_seeds fitted one probe per task
+    changed = _changed(d["eval"], eval_overrides)
+    d["eval"].update(eval_overrides)
     cfg = config_from_dict(d)
-    run = ContinualRun(cfg, Path(checkpoint).parent if Path(checkpoint).is_file() else Path(checkpoint), log=lambda *a: None)
-    return ckpt, cfg, run
+    folder = Path(checkpoint).parent if Path(checkpoint).is_file() else Path(checkpoint)
+    return ckpt, cfg, ContinualRun(cfg, folder, log=lambda *a: None), changed
 
 
-def _prepare(checkpoint, data_dir, device, train_fraction):
-    ckpt, cfg, run = _load_run(checkpoint, data_dir, device)
+def _prepare(checkpoint, data_dir, device, eval_overrides, progress=False):
+    ckpt, cfg, run, changed = _load_run(checkpoint, data_dir, device, eval_overrides, progress)
     run._load_data(write_tasks=False)
-    if train_fraction is not None:
-        from .continual import _subsample
-
-        run.eval_train = _subsample(np.arange(len(run.train_set)), train_fraction, cfg.data.split_seed + 998)
-    method = build_method(cfg.method, cfg.model, run.num_classes).to(run.device)
+    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    method = build_method(cfg.method, cfg.model, run.num_classes).to(run.device, memory_format=memory_format)  # as the run
     method.load_state_dict(ckpt["method"])
-    return ckpt, cfg, run, method
+    return ckpt, cfg, run, method, changed
 
 
-def _features(run, cfg, method):
-    size = run.crop_size if run.crop_size != run.image_size else None
-    kw = dict(batch_size=cfg.eval.batch_size, device=run.device, mean=run.train_set.mean, std=run.train_set.std,
-              size=size, autocast_dtype=AUTOCAST_DTYPES[cfg.train.precision])
-    train_x = ev.extract_features(method.backbone, _images(run.train_set), run.eval_train, **kw)
-    test_x = ev.extract_features(method.backbone, _images(run.test_set), run.test_indices, **kw)
-    train_y = torch.as_tensor(run.train_set.labels[run.eval_train], device=run.device)
-    test_y = torch.as_tensor(run.test_set.labels[run.test_indices], device=run.device)
-    return train_x, train_y, test_x, test_y
+def _task_of(ckpt) -> int:
+    return ckpt.get("task", ckpt.get("next_task", 0) - 1)
 
 
-def _report(name, logits, test_y, run, ckpt, extra: dict | None = None) -> dict:
-    per_task = ev.part_accuracies(logits, test_y, run.test_parts)
-    result = {"protocol": name, "task": ckpt.get("task", ckpt.get("next_task", 0) - 1),
-              "test_accuracy": ev.accuracy(logits, test_y), "per_task_accuracy": per_task}
+def _run_figures(run, protocol: str, task: int) -> dict | None:
+    """The run's own row and test accuracy of ``protocol`` after ``task`` (metrics.json beside the checkpoint)."""
+    path = run.out / "metrics.json"
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    rows = m.get("matrices", {}).get(protocol, [])
+    tests = m.get("test_accuracy_by_protocol", {}).get(protocol, [])
+    if task < 0 or task >= min(len(rows), len(tests)):
+        return None
+    return {"per_task_accuracy": rows[task], "test_accuracy": tests[task]}
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=0.0, abs_tol=1e-6)
+
+
+def _against_run(run, protocol: str, task: int, s: dict, changed: dict) -> dict:
+    """matches_run (None: the run has no figure for it) and the run's figure beside this one."""
+    theirs = _run_figures(run, protocol, task)
+    out = {"matches_run": None, "run_test_accuracy": None, "run_per_task_accuracy": None,
+           "options_differing_from_run": changed}
+    if theirs is not None:
+        same = _same(s["test_accuracy"], theirs["test_accuracy"]) and len(s["row"]) == len(theirs["per_task_accuracy"]) \
+            and all(_same(a, b) for a, b in zip(s["row"], theirs["per_task_accuracy"]))
+        out.update(matches_run=same, run_test_accuracy=theirs["test_accuracy"],
+                   run_per_task_accuracy=theirs["per_task_accuracy"])
+    return out
+
+
+def _changed(run_cfg_eval: dict, overrides: dict) -> dict:
+    """{field: [run's value, this value]} of the overrides that differ from the run's configuration."""
+    return {k: [run_cfg_eval.get(k), v] for k, v in overrides.items() if run_cfg_eval.get(k) != v}
+
+
+def _report(run, ckpt, protocol: str, mode: str, fits, changed: dict, extra: dict | None = None) -> dict:
+    s = ev.summarize_fits(fits)
+    task = _task_of(ckpt)
+    result = {"protocol": protocol, "mode": mode, "task": task, "test_accuracy": s["test_accuracy"],
+              "test_accuracy_std": s["test_accuracy_std"], "per_task_accuracy": s["row"],
+              "per_task_accuracy_std": s["row_std"], "fits": len(fits),
+              "seeds": [ev.eval_seed(run.cfg.train.seed, task, r) for r in range(len(fits))],
+              "train_images": int(len(run._probe_train_indices())), "label_fraction": run.cfg.eval.label_fraction}
     if run.cfg.data.scenario == "domain":  # task j is domain j: the same numbers by domain name
-        result["per_domain_accuracy"] = {t.domains[0]: a for t, a in zip(run.tasks, per_task)}
+        result["per_domain_accuracy"] = {t.domains[0]: a for t, a in zip(run.tasks, s["row"])}
     result.update(extra or {})
+    result.update(_against_run(run, protocol, task, s, changed))
     print(json.dumps(result))
     return result
 
 
-def _domain_subsets(run) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(domain, positions in run.eval_train of its labelled train images, positions in the test rows) per task."""
+def _domain_subsets(run) -> list[tuple[str, np.ndarray, torch.Tensor]]:
+    """(domain, its labelled train images (dataset indices), positions in the test rows) per task."""
     if run.cfg.data.scenario != "domain":
         raise ConfigError(f"per_domain=True is invalid for data.scenario={run.cfg.data.scenario!r}; allowed: "
                           "domain-incremental runs only")
-    ids = run.train_set.domain_ids[run.eval_train]
+    train_idx = run._probe_train_indices()
+    ids = run.train_set.domain_ids[train_idx]
     out = []
     for t, part in zip(run.tasks, run.test_parts):
         rows = np.flatnonzero(ids == run.train_set.domains.index(t.domains[0]))
         if len(rows) < 2:
-            raise ConfigError(f"train_fraction leaves {len(rows)} labelled {t.domains[0]!r} images; allowed: a fraction "
-                              "that keeps at least 2 per domain for per_domain=True")
-        out.append((t.domains[0], rows, torch.as_tensor(part, device=run.device)))
+            raise ConfigError(f"--train_fraction leaves {len(rows)} labelled {t.domains[0]!r} images; allowed: a "
+                              "fraction that keeps at least 2 per domain with --per_domain")
+        out.append((t.domains[0], train_idx[rows], torch.as_tensor(part, device=run.device)))
     return out
 
 
-def linear_eval(checkpoint: str, data_dir: str | None = None, mode: str = "features", epochs: int | None = None,
-                lr: float | None = None, batch_size: int = 256, momentum: float = 0.0, train_fraction: float | None = None,
-                device: str = "auto", out: str | None = None, per_domain: bool = False) -> dict:
-    """One linear run on all classes (and domains); per_domain=True adds one run per domain (domain-IL only)."""
-    require(mode in ("features", "augmented"), "mode", mode, ("features", "augmented"))
-    ckpt, cfg, run, method = _prepare(checkpoint, data_dir, device, train_fraction)
-    domains = _domain_subsets(run) if per_domain else []
-    if mode == "features":
-        train_x, train_y, test_x, test_y = _features(run, cfg, method)
-
-        def fit(rows):
-            return ev.linear_probe(train_x[rows], train_y[rows], run.num_classes, epochs=epochs or cfg.eval.linear_epochs,
-                                   lr=lr or cfg.eval.linear_lr, batch_size=cfg.eval.linear_batch_size, seed=cfg.train.seed)
-        logits = fit(slice(None))(test_x)
-        runs = {d: ev.accuracy(fit(torch.as_tensor(rows, device=run.device))(test_x[part]), test_y[part])
-                for d, rows, part in domains}
-        name = "linear-features"
-    else:
-        def fit(subset):
-            return _augmented_head(run, cfg, method, subset, epochs or 100, lr or 0.1, batch_size, momentum)
-        head = fit(run.eval_train)
-        heads = {d: fit(run.eval_train[rows]) for d, rows, _ in domains}
-        _, _, test_x, test_y = _features(run, cfg, method)
+def _per_domain_runs(run, method, mode: str, task: int) -> dict:
+    """{domain: accuracy on its test images of a probe trained on its train images only} (mean over the fits)."""
+    extract = run._feature_extractor(method)
+    test_x = extract(run.test_set, run.test_indices)
+    test_y = torch.as_tensor(run.test_set.labels[run.test_indices], device=run.device)
+    e, runs = run.cfg.eval, {}
+    for domain, subset, part in _domain_subsets(run):
+        if mode == "features":
+            train_x = extract(run.train_set, subset)
+            train_y = torch.as_tensor(run.train_set.labels[subset], device=run.device)
+            predict = [run._fit_linear(train_x, train_y, task, r) for r in range(e.linear_seeds)]
+        else:
+            predict = [run._fit_official(method, subset, task, r) for r in range(e.official_seeds)]
         with torch.no_grad():
-            logits = head(test_x)
-            runs = {d: ev.accuracy(heads[d](test_x[part]), test_y[part]) for d, _, part in domains}
-        name = "linear-augmented"
-    result = _report(name, logits, test_y, run, ckpt, {"per_domain_runs": runs} if per_domain else None)
+            runs[domain] = float(np.mean([ev.accuracy(p(test_x[part]), test_y[part]) for p in predict]))
+    return runs
+
+
+def linear_eval(checkpoint: str, data_dir: str | None = None, mode: str = "features", epochs: int | None = None,
+                lr: float | None = None, batch_size: int | None = None, momentum: float | None = None,
+                seeds: int | None = None, train_fraction: float | None = None, label_fraction: float | None = None,
+                device: str = "auto", out: str | None = None, per_domain: bool = False, progress: bool = True) -> dict:
+    """One linear evaluation on all classes (and domains) of the run's model after its task; options left unset
+    take the run's values. per_domain=True adds one run per domain (domain-IL only)."""
+    require(mode in MODES, "mode", mode, MODES)
+    mode = "official" if mode == "augmented" else mode
+    overrides = _eval_overrides(mode, {"epochs": epochs, "lr": lr, "batch_size": batch_size, "momentum": momentum,
+                                       "seeds": seeds, "train_fraction": train_fraction, "label_fraction": label_fraction})
+    ckpt, cfg, run, method, changed = _prepare(checkpoint, data_dir, device, overrides, progress)
+    protocol, task = PROTOCOL_OF_MODE[mode], _task_of(ckpt)
+    extra = {"per_domain_runs": _per_domain_runs(run, method, mode, task)} if per_domain else {}
+    if mode == "official":
+        extra["lr"] = cfg.eval.official_lr or ev.OFFICIAL_LINEAR_LR.get(cfg.method.name)
+    fits = run._protocol_rows(task, method=method, protocols=(protocol,))[protocol]
+    result = _report(run, ckpt, protocol, mode, fits, changed, extra)
     if out:
         Path(out).write_text(json.dumps(result, indent=2))
     return result
 
 
-def _augmented_head(run, cfg, method, subset, epochs, lr, batch_size, momentum) -> torch.nn.Linear:
-    """A linear layer trained on random-resized-crop + flip batches of `subset` through the frozen backbone."""
-    from loaders import ViewConfig, make_loader
-
-    view = ViewConfig(size=run.crop_size, crop_scale=(0.08, 1.0), jitter_prob=0.0, grayscale_prob=0.0,
-                      mean=run.train_set.mean, std=run.train_set.std)
-    loader = make_loader(cfg.data.loader, run.train_set, batch_size=min(batch_size, len(subset)), num_views=1,
-                         device=run.device, seed=cfg.train.seed, view_configs=[view], subset=subset)
-    head = torch.nn.Linear(method.feat_dim, run.num_classes).to(run.device)
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.6 * epochs), int(0.8 * epochs)], gamma=0.1)
-    method.backbone.eval()
-    for epoch in range(epochs):
-        loader.set_epoch(epoch)
-        for views, labels, _ in loader:
-            with torch.no_grad():
-                feats = method.backbone(views[0]).float()
-            loss = F.cross_entropy(head(feats), labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
-    return head
-
-
-def knn_eval(checkpoint: str, data_dir: str | None = None, k: int = 20, temperature: float = 0.07,
-             train_fraction: float | None = None, device: str = "auto", out: str | None = None) -> dict:
-    require(k >= 1, "k", k, ">= 1")
-    ckpt, cfg, run, method = _prepare(checkpoint, data_dir, device, train_fraction)
-    train_x, train_y, test_x, test_y = _features(run, cfg, method)
-    logits = ev.knn_predict(train_x, train_y, test_x, run.num_classes, k=k, temperature=temperature)
-    result = _report("knn", logits, test_y, run, ckpt)
+def knn_eval(checkpoint: str, data_dir: str | None = None, k: int | None = None, temperature: float | None = None,
+             train_fraction: float | None = None, label_fraction: float | None = None, device: str = "auto",
+             out: str | None = None) -> dict:
+    """Weighted kNN of the run's model after its task; options left unset take the run's values."""
+    require(k is None or k >= 1, "k", k, ">= 1")
+    overrides = _eval_overrides("knn", {"k": k, "temperature": temperature, "train_fraction": train_fraction,
+                                        "label_fraction": label_fraction})
+    ckpt, cfg, run, method, changed = _prepare(checkpoint, data_dir, device, overrides)
+    fits = run._protocol_rows(_task_of(ckpt), method=method, protocols=("knn",))["knn"]
+    result = _report(run, ckpt, "knn", "knn", fits, changed)
     if out:
         Path(out).write_text(json.dumps(result, indent=2))
     return result

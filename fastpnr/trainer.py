@@ -113,7 +113,7 @@ class Trainer:
                   cache_enabled: bool = True):
         """Forward (both views, frozen model, probe), losses, backward, optimizer step, EMA and queue updates.
 
-        With ``tau`` (a 0-d device tensor, the EMA tau of step ``step + 1``) and tensor learning rates the body
+        With ``tau`` (a 0-d device tensor, ``method.step_tau(step, total_steps)``) and tensor learning rates the body
         reads no per-step Python value and syncs nothing, so ``GraphStep`` can capture it."""
         method, reg = self.method, self.regularizer
         reg_active = reg.active
@@ -133,15 +133,9 @@ class Trainer:
                 loss = loss + penalty
                 logs.update(reg_logs)
             if probe_batch is not None:
-                probe_x, probe_y = probe_batch
-                if probe_x is None:  # "task" probe: the first view of the training batch
-                    feats = out["feats"][0]
-                else:  # "full" probe: the anchors' extra batch from the whole labelled train set
-                    with torch.no_grad():
-                        feats = method.backbone(probe_x)
-                probe_loss = F.cross_entropy(method.online_logits(feats).float(), probe_y)
+                probe_loss, probe_logs = _probe_losses(method, out, probe_batch)
                 loss = loss + probe_loss
-                logs["probe"] = probe_loss.detach()
+                logs.update(probe_logs)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.dist.average_gradients([p for g in self.optimizer.param_groups for p in g["params"]])
@@ -150,7 +144,7 @@ class Trainer:
         with torch.no_grad():
             method.end_of_step(out)
             reg.end_of_step(out, frozen_out)
-            method.after_step(step + 1, total_steps, tau=tau)
+            method.after_step(step, total_steps, tau=tau)
         logs["loss"] = loss.detach()
         return logs
 
@@ -181,7 +175,7 @@ class Trainer:
                 if not all(map(_finite, host.values())):
                     terms = ", ".join(f"{k}={v:.4g}" for k, v in host.items())
                     raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {done} ({terms}); "
-                                             "lower optim.lr, or use train.precision=fp32")
+                                             "lower --optim.lr, or use --train.precision fp32")
                 now = time.perf_counter()
                 ips = (done - last_step) * batch_size * self.dist.world_size / max(now - last_time, 1e-9)
                 last_time, last_step = now, done
@@ -195,6 +189,25 @@ class Trainer:
             if progress is not None:
                 progress.update(1)
         return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def _probe_losses(method, out, probe_batch):
+    """Cross-entropy of the online probe and, where the method has one, the momentum probe (added to the loss, as
+    the anchors). ``probe_batch``: (images, labels) of the "full" probe, or (None, labels) for the "task" probe
+    (the first view of the training batch)."""
+    probe_x, probe_y = probe_batch
+    if probe_x is None:
+        feats = out["feats"][0]
+    else:  # "full" probe: the anchors' extra batch from the whole labelled train set
+        with torch.no_grad():
+            feats = method.backbone(probe_x)
+    probe = F.cross_entropy(method.online_logits(feats).float(), probe_y)
+    logs = {"probe": probe.detach()}
+    if method.momentum_classifier is not None:
+        momentum = F.cross_entropy(method.momentum_online_logits(out, probe_x).float(), probe_y)
+        probe = probe + momentum
+        logs["momentum_probe"] = momentum.detach()
+    return probe, logs
 
 
 def _finite(x: float) -> bool:

@@ -142,7 +142,7 @@ def main(device="cuda", sizes="all", dtype="float32", iters=50, quick=False, com
         raise SystemExit(f"matmul_precision={matmul_precision!r} is invalid; allowed: highest, high")
     torch.set_float32_matmul_precision(matmul_precision)
     if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("device='cuda' is invalid here: no CUDA device; use --device=cpu")
+        raise SystemExit("device='cuda' is invalid here: no CUDA device; use --device cpu")
     kernels = _import_kernels(device)
     table = QUICK_CASES if quick else CASES
     names = list(table) if sizes == "all" else (sizes.split(",") if isinstance(sizes, str) else list(sizes))

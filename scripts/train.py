@@ -36,7 +36,7 @@ def _train(preset, out, resume, overrides):
         resume, overrides = out, {}  # torchrun restarted the workers (--max-restarts): continue from the checkpoint
     if resume:
         if overrides:
-            allowed = ("device", "progress", "threads", "log_every")
+            allowed = ("device", "progress", "threads", "log_every", "max_tasks")
             bad = [k for k in overrides if k.replace("train.", "").replace("-", "_") not in allowed]
             if bad:
                 raise FastPNRError(f"option {bad[0]!r} cannot be changed with --resume; allowed: {', '.join(allowed)}")

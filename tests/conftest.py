@@ -83,6 +83,6 @@ def tiny_overrides(data_root, **extra) -> dict:
     """A 2-task CIFAR-10 run of a few seconds: 16 px images, 2 steps per epoch, small heads."""
     ov = {"data.data_dir": str(data_root), "data.image_size": 16, "data.train_fraction": 0.004, "data.test_fraction": 0.01,
           "eval.train_fraction": 0.004, "optim.batch_size": 16, "train.steps_per_epoch": 2, "train.progress": False,
-          "eval.linear_epochs": 2, "method.proj_hidden": 64, "method.proj_out": 32, "train.log_every": 1}
+          "eval.linear_epochs": 2, "eval.official_epochs": 1, "method.proj_hidden": 64, "method.proj_out": 32, "train.log_every": 1}
     ov.update(extra)
     return ov

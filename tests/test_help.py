@@ -110,6 +110,6 @@ def test_every_command_help_is_clean_and_lists_its_options(command, capsys):
 def test_help_shows_choices_validated_below_main(capsys):
     """linear's --mode is checked in offline_eval.linear_eval, compare's --protocol in fastpnr.compare."""
     linear = _help(capsys, "linear", "--help")
-    assert "allowed: features, augmented" in next(line for line in linear.splitlines() if line.startswith("  --mode "))
+    assert "allowed: features, official, augmented" in next(line for line in linear.splitlines() if line.startswith("  --mode "))
     compare = _help(capsys, "compare", "--help")
-    assert "allowed: linear, knn, online" in next(line for line in compare.splitlines() if line.startswith("  --protocol "))
+    assert "allowed: linear, knn, online, official" in next(line for line in compare.splitlines() if line.startswith("  --protocol "))

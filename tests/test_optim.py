@@ -127,3 +127,24 @@ def test_use_tensor_lr_and_set_lr_fill_in_place():
     assert [g["lr"] for g in opt.param_groups] == tensors
     assert tensors[0].item() == pytest.approx(0.5 * 0.4 * (1 + math.cos(math.pi * 1 / 4)), rel=1e-6)
     assert tensors[1].item() == pytest.approx(0.1)
+
+
+def test_batch_size_scales_the_base_and_distill_lr_but_not_classifier_lr():
+    """The anchors scale ``lr`` by batch/256 (cassle/args/utils.py) and leave ``classifier_lr`` as given."""
+    from fastpnr.config import ModelConfig
+    from fastpnr.methods import build_method
+    from fastpnr.methods.byol import BYOLConfig
+    from fastpnr.optim import build_optimizer
+    from fastpnr.regularizers import build_regularizer
+    from fastpnr.regularizers.pnr import PNRConfig
+
+    cfg = OptimConfig(lr=0.4, classifier_lr=0.3, batch_size=512)
+    method = build_method(BYOLConfig(name="byol", proj_hidden=16, proj_out=8, pred_hidden=8), ModelConfig(), 10)
+    reg = build_regularizer(PNRConfig(distill_hidden=8), method)
+    opt = build_optimizer(method.param_groups(cfg) + reg.param_groups(cfg), cfg)
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs["ssl"] == pytest.approx(0.4 * 512 / 256) and lrs["distill_predictor"] == pytest.approx(0.4 * 512 / 256)
+    assert lrs["classifier"] == 0.3
+    # BYOL-style distillers: lr / distill_lamb when distill_lamb < 1 (the anchors' distiller learnable_params)
+    half = build_regularizer(PNRConfig(distill_hidden=8, pos_weight=0.5), method).param_groups(cfg)
+    assert half[0]["lr"] == pytest.approx(0.4 * 512 / 256 / 0.5)

@@ -49,10 +49,14 @@ class Method(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = build_backbone(model_cfg.backbone, cifar_stem=model_cfg.cifar_stem,
-                                       stem_padding=model_cfg.stem_padding, zero_init_residual=model_cfg.zero_init_residual)
+                                       stem_padding=model_cfg.stem_padding, zero_init_residual=model_cfg.zero_init_residual,
+                                       width=model_cfg.width)
         self.feat_dim = self.backbone.feat_dim
         self.build_heads()
         self.classifier = nn.Linear(self.feat_dim, num_classes)  # online probe on detached features
+        # The anchors' --momentum_classifier (MoCo, BYOL scripts): a second probe on the EMA backbone's features.
+        self.momentum_classifier = (nn.Linear(self.feat_dim, num_classes)
+                                    if getattr(cfg, "momentum_classifier", False) else None)
 
     # -- to override ---------------------------------------------------------------------------
     def build_heads(self) -> None:
@@ -86,21 +90,46 @@ class Method(nn.Module):
     def online_logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self.classifier(feats.detach())
 
+    def momentum_online_logits(self, out: dict, probe_x: torch.Tensor | None) -> torch.Tensor:
+        """The momentum classifier on the EMA backbone's features: of the probe batch ``probe_x`` (forwarded in train
+        mode under no_grad, as the anchors' ``_online_eval_shared_step_momentum``), or, for the "task" probe (None),
+        of the training batch's first view."""
+        if probe_x is None:
+            feats = out["momentum_feats"][0]
+        else:
+            with torch.no_grad():
+                feats = self.momentum_backbone(probe_x)
+        return self.momentum_classifier(feats.detach())
+
     def param_groups(self, optim_cfg) -> list[dict]:
-        """Parameter groups: everything at the base lr/wd; the online probe at classifier_lr, no weight decay."""
+        """Parameter groups: everything at the base lr/wd; the online probe at classifier_lr, no weight decay.
+
+        classifier_lr is not scaled by batch/256: the anchors scale only ``lr`` (cassle/args/utils.py)."""
         head = [p for n, p in self.named_parameters() if not n.startswith(("classifier.", "momentum_"))]
         groups = [{"name": "ssl", "params": head}]
         groups.append({"name": "classifier", "params": list(self.classifier.parameters()),
-                       "lr": optim_cfg.effective_lr(optim_cfg.classifier_lr), "weight_decay": 0.0})
+                       "lr": optim_cfg.classifier_lr, "weight_decay": 0.0})
+        if self.momentum_classifier is not None:  # the anchors: the same settings as the classifier
+            groups.append({"name": "momentum_classifier", "params": list(self.momentum_classifier.parameters()),
+                           "lr": optim_cfg.classifier_lr, "weight_decay": 0.0})
         return groups
 
     def ema_tau(self, step: int, total_steps: int) -> float:
-        """The anchors' cosine tau schedule (restarts every task), on the host."""
+        """The anchors' cosine tau schedule tau(k) = final - (final - base)(cos(pi k / K) + 1) / 2 (restarts every
+        task; K = the task's optimizer steps, all epochs), on the host."""
         return self.cfg.final_tau - (self.cfg.final_tau - self.cfg.base_tau) * (math.cos(math.pi * step / max(total_steps, 1)) + 1) / 2
 
+    def step_tau(self, step: int, total_steps: int) -> float:
+        """The tau of the EMA update after optimizer step ``step`` (0-based in the task, across epochs): tau(step - 1),
+        and 1 (no update) after step 0, as the anchors. Their update runs in Lightning's ``on_train_batch_end``, where
+        ``global_step`` still holds this step's index, only when ``global_step > last_step`` (false at step 0), with
+        the tau ``update_tau`` computed one call earlier (csm9493/PNR cassle/methods/base.py, utils/momentum.py)."""
+        return 1.0 if step == 0 else self.ema_tau(step - 1, total_steps)
+
     def after_step(self, step: int, total_steps: int, tau: torch.Tensor | None = None) -> None:
-        """EMA update: foreach ops, no host sync. ``tau``: a 0-d float32 device tensor holding ``ema_tau(step,
-        total_steps)``, filled outside a captured CUDA graph (the graph reads each step's value); None: filled here."""
+        """EMA update after optimizer step ``step``: foreach ops, no host sync. ``tau``: a 0-d float32 device tensor
+        holding ``step_tau(step, total_steps)``, filled outside a captured CUDA graph (the graph reads each step's
+        value); None: filled here."""
         pairs = self.momentum_pairs()
         if not pairs:
             return
@@ -111,9 +140,9 @@ class Method(nn.Module):
                 ema_params.append(pe)
         with torch.no_grad():
             if tau is None:  # a fill kernel, not a host-to-device copy (which would sync)
-                tau = torch.full((), self.ema_tau(step, total_steps), dtype=torch.float32, device=ema_params[0].device)
+                tau = torch.full((), self.step_tau(step, total_steps), dtype=torch.float32, device=ema_params[0].device)
             # xi <- xi + (1 - tau) (theta - xi), lerp's formula (_foreach_lerp_ would .item() a tensor weight);
-            # BN buffers are not averaged (anchors).
+            # tau = 1 leaves xi's bits unchanged (xi + 0). BN buffers are not averaged (anchors).
             delta = torch._foreach_sub(online_params, ema_params)
             torch._foreach_add_(ema_params, torch._foreach_mul(delta, 1.0 - tau))
 

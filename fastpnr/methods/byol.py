@@ -17,6 +17,7 @@ class BYOLConfig(MethodConfig):
     pred_hidden: int = 4096               # predictor hidden width
     base_tau: float = 0.99                # EMA momentum of the target network at the start (cosine schedule)
     final_tau: float = 1.0                # EMA momentum at the end of the schedule
+    momentum_classifier: bool = True  # also probe the EMA backbone (anchors' --momentum_classifier), with the online probe
 
     def __post_init__(self):
         super().__post_init__()
@@ -37,7 +38,8 @@ class BYOL(Method):
         out = super().forward_views(views)
         out["p"] = [self.predictor(z) for z in out["z"]]
         with torch.no_grad():
-            out["k"] = [self.momentum_projector(self.momentum_backbone(v)) for v in views]
+            out["momentum_feats"] = [self.momentum_backbone(v) for v in views]
+            out["k"] = [self.momentum_projector(f) for f in out["momentum_feats"]]
         return out
 
     def ssl_loss(self, out):

@@ -96,6 +96,11 @@ class BYOLGSG(_GSG):
     def momentum_pairs(self):
         return [(self.backbone, self.momentum_backbone), (self.projector, self.momentum_projector)]
 
+    def step_tau(self, step, total_steps):
+        # The GSG anchor updates the target at the start of every forward: after every optimizer step here (see the
+        # module docstring), not the PNR anchors' Lightning timing (no update after step 0, tau one step late).
+        return self.ema_tau(step, total_steps)
+
     def forward_views(self, views):
         out, views = self._online(views)
         with torch.no_grad():

@@ -19,6 +19,7 @@ class MoCoV2PlusConfig(MethodConfig):
     base_tau: float = 0.99                # EMA momentum of the key encoder at the start (cosine schedule)
     final_tau: float = 0.999              # EMA momentum at the end of the schedule
     loss_backend: str = "auto"    # auto: the fused Triton InfoNCE kernel on CUDA, the PyTorch reference elsewhere
+    momentum_classifier: bool = True  # also probe the EMA backbone (anchors' --momentum_classifier), with the online probe
 
     def __post_init__(self):
         super().__post_init__()
@@ -44,7 +45,8 @@ class MoCoV2Plus(Method):
         out = super().forward_views(views)
         out["q"] = [F.normalize(z.float(), dim=-1) for z in out["z"]]
         with torch.no_grad():
-            out["k"] = [F.normalize(self.momentum_projector(self.momentum_backbone(v)).float(), dim=-1) for v in views]
+            out["momentum_feats"] = [self.momentum_backbone(v) for v in views]
+            out["k"] = [F.normalize(self.momentum_projector(f).float(), dim=-1) for f in out["momentum_feats"]]
         # The loss must see the queue as it was before this step's enqueue.
         out["queue"] = self.queue.clone()
         return out

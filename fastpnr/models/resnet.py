@@ -68,25 +68,31 @@ def _downsample(inplanes: int, outplanes: int, stride: int):
 
 
 class ResNet(nn.Module):
-    """Backbone returning pooled features (B, feat_dim); ``fc`` is omitted (the anchors set it to Identity)."""
+    """Backbone returning pooled features (B, feat_dim); ``fc`` is omitted (the anchors set it to Identity).
 
-    def __init__(self, block, layers, cifar_stem: bool = False, stem_padding: int = 2, zero_init_residual: bool = False):
+    ``width`` is the base width (channels of the stem and layer1; layers 2-4 double it): 64 is torchvision's and the
+    anchors'; smaller widths make scaled-down studies cheap.
+    """
+
+    def __init__(self, block, layers, cifar_stem: bool = False, stem_padding: int = 2, zero_init_residual: bool = False,
+                 width: int = 64):
         super().__init__()
-        self.inplanes = 64
+        require(isinstance(width, int) and width >= 1, "model.width", width, "an integer >= 1")
+        self.inplanes = width
         if cifar_stem:
-            self.conv1 = nn.Conv2d(3, 64, 3, 1, stem_padding, bias=False)
+            self.conv1 = nn.Conv2d(3, width, 3, 1, stem_padding, bias=False)
             self.maxpool = nn.Identity()
         else:
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+            self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, 2 * width, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 4 * width, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 8 * width, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.feat_dim = 512 * block.expansion
+        self.feat_dim = 8 * width * block.expansion
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -118,7 +124,9 @@ BACKBONES = {
 }
 
 
-def build_backbone(name: str, cifar_stem: bool = False, stem_padding: int = 2, zero_init_residual: bool = False) -> ResNet:
+def build_backbone(name: str, cifar_stem: bool = False, stem_padding: int = 2, zero_init_residual: bool = False,
+                   width: int = 64) -> ResNet:
     require(name in BACKBONES, "model.backbone", name, sorted(BACKBONES))
     block, layers = BACKBONES[name]
-    return ResNet(block, layers, cifar_stem=cifar_stem, stem_padding=stem_padding, zero_init_residual=zero_init_residual)
+    return ResNet(block, layers, cifar_stem=cifar_stem, stem_padding=stem_padding, zero_init_residual=zero_init_residual,
+                  width=width)

@@ -61,7 +61,7 @@ class Regularizer(nn.Module):
 
 @dataclass(frozen=True)
 class FrozenModelConfig(RegularizerConfig):
-    frozen_bn: str = "eval"   # eval: PNR on ImageNet-100/DomainNet; train: CaSSLe, and PNR on CIFAR (anchors §2.0)
+    frozen_bn: str = "eval"   # frozen model's BN: eval as the PNR repo (PNR and CaSSLe); train: original CaSSLe, PNR CIFAR
     distill_hidden: int = 2048            # hidden width of the distillation predictor
 
     def __post_init__(self):

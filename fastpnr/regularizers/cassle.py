@@ -5,6 +5,11 @@ L = L_SSL + lambda * L_distill, with the distill predictor q applied to the curr
 - predictive (BYOL, SimSiam, GSG): 1/2 sum_i [2 - 2 cos(q(z_i), sg z'_i)]
 - decorrelative (Barlow): 1/2 sum_i BT(q(z_i), z'_i; 5e-3, 0.1)
 - predictive_mse (VICReg): 1/2 sum_i MSE(q(z_i), z'_i), lambda = 25
+
+The frozen model's BN mode (``regularizer.frozen_bn``) follows the PNR repo, whose CaSSLe baselines run through the
+same distill wrapper as PNR (csm9493/PNR cassle/distillers/base.py: ``frozen_encoder.eval()``): a CaSSLe-vs-PNR
+comparison never differs in it. ``frozen_bn train`` gives the original CaSSLe repo (DonkeyShot21/cassle), which
+never calls ``.eval()``.
 """
 from __future__ import annotations
 
@@ -21,7 +26,6 @@ DEFAULT_WEIGHT = {"vicreg": 25.0}
 @dataclass(frozen=True)
 class CaSSLeConfig(FrozenModelConfig):
     name: str = "cassle"
-    frozen_bn: str = "train"               # CaSSLe never puts the frozen model in eval mode
     weight: Optional[float] = None         # lambda ("distill_lamb"); None: 1, VICReg 25
     distill_temperature: float = 0.2      # temperature of the contrastive distiller
     barlow_lamb: float = 5e-3             # off-diagonal weight of the decorrelative (Barlow) distiller

@@ -44,9 +44,12 @@ def test_grayscale_becomes_rgb_and_decode_false_keeps_bytes(tmp_path):
 
 
 def test_mixed_sizes_need_image_size(tmp_path):
-    write_tree(tmp_path, "train", {"a/0.jpg": jpeg_bytes(1), "b/0.jpg": jpeg_bytes(2, size=(8, 16))})
-    with pytest.raises(DataError, match="image_size"):
+    write_tree(tmp_path, "train", {"a/0.jpg": jpeg_bytes(1), "b/0.jpg": jpeg_bytes(2, size=(8, 16))})  # 8 high, 16 wide
+    with pytest.raises(DataError) as e:
         load_dataset("imagefolder", "train", tmp_path, cache_dir=tmp_path / "cache")
+    msg = str(e.value)
+    assert "b/0.jpg' is 16x8 (width x height) but earlier images are 8x8" in msg  # as PIL's Image.size says
+    assert "--data.image_size N" in msg and "\n" not in msg
     ds = load_dataset("imagefolder", "train", tmp_path, image_size=(6, 10), cache_dir=tmp_path / "cache")
     assert ds.images.shape == (2, 6, 10, 3)
 
@@ -125,3 +128,22 @@ def test_zip_split_archive_matches_folder(tmp_path):
     archive = load_dataset("imagefolder", "train", tmp_path / "b", cache_dir=tmp_path / "cache")
     assert np.array_equal(folder.images, archive.images) and archive.classes == folder.classes
     assert archive.members[0] == f"{tmp_path / 'b' / 'train.zip'}::train/ant/00.jpg" and not archive.skipped.total()
+
+
+def test_error_hints_use_the_cli_form():
+    """Every hint in an error message names an option the way it is typed (`--section.field VALUE`), not as a
+    Python keyword (`image_size=N`, `skip_corrupt=True`) unless it also gives the CLI form."""
+    import ast
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    python_form = re.compile(r"\b(pass|set|use|lower|raise) [a-z_]+(\.[a-z_]+)?(=| to )\S")
+    bad = []
+    for path in [*root.glob("fastpnr/**/*.py"), *root.glob("loaders/*.py"), *root.glob("scripts/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) or (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "warn"):
+                text = "".join(n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str))
+                if python_form.search(text) or re.search(r"\b[a-z_]+=N\b", text) and "--" not in text:
+                    bad.append(f"{path.relative_to(root)}:{node.lineno}: {text[:100]}")
+    assert not bad, bad

@@ -230,6 +230,20 @@ def test_bfloat16_on_cuda():
 
 
 @needs_cuda
+def test_tf32_on_cuda():
+    """float32 inputs under torch.set_float32_matmul_precision("high"): single-TF32 dots (10-bit mantissa)."""
+    n, d = 37, 29
+    keys = [_unit(n, d, seed=27), _unit(53, d, seed=28)]
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        _check_against_reference(_unit(n, d, seed=29), _unit(n, d, seed=30), keys, 0.1, (True, False), True,
+                                 tol=(1e-2, 1e-2))
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@needs_cuda
 def test_cuda_graph_capture():
     """No host sync in forward or backward: the whole step captures and replays in a CUDA graph."""
     n, d = 64, 32

@@ -98,6 +98,24 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(data_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_max_tasks_stops_after_the_first_tasks_and_resume_finishes(data_root, tmp_path):
+    ov = tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32, "train.max_tasks": 1})
+    part = ContinualRun(build_config("smoke", ov), tmp_path, log=quiet).fit()
+    assert len(part["accuracy_matrix"]) == 1
+    assert (tmp_path / "task0.pt").exists() and not (tmp_path / "task1.pt").exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["num_tasks"] == 2
+    assert resume_run(tmp_path, log=quiet)["accuracy_matrix"] == part["accuracy_matrix"]  # still capped at 1 task
+    resumed = resume_run(tmp_path, log=quiet, max_tasks=2)  # (exact resume itself: the test above)
+    assert len(resumed["accuracy_matrix"]) == 2 and resumed["accuracy_matrix"][0] == part["accuracy_matrix"][0]
+    assert (tmp_path / "task1.pt").exists()
+
+
+def test_max_tasks_below_one_is_a_one_line_error():
+    with pytest.raises(ConfigError, match="train.max_tasks=0 is invalid"):
+        build_config("smoke", {"train.max_tasks": 0})
+
+
+@pytest.mark.slow
 def test_two_task_run_linear_probe_clearly_above_chance(data_root, tmp_path):
     ov = tiny_overrides(data_root, **{"data.image_size": 32, "eval.train_fraction": 0.05, "data.test_fraction": 0.1,
                                       "eval.linear_epochs": 30, "optim.batch_size": 32})
@@ -218,9 +236,9 @@ def test_offline_linear_and_knn_of_a_saved_task_model(data_root, tmp_path):
     knn = knn_eval(str(tmp_path / "task1.pt"), k=5)
     for r in (lin, knn):
         assert r["task"] == 1 and len(r["per_task_accuracy"]) == 2 and 0 <= r["test_accuracy"] <= 100
-    assert json.loads((tmp_path / "lin.json").read_text())["protocol"] == "linear-features"
-    aug = linear_eval(str(tmp_path / "task1.pt"), mode="augmented", epochs=1, batch_size=16)
-    assert aug["protocol"] == "linear-augmented"
+    assert json.loads((tmp_path / "lin.json").read_text())["protocol"] == "linear"
+    aug = linear_eval(str(tmp_path / "task1.pt"), mode="augmented", epochs=1, batch_size=16)  # the official's old name
+    assert aug["protocol"] == "official"
     with pytest.raises(ConfigError, match="per_domain=True is invalid for data.scenario='class'"):
         linear_eval(str(tmp_path / "task1.pt"), epochs=1, per_domain=True)
 

@@ -154,8 +154,8 @@ def test_ema_with_tensor_tau_equals_formula_and_float_path(name):
     online = [p.detach().clone() for p in m.backbone.parameters()]
     ema = [p.detach().clone() for p in m.momentum_backbone.parameters()]
     step, total = 3, 10
-    tau = m.ema_tau(step, total)
-    assert tau == pytest.approx(m.cfg.final_tau - (m.cfg.final_tau - m.cfg.base_tau) * (math.cos(math.pi * 0.3) + 1) / 2)
+    tau = m.step_tau(step, total)  # the anchors' tau(step - 1)
+    assert tau == pytest.approx(m.cfg.final_tau - (m.cfg.final_tau - m.cfg.base_tau) * (math.cos(math.pi * 0.2) + 1) / 2)
     twin = copy.deepcopy(m)
     tau_t = torch.full((), tau, dtype=torch.float32)
     m.after_step(step, total, tau=tau_t)
@@ -163,6 +163,54 @@ def test_ema_with_tensor_tau_equals_formula_and_float_path(name):
     for e0, o, e1, e2 in zip(ema, online, m.momentum_backbone.parameters(), twin.momentum_backbone.parameters()):
         torch.testing.assert_close(e1, tau * e0 + (1 - tau) * o, rtol=1e-6, atol=1e-6)
         assert torch.equal(e1, e2)
+
+
+def anchor_step_tau(k, total, base, final):
+    """Restatement of csm9493/PNR's momentum update in Lightning 1.5's on_train_batch_end: after optimizer step k
+    (0-based, counted across epochs) global_step == k; the update runs only if k > last_step (not at k = 0) and uses
+    cur_tau, which update_tau(k - 1, K) set one call earlier (cur_tau = base_tau before that)."""
+    if k == 0:
+        return None
+    return final - (final - base) * (math.cos(math.pi * (k - 1) / total) + 1) / 2
+
+
+def _recorded_taus(trainer):
+    """Wrap ``method.after_step`` to recover each update's tau from the weights: xi' - xi = (1 - tau)(theta - xi)."""
+    m, taus = trainer.method, []
+    original = m.after_step
+
+    def after_step(step, total_steps, tau=None):
+        ema = [p.detach().clone() for _, e in m.momentum_pairs() for p in e.parameters()]
+        online = [p.detach().clone() for o, _ in m.momentum_pairs() for p in o.parameters()]
+        original(step, total_steps, tau=tau)
+        new = [p.detach() for _, e in m.momentum_pairs() for p in e.parameters()]
+        if all(torch.equal(a, b) for a, b in zip(ema, new)):
+            taus.append(None)  # no update
+            return
+        num = sum(((b - a).double() * (o - a).double()).sum() for a, b, o in zip(ema, new, online))
+        den = sum(((o - a).double() ** 2).sum() for a, o in zip(ema, online))
+        taus.append(1 - float(num / den))
+
+    m.after_step = after_step
+    return taus
+
+
+@pytest.mark.parametrize("name, cuda_graph", [("byol", False), ("mocov2plus", True)])
+def test_ema_tau_per_step_follows_the_anchors_across_epochs(name, cuda_graph):
+    """Two epochs of three steps: no update after step 0, then tau(k - 1), the step index running on across the
+    epoch boundary; the same on the eager path and through GraphStep's tensor tau."""
+    trainer, _ = _build(name, "finetune", cuda_graph=cuda_graph, probe="off")
+    cfg = dataclasses.replace(trainer.method.cfg, base_tau=0.9, final_tau=1.0)  # wide range: each step's tau differs
+    trainer.method.cfg = cfg
+    taus = _recorded_taus(trainer)
+    loader = [(views, labels, None) for views, labels, _ in _batches(3, "off")]
+    epochs, steps = 2, 3
+    for epoch in range(epochs):
+        trainer.train_epoch(loader, None, epoch, epoch * steps, epochs * steps, steps)
+    expected = [anchor_step_tau(k, epochs * steps, cfg.base_tau, cfg.final_tau) for k in range(epochs * steps)]
+    assert taus[0] is None and expected[0] is None
+    assert taus[1:] == pytest.approx(expected[1:], abs=1e-3)
+    assert trainer.method.step_tau(0, 6) == 1.0 and trainer.method.step_tau(3, 6) == pytest.approx(expected[3])
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,0 +1,310 @@
+"""The study report: the paper's table (methods x strategies, mean ± std over seeds, each strategy's difference to
+fine-tuning), one row per cell, and plots; ``report.md``, ``report.json`` and PNGs in the study folder.
+
+The metrics of each cell come from ``fastpnr.compare.summarize`` (the rows of ``fastpnr compare``), recomputed from
+the run's accuracy matrix by ``evaluation.ContinualMetrics``. Only finished cells enter the table; the std is the
+sample standard deviation over seeds (n - 1), shown once two seeds are done.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from .compare import format_value, markdown, summarize
+from .errors import FastPNRError
+from .study import Cell, CellState, error_line, git_commit, progress_line, read_state, write_json
+
+# (report.json key, column title, RunSummary field)
+METRICS = (("final_average_accuracy", "A_T", "final_avg_acc"),
+           ("average_incremental_accuracy", "avg. inc. acc", "avg_inc_acc"),
+           ("forgetting", "forgetting", "forgetting"),
+           ("forward_transfer", "fwd transfer", "fwd_transfer"))
+BASELINE = "finetune"
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+def _present(values) -> list[float]:
+    return [float(v) for v in values if v is not None and not math.isnan(v)]
+
+
+def mean_std(values) -> tuple[float | None, float | None]:
+    """(mean, sample std with n - 1) of the values that are there; std None below two values."""
+    vals = _present(values)
+    if not vals:
+        return None, None
+    mean = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def format_mean_std(mean, std) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+
+
+def _mean(values) -> float | None:
+    return mean_std(values)[0]
+
+
+def _mean_rows(rows: list[tuple[float, ...]]) -> list[float]:
+    """Element-wise mean of equally long sequences (seeds' curves, matrix rows)."""
+    return [sum(col) / len(col) for col in zip(*rows)]
+
+
+# ------------------------------------------------------------------------------------------------ cells
+def _summary(folder: Path, protocol):
+    if not (folder / "metrics.json").exists():
+        return None
+    try:
+        return summarize(folder, protocol)
+    except FastPNRError:  # a run without that protocol, a half-written file: no figures for it
+        return None
+
+
+def cell_entry(cell: Cell, state: CellState, summary) -> dict:
+    """The report.json entry of one cell: identity, status, metrics (so far), cost and the error of a failed cell."""
+    entry = {**{k: v for k, v in cell.to_dict().items()}, "status": state.status,
+             "tasks": f"{state.tasks_done}/{state.num_tasks or '?'}", "metrics": None, "img_per_s": None,
+             "wall_s": state.wall_s, f"{state.device_kind}_hours": state.device_hours, "device": state.device_kind,
+             "error": None}
+    if summary is not None:
+        entry["metrics"] = {key: getattr(summary, attr) for key, _, attr in METRICS}
+        entry["metrics"].update(final_test_accuracy=summary.final_acc, protocol=summary.protocol)
+        entry.update(img_per_s=summary.img_per_s, accuracy_after_task=list(summary.acc_by_task),
+                     forgetting_by_task=list(summary.forgetting_by_task), accuracy_matrix=[list(r) for r in summary.matrix])
+    if state.status == "failed":
+        entry["error"] = state.record.get("error")
+    return entry
+
+
+# ------------------------------------------------------------------------------------------------ the table
+def _groups(entries: list[dict]) -> dict[tuple, list[dict]]:
+    """(preset, scenario) -> its cells, in grid order."""
+    groups: dict[tuple, list[dict]] = {}
+    for e in entries:
+        groups.setdefault((e["preset"], e["scenario"]), []).append(e)
+    return groups
+
+
+def _ordered(entries: list[dict], key: str) -> list[str]:
+    return list(dict.fromkeys(e[key] for e in entries))
+
+
+def aggregate(entries: list[dict]) -> list[dict]:
+    """One row per (preset, scenario, method, strategy): mean ± std over the done seeds, difference to fine-tuning."""
+    rows = []
+    for (preset, scenario), group in _groups(entries).items():
+        for method in _ordered(group, "method"):
+            by_reg = {reg: [e for e in group if e["method"] == method and e["regularizer"] == reg]
+                      for reg in _ordered(group, "regularizer")}
+            for reg, cells in by_reg.items():
+                rows.append(_table_row(preset, scenario, method, reg, cells, by_reg.get(BASELINE)))
+    return rows
+
+
+def _table_row(preset, scenario, method, reg, cells: list[dict], baseline: list[dict] | None) -> dict:
+    done = [e for e in cells if e["status"] == "done" and e["metrics"]]
+    metrics = {}
+    for key, _, _ in METRICS:
+        mean, std = mean_std(e["metrics"][key] for e in done)
+        metrics[key] = {"mean": mean, "std": std, "n": len(_present(e["metrics"][key] for e in done))}
+    diff = None
+    base_done = [e for e in baseline or [] if e["status"] == "done" and e["metrics"]]
+    if reg != BASELINE and done and base_done:
+        diff = {}
+        for key, _, _ in METRICS:
+            ours, theirs = _mean(e["metrics"][key] for e in done), _mean(e["metrics"][key] for e in base_done)
+            diff[key] = None if ours is None or theirs is None else ours - theirs
+    kind = done[-1]["device"] if done else "gpu"
+    return {"preset": preset, "scenario": scenario, "method": method, "regularizer": reg,
+            "seeds_done": [e["seed"] for e in done], "cells": len(cells), "metrics": metrics, "diff_to_finetune": diff,
+            "img_per_s": _mean(e["img_per_s"] for e in done), "device": kind,
+            f"{kind}_hours_per_cell": _mean(e.get(f"{kind}_hours") for e in done)}
+
+
+# ------------------------------------------------------------------------------------------------ markdown
+def _group_title(preset, scenario) -> str:
+    return f"{preset}" + (f", {scenario}-incremental" if scenario else "")
+
+
+def table_markdown(rows: list[dict]) -> str:
+    header = ["method", "strategy", "seeds"] + [title for _, title, _ in METRICS] + ["img/s", "device-h per cell"]
+    body = []
+    for r in rows:
+        hours = r.get(f"{r['device']}_hours_per_cell")
+        body.append([r["method"], r["regularizer"], f"{len(r['seeds_done'])}/{r['cells']}",
+                     *[format_mean_std(r["metrics"][k]["mean"], r["metrics"][k]["std"]) for k, _, _ in METRICS],
+                     format_value(r["img_per_s"]), _hours(hours, r["device"])])
+    return markdown(header, body)
+
+
+def diff_markdown(rows: list[dict]) -> str:
+    header = ["method", "strategy"] + [f"Δ {title}" for _, title, _ in METRICS]
+    body = [[r["method"], r["regularizer"], *[_signed(r["diff_to_finetune"][k]) for k, _, _ in METRICS]]
+            for r in rows if r["diff_to_finetune"]]
+    return markdown(header, body) if body else "(no strategy with fine-tuning finished beside it yet)"
+
+
+def _hours(hours, kind: str) -> str:
+    return "-" if not hours else f"{hours:.3g} {kind.upper()}-h"
+
+
+def _signed(v) -> str:
+    return "-" if v is None else f"{v:+.2f}"
+
+
+def cells_markdown(entries: list[dict]) -> str:
+    header = ["cell", "status", "tasks"] + [title for _, title, _ in METRICS] + ["img/s", "device-h", "error"]
+    body = []
+    for e in entries:
+        m = e["metrics"] or {}
+        hours = e.get(f"{e['device']}_hours")
+        body.append([e["name"], e["status"], e["tasks"], *[format_value(m.get(k)) for k, _, _ in METRICS],
+                     format_value(e["img_per_s"]), _hours(hours, e["device"]),
+                     (e["error"] or "").replace("|", "\\|")])
+    return markdown(header, body)
+
+
+def report_markdown(out: Path, rows: list[dict], entries: list[dict], plots: list[str], head: dict) -> str:
+    protocol = head["protocol"] or "each run's own (metrics.json protocol)"
+    lines = [f"# fastpnr study: {out.name}", "", f"- {head['progress']}", f"- protocol: {protocol}",
+             f"- command: `{head['command']}`",
+             f"- fastpnr commit of the cells: {', '.join(head['cell_commits']) or 'unknown'}; of this report: "
+             f"{head['commit'] or 'unknown'}",
+             f"- written: {head['written']}", "",
+             "Mean ± sample std (n − 1) over the finished seeds; A_T = final average accuracy over the tasks, "
+             "avg. inc. acc = mean over k of the accuracy after task k; forgetting and forward transfer as in "
+             "`fastpnr compare`; device-hours = wall time × GPUs (or CPU threads) of the cell.", ""]
+    for (preset, scenario), group_rows in _groups(rows).items():
+        lines += [f"## {_group_title(preset, scenario)}", "", table_markdown(group_rows), "",
+                  "Difference to fine-tuning (same method, mean minus mean):", "", diff_markdown(group_rows), ""]
+    lines += ["## Cells", "", cells_markdown(entries), ""]
+    lines += [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ plots
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _band(ax, values: list[tuple[float, ...]], label: str, x0: int = 0) -> None:
+    """Seed mean as a line, mean ± std as a band (the seeds whose curves have the full length)."""
+    n = max(len(v) for v in values)
+    full = [v for v in values if len(v) == n]
+    xs = list(range(x0, x0 + n))
+    stats = [mean_std(col) for col in zip(*full)]
+    means = [m for m, _ in stats]
+    (line,) = ax.plot(xs, means, marker="o", label=f"{label} (n={len(full)})")
+    if len(full) > 1:
+        ax.fill_between(xs, [m - s for m, s in stats], [m + s for m, s in stats], color=line.get_color(), alpha=0.2)
+
+
+def _done_by(group: list[dict], method: str, reg: str, key: str) -> list:
+    return [e[key] for e in group if e["method"] == method and e["regularizer"] == reg and e["status"] == "done"
+            and e.get(key)]
+
+
+def plot_per_method(group: list[dict], key: str, ylabel: str, xlabel: str, path: Path) -> bool:
+    """One panel per method, one line (seed band) per strategy; False when no finished cell has that curve."""
+    methods, regs = _ordered(group, "method"), _ordered(group, "regularizer")
+    if not any(_done_by(group, m, r, key) for m in methods for r in regs):
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 3.6), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        curves = {reg: _done_by(group, method, reg, key) for reg in regs}
+        for reg in [r for r in regs if curves[r]]:
+            _band(ax, curves[reg], reg)
+        ax.set_title(method if any(curves.values()) else f"{method}: no finished cell")
+        ax.set_xticks(range(max((len(c) for cs in curves.values() for c in cs), default=1)))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if any(curves.values()):
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_matrices(group: list[dict], path: Path) -> bool:
+    """Seed-mean accuracy matrices side by side: rows methods, columns strategies."""
+    methods, regs = _ordered(group, "method"), _ordered(group, "regularizer")
+    done = {(m, r): _done_by(group, m, r, "accuracy_matrix") for m in methods for r in regs}
+    if not any(done.values()):
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(methods), len(regs), figsize=(3.2 * len(regs), 2.8 * len(methods)), squeeze=False)
+    for i, method in enumerate(methods):
+        for j, reg in enumerate(regs):
+            ax, mats = axes[i][j], done[(method, reg)]
+            ax.set_title(f"{method} + {reg}" + (f" (n={len(mats)})" if mats else ": -"), fontsize=9)
+            if not mats:
+                ax.axis("off")
+                continue
+            matrix = [_mean_rows(rows) for rows in zip(*mats)]
+            ax.imshow(matrix, cmap="viridis", vmin=0, vmax=100)
+            for r, row in enumerate(matrix):
+                for c, v in enumerate(row):
+                    ax.text(c, r, f"{v:.0f}", ha="center", va="center", color="w" if v < 60 else "k", fontsize=7)
+            ax.set_xticks(range(len(matrix[0])))
+            ax.set_yticks(range(len(matrix)))
+            ax.set_xlabel("task")
+            ax.set_ylabel("after task")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_plots(out: Path, entries: list[dict]) -> list[str]:
+    groups = _groups(entries)
+    names = []
+    for (preset, scenario), group in groups.items():
+        suffix = "" if len(groups) == 1 else "-" + "-".join(str(p) for p in (preset, scenario) if p)
+        for stem, draw in (("accuracy_curves", lambda p: plot_per_method(group, "accuracy_after_task",
+                                                                         "accuracy over seen tasks (%)", "after task", p)),
+                           ("forgetting", lambda p: plot_per_method(group, "forgetting_by_task",
+                                                                    "forgetting at the end (%)", "task", p)),
+                           ("accuracy_matrices", lambda p: plot_matrices(group, p))):
+            name = f"{stem}{suffix}.png"
+            if draw(out / name):
+                names.append(name)
+    return names
+
+
+# ------------------------------------------------------------------------------------------------ the report
+def write_report(out: Path, cells: list[Cell], protocol: str | None = None) -> dict:
+    """Write report.md, report.json and the PNGs of the study in ``out``; returns the report.json object."""
+    from .study import STUDY_FILE, _read_json
+
+    study = _read_json(out / STUDY_FILE)
+    states = [read_state(out / c.name) for c in cells]
+    entries = []
+    for c, s in zip(cells, states):
+        entry = cell_entry(c, s, _summary(out / c.name, protocol))
+        if s.status == "failed" and not entry["error"]:
+            entry["error"] = error_line(out / c.name)
+        entries.append(entry)
+    rows = aggregate(entries)
+    starts = [a["start"] for s in states for a in s.record.get("attempts", [])]
+    now = time.time()
+    head = {"progress": progress_line(states, study.get("slots", 1), now - min(starts) if starts else 0.0, now),
+            "protocol": protocol, "command": study.get("command", ""), "commit": git_commit(),
+            "cell_commits": sorted({a["commit"] for s in states for a in s.record.get("attempts", []) if a.get("commit")}),
+            "written": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    plots = write_plots(out, entries)
+    report = {**head, "cells": entries, "table": rows, "plots": plots}
+    write_json(out / "report.json", report)
+    (out / "report.md").write_text(report_markdown(out, rows, entries, plots, head))
+    return report

@@ -1,0 +1,70 @@
+"""fastpnr study: the paper's comparison grid (methods x strategies x seeds), one `fastpnr train` process per cell.
+
+    fastpnr study --preset cifar100-5t --methods simclr,byol,barlow --regularizers finetune,cassle,pnr \\
+                  --seeds 5,6,7 --out studies/c100 --gpus 0,1,2,3
+    fastpnr study --preset smoke --methods simclr --regularizers finetune,pnr --seeds 5 --out studies/demo \\
+                  --optim.epochs 1 --train.steps_per_epoch 2
+    fastpnr study --status studies/c100
+
+    --preset NAME[,NAME]        preset(s) of every cell (several: the cell names start with the preset)
+    --methods A,B               SSL methods (default simclr)
+    --regularizers A,B          continual strategies (default finetune,cassle,pnr)
+    --seeds 5,6,7               train.seed of the cells (default 5)
+    --scenario S[,S]            data.scenario per cell (default: the preset's)
+    --out DIR                   the study folder: one run folder per cell, report.md/.json and PNGs
+    --gpus 0,1,2,3              run one cell per GPU at a time (CUDA_VISIBLE_DEVICES); default: on CPU
+    --nproc_per_cell N          each cell under torchrun on N of the GPUs (DDP)
+    --jobs N                    on CPU: N cells at a time, each with cores/N threads (--train.threads)
+    --retry-failed              rerun the failed cells once (resumed when they have a checkpoint)
+    --protocol P                the report's protocol: linear, knn or online (default each run's own)
+    --status DIR                what is done, running, failed; ETA (starts nothing)
+    --section.field VALUE       any `fastpnr train` option, given to every cell (--data-dir, --optim.epochs 1, ...)
+
+Rerunning the same command skips finished cells, resumes interrupted ones from their checkpoints and adds the cells
+of a changed grid; the train options must stay those the study started with.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from fastpnr.cli import run_fire
+
+
+def main(preset: str = "smoke", methods="simclr", regularizers="finetune,cassle,pnr", seeds=5, out: str | None = None,
+         scenario=None, gpus=None, nproc_per_cell: int = 1, jobs: int = 1, retry_failed: bool = False,
+         protocol: str | None = None, status: str | None = None, **overrides):
+    """Run or continue a study; the options are listed above."""
+    from fastpnr import study as st
+    from fastpnr.config import PROTOCOLS
+    from fastpnr.errors import ConfigError, require
+
+    if status is not None:
+        print(st.status_report(Path(status)))
+        return
+    if out is None:
+        raise ConfigError("out=None is invalid; allowed: a study folder (--out DIR)")
+    require(protocol is None or protocol in PROTOCOLS, "protocol", protocol, PROTOCOLS)
+    opts = st.StudyOptions(
+        out=Path(out).resolve(), presets=tuple(st.as_list(preset, "preset")),
+        scenarios=tuple(st.as_list(scenario, "scenario")) if scenario is not None else None,
+        methods=tuple(st.as_list(methods, "methods")), regularizers=tuple(st.as_list(regularizers, "regularizers")),
+        seeds=tuple(st.as_list(seeds, "seeds", int)), shared=st.normalize_shared(overrides),
+        slots=tuple(st.make_slots(gpus, nproc_per_cell, jobs)), nproc_per_cell=nproc_per_cell,
+        retry_failed=retry_failed, protocol=protocol)
+    try:
+        states = st.run_study(opts)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the cells were stopped and keep their checkpoints
+        print(f"study stopped; the same command resumes it (fastpnr study --status {out})", file=sys.stderr)
+        sys.exit(130)
+    failed = [name for name, s in states.items() if s.status == "failed"]
+    if failed:
+        print(f"failed cells: {', '.join(failed)} (their train.log; --retry-failed reruns them)")
+
+
+def cli(argv=None):
+    run_fire(main, argv, name="fastpnr study")
+
+
+if __name__ == "__main__":
+    cli()
