@@ -18,8 +18,6 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.conftest import tiny_overrides
-
 RUN_TIMEOUT_S = 600
 
 
@@ -91,6 +89,8 @@ def equivalence_overrides(data_root, **extra) -> dict:
     ResNet-18 with batch 16 (measured: 3e-5 relative loss difference at step 1, 1e-2 at step 4; after 20 steps
     3e-3 at lr 0.003, 3e-4 at lr 0.001). A low learning rate keeps them small, so the test sees the implementation,
     not the chaos of the dynamics."""
+    from tests.conftest import tiny_overrides  # here, not at import: spawned ranks must not run conftest's setup
+
     return tiny_overrides(data_root, **{"train.device": "cpu", "train.precision": "fp32", "train.deterministic": True,
                                         "train.steps_per_epoch": 10, "data.train_fraction": 0.008, "optim.lr": 0.0003,
                                         "optim.classifier_lr": 0.003,
@@ -320,6 +320,7 @@ def _train_and_die(rank, overrides, out, die_at):
 
 def test_a_killed_rank_stops_the_other_with_one_line_then_resume_continues(data_root, tmp_path):
     from fastpnr.distributed import HEARTBEAT_S
+    from tests.conftest import tiny_overrides
 
     ov = tiny_overrides(data_root, **{"train.device": "cpu", "optim.epochs": 2, "dist.timeout_s": 60,
                                       "train.threads": 1})
