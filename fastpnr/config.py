@@ -198,6 +198,16 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    local_loss: bool = False                # true: SimCLR/Barlow/VICReg losses over each rank's batch (official per-GPU code)
+    sync_batchnorm: bool = True             # BatchNorm statistics over the global batch under torchrun; false: per rank
+    timeout_s: int = 3600                   # process-group timeout (s): a collective waiting longer stops the run
+
+    def __post_init__(self):
+        require(isinstance(self.timeout_s, int) and self.timeout_s >= 10, "dist.timeout_s", self.timeout_s, "an integer >= 10")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -206,6 +216,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     out: Optional[str] = None
 
     def __post_init__(self):
@@ -217,7 +228,8 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig, "eval": EvalConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig, "eval": EvalConfig,
+            "dist": DistConfig}
 ALIASES = {  # short command-line names -> dotted fields
     "method": "method.name", "regularizer": "regularizer.name", "dataset": "data.dataset",
     "scenario": "data.scenario", "num_tasks": "data.num_tasks", "data_dir": "data.data_dir", "loader": "data.loader",
@@ -471,7 +483,8 @@ def config_from_dict(d: dict) -> RunConfig:
     from .methods import METHODS
     from .regularizers import REGULARIZERS
 
-    sections = {name: _make(cls, d[name], name, set(d[name])) for name, cls in SECTIONS.items()}
+    # .get: checkpoints written before a section existed (dist) take its defaults
+    sections = {name: _make(cls, d.get(name, {}), name, set(d.get(name, {}))) for name, cls in SECTIONS.items()}
     method_cfg = _make(METHODS[d["method"]["name"]][1], d["method"], "method", set(d["method"]))
     reg_cfg = _make(REGULARIZERS[d["regularizer"]["name"]][1], d["regularizer"], "regularizer", set(d["regularizer"]))
     return validate_combinations(RunConfig(method=method_cfg, regularizer=reg_cfg, out=d.get("out"), **sections))

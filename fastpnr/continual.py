@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
 from . import evaluation as ev
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .config import RunConfig, config_from_dict, config_with_overrides, format_config
@@ -105,7 +106,7 @@ class ContinualRun:
     """Train ``cfg.data.num_tasks`` tasks in sequence and evaluate after each one."""
 
     def __init__(self, cfg: RunConfig, out: str | os.PathLike, resume: bool = False, log=print, overwrite: bool = False,
-                 allow_config_change: bool = False, checkpoint: dict | None = None):
+                 allow_config_change: bool = False, checkpoint: dict | None = None, dist=None):
         """``overwrite``: a new run may replace the run in ``out`` (its files are deleted first); ``resume``: continue
         it from ``checkpoint`` (default: ``out/checkpoint.pt``), with ``allow_config_change`` for settings that
         change the numbers (``run_folder.RESUME_SAFE`` may always change)."""
@@ -113,9 +114,13 @@ class ContinualRun:
         self.out = Path(out)
         self.resume, self.overwrite, self.allow_config_change = resume, overwrite, allow_config_change
         self._checkpoint, self._config_changes = checkpoint, {}
-        self.log = self._sink = log
         self.progress = self.writer = None  # open during fit()
         self.device = resolve_device(cfg.train.device)
+        # torchrun: one process per device; only rank 0 logs and writes run files (through dist.main_only)
+        self.dist = dist if dist is not None else distributed.from_env(self.device, cfg.dist)
+        self.device = getattr(self.dist, "device", self.device)
+        self.log = self._sink = self.dist.main_only(log)
+        self.write_json, self.save_file = self.dist.main_only(_write_json), self.dist.main_only(atomic_save)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
@@ -153,8 +158,9 @@ class ContinualRun:
                                      seeds["eval_train_subsample"])
         self.num_classes = len(self.train_set.classes)
         if write_tasks:
-            _write_json(self.out / "tasks.json", self._describe_data(describe_tasks(self.tasks, self.train_set)))
-            _write_task_indices(self.out / TASK_INDICES, self.task_train, test_all, self.test_parts, self.eval_train)
+            self.write_json(self.out / "tasks.json", self._describe_data(describe_tasks(self.tasks, self.train_set)))
+            self.dist.main_only(_write_task_indices)(self.out / TASK_INDICES, self.task_train, test_all, self.test_parts,
+                                                      self.eval_train)
         self.data_note = _data_note([self.train_set, self.test_set])
         for ds in (self.train_set, self.test_set):
             _log_skipped(self.log, ds)
@@ -194,6 +200,10 @@ class ContinualRun:
         self.method = build_method(cfg.method, cfg.model, self.num_classes)
         self.regularizer = build_regularizer(cfg.regularizer, self.method)
         memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+        if self.dist.enabled and cfg.dist.sync_batchnorm:  # the online, EMA and frozen models: global-batch BN
+            distributed.convert_batchnorm(self.method)
+            distributed.convert_batchnorm(self.regularizer)
+        self.method.dist = self.regularizer.dist = self.dist
         self.method.to(self.device, memory_format=memory_format)
         self.regularizer.to(self.device, memory_format=memory_format)
         if compile_backbone(self.method, cfg.train):
@@ -218,9 +228,11 @@ class ContinualRun:
             source = self._encoded_train_set()
         elif kind == "torchvision":
             extra = {"num_workers": self.cfg.data.num_workers}
-        loader = make_loader(kind, source, batch_size=self.cfg.optim.batch_size, num_views=num_views,
+        batch = self.cfg.optim.batch_size
+        loader = make_loader(kind, source, batch_size=batch, num_views=num_views,
                              device=self.device, seed=seed, shuffle=shuffle, drop_last=drop_last,
-                             view_configs=view_configs, subset=indices, **extra)
+                             view_configs=view_configs, subset=indices,
+                             shard=self.dist.shard(batch) if self.dist.enabled else None, **extra)
         return Prefetcher(loader, self.device, ahead=None if self.cfg.data.prefetch else False)
 
     def _train_beton(self) -> str:
@@ -231,10 +243,11 @@ class ContinualRun:
         d = self.cfg.data
         size = "native" if not d.image_size else f"{d.image_size}" + ("" if d.resize == "stretch" else f"-{d.resize}")
         path = cache_root(d.cache_dir) / "betons" / f"{d.dataset}-train-{size}-{len(self.train_set)}.beton"
-        if not path.exists():
-            self.log(f"writing {path} (once) for the ffcv loader")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_beton(self.train_set, path, num_workers=max(1, self.cfg.data.num_workers))
+        with self.dist.main_first():
+            if not path.exists():
+                self.log(f"writing {path} (once) for the ffcv loader")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_beton(self.train_set, path, num_workers=max(1, self.cfg.data.num_workers))
         return str(path)
 
     def _encoded_train_set(self):
@@ -262,12 +275,23 @@ class ContinualRun:
         ``next_task`` is trained and its evaluation comes next."""
         if self.writer is not None:
             self.writer.flush()  # the event files hold every scalar the checkpoint counts
-        atomic_save(self._state(next_task, next_epoch, optimizer, trainer, phase), self.out / CHECKPOINT)
+        # the state is the same on every rank; the file is rank 0's (its RNG states, which every rank resumes with)
+        self.save_file(self._state(next_task, next_epoch, optimizer, trainer, phase), self.out / CHECKPOINT)
 
     # ------------------------------------------------------------------------------------------------ run
     def fit(self, stop_after_epochs: int | None = None, stop_before_eval: int | None = None) -> dict:
         """Run (or resume) all tasks. Simulated kills (tests): ``stop_after_epochs`` after that many epochs;
-        ``stop_before_eval`` after task ``t``'s training and its checkpoint, before its evaluation."""
+        ``stop_before_eval`` after task ``t``'s training and its checkpoint, before its evaluation.
+        Under torchrun, a collective that fails because another rank stopped raises one line naming that rank."""
+        try:
+            return self._fit(stop_after_epochs, stop_before_eval)
+        except Exception as e:  # noqa: BLE001 - re-raised, as a PeerFailure when a peer is gone
+            failure = self.dist.failure(e)
+            if failure is e:
+                raise
+            raise failure from None
+
+    def _fit(self, stop_after_epochs: int | None, stop_before_eval: int | None) -> dict:
         self._stops, self._epochs_run = {"epochs": stop_after_epochs, "eval": stop_before_eval}, 0
         try:
             ckpt = self._setup()
@@ -294,22 +318,27 @@ class ContinualRun:
     def _setup(self) -> dict | None:
         """Everything before the first step: checks, the run folder, data, model, checkpoint, progress, TensorBoard."""
         cfg = self.cfg
+        self.dist.local_batch(cfg.optim.batch_size)  # one line when the world size does not divide the batch
         ckpt = self._preflight()
         if ckpt is None:
-            check_new_run_folder(self.out, self.overwrite)
-        self.out.mkdir(parents=True, exist_ok=True)
+            self.dist.main_only(check_new_run_folder)(self.out, self.overwrite)
+        self.dist.main_only(self.out.mkdir)(parents=True, exist_ok=True)
         self.log(format_config(cfg))
+        self.log(f"processes: {self.dist.describe()}, per-rank batch {self.dist.local_batch(cfg.optim.batch_size)}")
         t0 = time.perf_counter()
-        self._load_data()
+        with self.dist.main_first():  # rank 0 fills the decode cache, the others read it
+            self._load_data()
         self.log(f"data: {self.cfg.data.dataset} train={len(self.train_set)} test={len(self.test_indices)} "
                  f"tasks={[len(t) for t in self.task_train]} corrupt={self.num_corrupt}{self.data_note} ({time.perf_counter() - t0:.1f}s)")
         self.steps = [self._steps_per_epoch(len(idx)) for idx in self.task_train]
-        _write_json(self.out / "config.json", cfg.to_dict())  # from here on the folder holds a run
+        self.write_json(self.out / "config.json", cfg.to_dict())  # from here on the folder holds a run
         self._build()
         self.metrics = {"accuracy_matrix": [], "test_accuracy": [], "matrices": {}, "task_time_s": [], "images_per_second": []}
         self.global_step, self.start_task, self.start_epoch = 0, 0, 0
         if ckpt is not None:
             self._restore(ckpt)
+        self.dist.broadcast_module(self.method)  # every rank starts from rank 0's weights and buffers
+        self.dist.broadcast_module(self.regularizer)
         self._open_display(ckpt)
         if ckpt is None:
             if cfg.eval.forward_transfer:
@@ -352,9 +381,9 @@ class ContinualRun:
         total = sum(s * E for s in self.steps[:self.last_task])
         done = sum(self.steps[t] * E for t in range(self.start_task))
         done += self.steps[self.start_task] * self.start_epoch if self.start_task < T else 0
-        self.progress = TrainProgress(total, done, self.cfg.train.progress, log=self._sink)
+        self.progress = TrainProgress(total, done, self.cfg.train.progress and self.dist.is_main, log=self._sink)
         self.log = self.progress.log
-        self.writer = open_scalar_log(self.out / TENSORBOARD, ckpt.get("tensorboard_last_steps") if ckpt else None)
+        self.writer = self.dist.main_only(open_scalar_log)(self.out / TENSORBOARD, ckpt.get("tensorboard_last_steps") if ckpt else None)
 
     def _teardown(self) -> None:
         for opened in (self.progress, self.writer):
@@ -371,7 +400,7 @@ class ContinualRun:
             self.regularizer.begin_task(self.method, task)
         groups = self.method.param_groups(cfg.optim) + self.regularizer.param_groups(cfg.optim)
         optimizer = build_optimizer(groups, cfg.optim)  # fresh per task, as the anchors
-        trainer = Trainer(self.method, self.regularizer, optimizer, cfg.train, self.device, log=self.log)
+        trainer = Trainer(self.method, self.regularizer, optimizer, cfg.train, self.device, log=self.log, dist=self.dist)
         if ckpt is not None:
             if first_epoch > 0:
                 optimizer.load_state_dict(ckpt["optimizer"])
@@ -387,6 +416,8 @@ class ContinualRun:
         elapsed = time.perf_counter() - task_start
         self.metrics["task_time_s"].append(elapsed)
         self.metrics["images_per_second"].append(task_images / max(elapsed, 1e-9))
+        self.metrics.setdefault("world_size", []).append(self.dist.world_size)  # of each task's training
+        self.metrics.setdefault("per_rank_batch_size", []).append(self.dist.local_batch(cfg.optim.batch_size))
         self._save(task, E, phase="evaluate")  # a kill during the evaluation keeps the task's training
         if self._stops["eval"] == task:
             raise _Interrupted()
@@ -427,8 +458,8 @@ class ContinualRun:
         cfg, T = self.cfg, self.cfg.data.num_tasks
         self._eval_label = f"evaluating task {task + 1}/{T}"
         self._evaluate(task, self.writer)
-        atomic_save({"config": cfg.to_dict(), "task": task, "method": self.method.state_dict()}, self.out / f"task{task}.pt")
-        self._write_metrics()
+        self.save_file({"config": cfg.to_dict(), "task": task, "method": self.method.state_dict()}, self.out / f"task{task}.pt")
+        self.dist.main_only(self._write_metrics)()
         self._save(task + 1, 0)
         self.progress.resume_training()
         stop = self._stops["epochs"]
@@ -487,8 +518,9 @@ class ContinualRun:
             heads = [self._fit_official(method, train_idx, task, r) for r in range(cfg.eval.official_seeds)]
             with torch.no_grad():
                 logits["official"] = [head(test_x) for head in heads]
-        return {name: [(ev.part_accuracies(lg, test_y, self.test_parts), ev.accuracy(lg, test_y)) for lg in fits]
+        rows = {name: [(ev.part_accuracies(lg, test_y, self.test_parts), ev.accuracy(lg, test_y)) for lg in fits]
                 for name, fits in logits.items()}
+        return self.dist.broadcast_object(rows)  # the probes run on every rank; all keep rank 0's numbers
 
     def _loop_protocols(self) -> tuple:
         # The online probes only where train.online_probe trains them (momentum_online: MoCo/BYOL's momentum classifier).
@@ -505,7 +537,10 @@ class ContinualRun:
         size = self.crop_size if self.crop_size != self.image_size else None
         kw = dict(batch_size=cfg.eval.batch_size, device=self.device, mean=self.train_set.mean, std=self.train_set.std,
                   size=size, autocast_dtype=AUTOCAST_DTYPES[cfg.train.precision])
-        return lambda ds, idx: ev.extract_features(method.backbone if backbone is None else backbone, _images(ds), idx, **kw)
+        # torchrun: whole eval batches dealt to the ranks, features gathered (each batch computed as in one process)
+        return lambda ds, idx: self.dist.map_batches(
+            lambda part: ev.extract_features(method.backbone if backbone is None else backbone, _images(ds), part, **kw),
+            idx, cfg.eval.batch_size)
 
     def _fit_linear(self, train_x, train_y, task: int, repeat: int):
         e = self.cfg.eval

@@ -16,6 +16,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from .distributed import SINGLE
 from .errors import FastPNRError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -45,7 +46,8 @@ def compile_backbone(method, train_cfg) -> bool:
 
 
 class Trainer:
-    def __init__(self, method, regularizer, optimizer, train_cfg, device: torch.device, log=print):
+    def __init__(self, method, regularizer, optimizer, train_cfg, device: torch.device, log=print, dist=SINGLE):
+        self.dist = dist  # distributed.Dist: gradients averaged over ranks after backward (identity in one process)
         self.method = method
         self.regularizer = regularizer
         self.optimizer = optimizer
@@ -136,6 +138,7 @@ class Trainer:
                 logs.update(probe_logs)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        self.dist.average_gradients([p for g in self.optimizer.param_groups for p in g["params"]])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         with torch.no_grad():
@@ -168,13 +171,13 @@ class Trainer:
             done = i + 1
             if done % self.cfg.log_every == 0 or done == steps:
                 # the one host sync, every log_every steps (graph mode: the static outputs of the last replay)
-                host = {k: float(v) for k, v in logs.items()}
+                host = self.dist.mean_logs(logs)  # the global batch's values (a mean over ranks)
                 if not all(map(_finite, host.values())):
                     terms = ", ".join(f"{k}={v:.4g}" for k, v in host.items())
                     raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {done} ({terms}); "
                                              "lower --optim.lr, or use --train.precision fp32")
                 now = time.perf_counter()
-                ips = (done - last_step) * batch_size / max(now - last_time, 1e-9)
+                ips = (done - last_step) * batch_size * self.dist.world_size / max(now - last_time, 1e-9)
                 last_time, last_step = now, done
                 for k, v in host.items():
                     sums[k] = sums.get(k, 0.0) + v

@@ -15,6 +15,7 @@ from fastpnr.errors import FastPNRError, require
 from .config import ViewConfig, cifar_views, imagenet_views
 from .gpu_aug import augment_batch
 from .prefetch import Prefetcher
+from .shard import ShardedBatches, check_shard
 
 # kind → (module, class, what it needs)
 LOADERS = {
@@ -23,6 +24,7 @@ LOADERS = {
     "ffcv": ("loaders.ffcv_loader", "FfcvLoader", "pip install ffcv==1.0.2 and a .beton file (fastpnr to_beton)"),
     "dali": ("loaders.dali_loader", "DaliLoader", "pip install nvidia-dali-cuda130 (the extra fastpnr[dali])"),
 }
+NATIVE_SHARDING = ("gpu", "torchvision")  # produce only their rows; other kinds are wrapped in ShardedBatches
 
 
 def loader_class(kind: str):
@@ -55,15 +57,21 @@ def require_available(kind: str) -> None:
 
 
 def make_loader(kind: str, source, batch_size: int, num_views: int, device, seed: int, shuffle: bool = True,
-                drop_last: bool = True, view_configs=None, subset=None, **kw):
+                drop_last: bool = True, view_configs=None, subset=None, shard: slice | None = None, **kw):
     """Build a loader of `kind` over `source` (an ImageDataset) restricted to `subset` (dataset indices, a task).
 
     view_configs: one `ViewConfig` per view, or one shared, or None (the default `ViewConfig` at the stored size).
     Extra kwargs go to the loader class (e.g. `resident=` for "gpu", `num_workers=` for "torchvision").
+    shard: this rank's rows of every global batch of `batch_size` (torchrun); the union over ranks of batch k is
+    one process's batch k, augmentations included. `len()` counts global batches.
     """
     cls = loader_class(kind)
-    return cls(source, batch_size=batch_size, num_views=num_views, device=device, seed=seed, shuffle=shuffle,
-               drop_last=drop_last, view_configs=view_configs, subset=subset, **kw)
+    shard = check_shard(shard, batch_size, drop_last)
+    native = shard is not None and kind in NATIVE_SHARDING
+    loader = cls(source, batch_size=batch_size, num_views=num_views, device=device, seed=seed, shuffle=shuffle,
+                 drop_last=drop_last, view_configs=view_configs, subset=subset, **({"shard": shard} if native else {}),
+                 **kw)
+    return ShardedBatches(loader, shard) if shard is not None and not native else loader
 
 
 __all__ = ["LOADERS", "Prefetcher", "ViewConfig", "augment_batch", "cifar_views", "imagenet_views", "loader_class", "make_loader", "require_available"]

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +31,27 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision rgb_to_grayscale (ITU-R 601
 SOLARIZE_THRESHOLD = 0.5  # = PIL ImageOps.solarize(threshold=128) on uint8-valued inputs: u >= 128 <=> u/255 >= 0.5
 
 
+_ROWS = threading.local()  # (total rows, kept slice) while a rank augments its shard of a global batch
+
+
+@contextmanager
+def draw_rows(total: int, rows: slice | None):
+    """Inside, every draw is made for the ``total`` rows of the global batch and only ``rows`` are kept: a rank
+    that augments its shard uses exactly the per-sample parameters one process would give those rows, and the
+    generator advances as it would in one process (every draw's first dimension is the batch). ``rows=None``: all."""
+    _ROWS.value = None if rows is None else (total, rows)
+    try:
+        yield
+    finally:
+        _ROWS.value = None
+
+
 def _rand(gen: torch.Generator, *shape: int, device) -> torch.Tensor:
-    return torch.rand(shape, generator=gen, device=device)
+    shard = getattr(_ROWS, "value", None)
+    if shard is None:
+        return torch.rand(shape, generator=gen, device=device)
+    total, rows = shard
+    return torch.rand((total, *shape[1:]), generator=gen, device=device)[rows]
 
 
 def _coin(gen: torch.Generator, n: int, p: float, device) -> torch.Tensor:

@@ -13,7 +13,8 @@ import torch
 from fastpnr.errors import require
 
 from .config import CIFAR_MEAN, CIFAR_STD, ViewConfig
-from .gpu_aug import augment_batch
+from .gpu_aug import augment_batch, draw_rows
+from .shard import check_shard
 from .seeding import AUGMENTATION, PERMUTATION, EpochBatches, epoch_generator
 
 RESIDENT_MODES = ("auto", "device", "host")
@@ -59,6 +60,8 @@ class GpuResidentLoader(EpochBatches):
     generator seeded with (seed, e, 0) and its augmentations come from one seeded with (seed, e, 1): batches are a
     function of (seed, e). Call `set_epoch(e)` before iterating; the epoch does not advance by itself.
     drop_last=True keeps every batch the same shape (CUDA graphs); otherwise the last partial batch is yielded.
+    shard: this rank's rows of every global batch of ``batch_size`` (``distributed.Dist.shard``); their
+    augmentation parameters are the ones the whole batch would get in one process (``gpu_aug.draw_rows``).
     resident: "device" keeps (N,3,H,W) uint8 on `device`; "host" keeps it in host memory (pinned when `device` is
     CUDA) and copies each batch with non_blocking=True; "auto" picks "host" only for CUDA when the images exceed
     `max_resident_bytes` (default: half of the free device memory).
@@ -66,7 +69,7 @@ class GpuResidentLoader(EpochBatches):
 
     def __init__(self, source, batch_size: int, num_views: int, device, seed: int, shuffle: bool = True,
                  drop_last: bool = True, view_configs=None, subset=None, resident: str = "auto",
-                 max_resident_bytes: int | None = None):
+                 max_resident_bytes: int | None = None, shard: slice | None = None):
         images = getattr(source, "images", None)
         require(isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3,
                 "source.images", None if images is None else getattr(images, "shape", type(images)),
@@ -77,6 +80,7 @@ class GpuResidentLoader(EpochBatches):
         require(resident in RESIDENT_MODES, "resident", resident, RESIDENT_MODES)
         self.device = torch.device(device)
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, int(seed)
+        self.shard = check_shard(shard, batch_size, drop_last)
         subset = resolve_subset(subset, len(images), batch_size, drop_last)
         height = images.shape[1]
         default = ViewConfig(size=height, mean=tuple(getattr(source, "mean", CIFAR_MEAN)),
@@ -119,8 +123,10 @@ class GpuResidentLoader(EpochBatches):
         order_host = order.cpu() if self.resident == "host" else None
         for b in range(len(self)):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            idx = order[sl]
-            x = self._gather(idx, None if order_host is None else order_host[sl])
-            x = x.float().div_(255.0)
-            views = [augment_batch(x, cfg, gen) for cfg in self.view_configs]
+            idx, idx_host = order[sl], None if order_host is None else order_host[sl]
+            if self.shard is not None:  # this rank's rows of the global batch
+                idx, idx_host = idx[self.shard], None if idx_host is None else idx_host[self.shard]
+            x = self._gather(idx, idx_host).float().div_(255.0)
+            with draw_rows(self.batch_size, self.shard):  # the global batch's augmentation draws
+                views = [augment_batch(x, cfg, gen) for cfg in self.view_configs]
             yield views, self.labels[idx], idx

@@ -69,16 +69,22 @@ def build_torchvision_transform(cfg: ViewConfig):
 class EpochSampler(Sampler):
     """Yields `(epoch, dataset_index)` keys: the subset in a (seed, epoch)-seeded order (or as given)."""
 
-    def __init__(self, subset: np.ndarray, seed: int, shuffle: bool):
+    def __init__(self, subset: np.ndarray, seed: int, shuffle: bool, batch_size: int = 1, shard: slice | None = None):
         self.subset, self.seed, self.shuffle, self.epoch = torch.from_numpy(subset), seed, shuffle, 0
+        self.batch_size, self.shard = batch_size, shard  # shard: this rank's rows of every full global batch
 
     def __len__(self) -> int:
-        return len(self.subset)
+        if self.shard is None:
+            return len(self.subset)
+        return len(self.subset) // self.batch_size * (self.shard.stop - self.shard.start)
 
     def __iter__(self):
         order = self.subset
         if self.shuffle:
             order = order[torch.randperm(len(order), generator=epoch_generator(self.seed, self.epoch, PERMUTATION, "cpu"))]
+        if self.shard is not None:
+            full = len(order) // self.batch_size * self.batch_size
+            order = order[:full].view(-1, self.batch_size)[:, self.shard].reshape(-1)
         return iter([(self.epoch, i) for i in order.tolist()])
 
 
@@ -122,7 +128,7 @@ class TorchvisionLoader:
 
     def __init__(self, source, batch_size: int, num_views: int, device, seed: int, shuffle: bool = True,
                  drop_last: bool = True, view_configs=None, subset=None, transforms=None, num_workers: int = 4,
-                 **dataloader_kw):
+                 shard: slice | None = None, **dataloader_kw):
         require(isinstance(seed, (int, np.integer)) and seed >= 0, "seed", seed, "an int >= 0")
         n = len(source.labels)
         subset = resolve_subset(subset, n, batch_size, drop_last)
@@ -138,7 +144,9 @@ class TorchvisionLoader:
             require(len(transforms) == num_views, "len(transforms)", len(transforms), f"num_views={num_views}")
         self.device = torch.device(device)
         self.num_views = num_views
-        self.sampler = EpochSampler(subset, int(seed), shuffle)
+        self.sampler = EpochSampler(subset, int(seed), shuffle, batch_size, shard)
+        if shard is not None:  # the rank's rows of each global batch (per-sample seeds: as in one process)
+            batch_size = shard.stop - shard.start
         # an own generator: DataLoader would otherwise draw its worker base seed from the trainer's global RNG
         kw = dict(num_workers=num_workers, pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0,
                   generator=torch.Generator().manual_seed(int(seed)))

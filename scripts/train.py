@@ -17,10 +17,25 @@ from fastpnr.errors import FastPNRError
 def main(preset: str | None = None, out: str | None = None, resume: str | None = None, overwrite: bool = False,
          allow_config_change: bool = False, **overrides):
     """Continual SSL training; `fastpnr train --help` prints the options generated from the registries."""
+    from fastpnr import distributed
+
+    try:
+        return _train(preset, out, resume, overwrite, allow_config_change, overrides)
+    finally:
+        distributed.shutdown()
+
+
+def _train(preset, out, resume, overwrite, allow_config_change, overrides):
+    from fastpnr import distributed
     from fastpnr.config import build_config
-    from fastpnr.continual import ContinualRun, resume_run
+    from fastpnr.continual import CHECKPOINT, ContinualRun, resume_run
     from fastpnr.run_folder import resume_folder
 
+    launched = distributed.torchrun_env()
+    if launched is not None and launched[1] > 1 and not (out or resume):
+        raise FastPNRError("--out RUN_DIR is required under torchrun (every rank must name the same run folder)")
+    if not resume and out and distributed.is_elastic_restart() and (Path(out) / CHECKPOINT).exists():
+        resume, overrides = out, {}  # torchrun restarted the workers (--max-restarts): continue from the checkpoint
     if resume:
         for flag, given in (("--preset", preset), ("--out", out), ("--overwrite", overwrite)):
             if given:
@@ -77,7 +92,8 @@ def summary_text() -> str:
 {presets}
 
     Every configuration field can be overridden as --section.field VALUE with section one of
-    data, model, method, regularizer, optim, train, eval (e.g. --optim.lr 0.3 --train.precision fp32).
+    data, model, method, regularizer, optim, train, eval, dist (e.g. --optim.lr 0.3 --train.precision fp32).
+    Under torchrun (one process per GPU, or gloo on CPU) --optim.batch_size is the global batch; see README.
     Short names: {', '.join(f'--{k}' for k in ALIASES)}.
     Data: --data-dir, else $FASTPNR_DATA, else ../shared/data beside the checkout.
     --out RUN_DIR: the run folder (default runs/<preset>-<method>-<regularizer>-<time>); one run per folder: a

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..distributed import SINGLE
 from ..errors import require
 from ..models import build_backbone
 
@@ -42,6 +43,7 @@ class Method(nn.Module):
     """Backbone + heads + online linear probe. Subclasses define ``build_heads`` and ``ssl_loss``."""
 
     num_views = 2
+    dist = SINGLE  # the run's distributed.Dist (set by ContinualRun): gathers batch-coupled loss inputs
 
     def __init__(self, cfg: MethodConfig, model_cfg, num_classes: int):
         super().__init__()

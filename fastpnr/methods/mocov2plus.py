@@ -65,7 +65,7 @@ class MoCoV2Plus(Method):
         return out["q"]  # the anchors feed the normalized q to the distill predictor
 
     def end_of_step(self, out):
-        ring_enqueue(self.queue, self.queue_ptr, out["k"])
+        ring_enqueue(self.queue, self.queue_ptr, [self.dist.gather(k) for k in out["k"]])  # same queue on every rank
 
 
 def require_queue_size(field: str, size: int, batch_size: int) -> None:

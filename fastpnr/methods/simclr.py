@@ -25,6 +25,6 @@ class SimCLR(Method):
         self.projector = mlp(self.feat_dim, self.cfg.proj_hidden, self.cfg.proj_out, bn=False)
 
     def ssl_loss(self, out):
-        z1, z2 = (z.float() for z in out["z"])
+        z1, z2 = self.dist.loss_batch(*(z.float() for z in out["z"]))  # negatives from the global batch
         loss = simclr_loss(z1, z2, temperature=self.cfg.temperature, backend=self.cfg.loss_backend)
         return loss, {"simclr": loss.detach()}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..distributed import SINGLE
 from ..errors import require
 
 FROZEN_BN_MODES = ("eval", "train")
@@ -28,6 +29,7 @@ class Regularizer(nn.Module):
 
     replaces_ssl_loss = False
     needs_frozen = False
+    dist = SINGLE  # the run's distributed.Dist (set by ContinualRun)
 
     def __init__(self, cfg: RegularizerConfig, method):
         super().__init__()

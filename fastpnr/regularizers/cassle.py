@@ -46,6 +46,8 @@ class CaSSLe(DistillRegularizer):
     def penalty(self, method, out, frozen_out):
         f1, f2 = (f.float() for f in frozen_out["z"])
         u1, u2 = (u.float() for u in self.predict(method, out))
+        if self.kind in ("simclr", "mocov2plus", "barlow"):  # batch-coupled: the global batch
+            u1, u2, f1, f2 = self.dist.loss_batch(u1, u2, f1, f2)
         if self.kind in ("simclr", "mocov2plus"):
             loss = contrastive_distill(u1, u2, f1, f2, temperature=self.cfg.distill_temperature)
         elif self.kind == "barlow":

@@ -62,7 +62,8 @@ class PNR(DistillRegularizer):
         f1, f2 = (f.float() for f in frozen_out["z"])
         u1, u2 = (u.float() for u in self.predict(method, out))
         if self.kind == "simclr":
-            z1, z2 = (z.float() for z in out["z"])
+            # the global batch: its frozen embeddings are pseudo-negatives too
+            z1, z2, u1, u2, f1, f2 = self.dist.loss_batch(*(z.float() for z in out["z"]), u1, u2, f1, f2)
             loss = pnr_simclr_loss(z1, z2, u1, u2, f1, f2, temperature=self.cfg.distill_temperature,
                                    backend=method.cfg.loss_backend)
             return loss, {"pnr_simclr": loss.detach()}
@@ -78,6 +79,7 @@ class PNR(DistillRegularizer):
             frozen_out["normalized"] = [n1, n2]
             return loss, {"pnr_moco": loss.detach()}
         if self.kind == "barlow":
+            u1, u2, f1, f2 = self.dist.loss_batch(u1, u2, f1, f2)  # batch-standardized: the global batch
             loss = pnr_barlow_regularizer(u1, u2, f1, f2, pos_weight=self.pos_weight, neg_weight=self.neg_weight,
                                           lamb=self.cfg.barlow_lamb, scale=self.cfg.barlow_scale)
         elif self.kind == "vicreg":
@@ -90,7 +92,7 @@ class PNR(DistillRegularizer):
         if self.kind == "mocov2plus" and "normalized" in frozen_out:
             from ..methods.mocov2plus import ring_enqueue
 
-            ring_enqueue(self.frozen_queue, self.frozen_queue_ptr, frozen_out["normalized"])
+            ring_enqueue(self.frozen_queue, self.frozen_queue_ptr, [self.dist.gather(n) for n in frozen_out["normalized"]])
 
     @classmethod
     def check_run_config(cls, run_cfg) -> None:
