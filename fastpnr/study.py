@@ -143,18 +143,23 @@ class Slot:
     """Where one cell runs: GPUs (CUDA_VISIBLE_DEVICES) or, on CPU, a share of the cores."""
 
     gpus: tuple[str, ...] = ()
-    threads: int | None = None
+    threads: int | None = None  # per process
+    procs: int = 1              # processes of a CPU cell (torchrun over gloo with --nproc_per_cell)
 
     @property
     def devices(self) -> int:
-        return len(self.gpus) or self.threads or 1
+        """GPUs, or CPU cores (for GPU-/core-hours)."""
+        return len(self.gpus) or (self.threads or 1) * self.procs
 
     @property
     def kind(self) -> str:
         return "gpu" if self.gpus else "cpu"
 
     def describe(self) -> str:
-        return f"GPU {','.join(self.gpus)}" if self.gpus else f"CPU, {self.threads} thread{'s' * (self.threads != 1)}"
+        if self.gpus:
+            return f"GPU {','.join(self.gpus)}"
+        procs = f"{self.procs} processes x " if self.procs > 1 else ""
+        return f"CPU, {procs}{self.threads} thread{'s' * (self.threads != 1)}"
 
     def env(self, base: dict) -> dict:
         env = dict(base)
@@ -166,13 +171,13 @@ class Slot:
 
 
 def make_slots(gpus, nproc_per_cell: int, jobs: int, cpu_count: int | None = None) -> list[Slot]:
-    """One slot per ``nproc_per_cell`` GPUs; on CPU ``jobs`` slots, each with its share of the cores."""
+    """One slot per ``nproc_per_cell`` GPUs; on CPU ``jobs`` slots, each with its share of the cores (split between
+    the cell's ``nproc_per_cell`` gloo processes)."""
     require(isinstance(nproc_per_cell, int) and nproc_per_cell >= 1, "nproc_per_cell", nproc_per_cell, "an integer >= 1")
     require(isinstance(jobs, int) and jobs >= 1, "jobs", jobs, "an integer >= 1")
     if gpus is None or gpus == "":
-        require(nproc_per_cell == 1, "nproc_per_cell", nproc_per_cell, "1 without --gpus (torchrun cells run on GPUs)")
-        threads = max(1, (cpu_count or os.cpu_count() or 1) // jobs)
-        return [Slot(threads=threads) for _ in range(jobs)]
+        threads = max(1, (cpu_count or os.cpu_count() or 1) // (jobs * nproc_per_cell))
+        return [Slot(threads=threads, procs=nproc_per_cell) for _ in range(jobs)]
     ids = as_list(gpus, "gpus", int)
     require(min(ids) >= 0, "gpus", gpus, "GPU indices >= 0")
     require(len(ids) % nproc_per_cell == 0, "gpus", gpus, f"a multiple of --nproc_per_cell {nproc_per_cell} GPUs")
@@ -180,11 +185,14 @@ def make_slots(gpus, nproc_per_cell: int, jobs: int, cpu_count: int | None = Non
     return [Slot(gpus=tuple(str(g) for g in ids[i:i + nproc_per_cell])) for i in range(0, len(ids), nproc_per_cell)]
 
 
-def launcher(nproc: int) -> list[str]:
-    """The program of a cell: ``python -m fastpnr``, or torchrun with ``nproc`` processes (one per GPU)."""
+def launcher(nproc: int, log_dir: Path | None = None) -> list[str]:
+    """The program of a cell: ``python -m fastpnr``, or torchrun with ``nproc`` processes (one per GPU; gloo on CPU),
+    its per-rank error files in ``log_dir`` (the cell's folder; torchrun's default is a new /tmp folder per run)."""
     if nproc == 1:
         return [sys.executable, "-m", "fastpnr"]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "fastpnr"]
+    logs = [f"--log-dir={log_dir}"] if log_dir is not None else []
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *logs,
+            "-m", "fastpnr"]
 
 
 def cli_args(options: dict) -> list[str]:
@@ -209,7 +217,8 @@ def train_args(cell: Cell, folder: Path, shared: dict, slot: Slot, resume: bool)
 
 
 def cell_command(cell: Cell, folder: Path, shared: dict, slot: Slot, nproc: int, resume: bool) -> list[str]:
-    return launcher(nproc) + train_args(cell, folder, shared, slot, resume)
+    return (launcher(nproc, folder / "torchrun") if nproc > 1 else launcher(nproc)) + \
+        train_args(cell, folder, shared, slot, resume)
 
 
 # ------------------------------------------------------------------------------------------------ cell state

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .compare import format_value, markdown, summarize
 from .errors import FastPNRError
+from .evaluation import mean_and_std
 from .study import Cell, CellState, error_line, git_commit, progress_line, read_state, write_json
 
 # (report.json key, column title, RunSummary field)
@@ -29,14 +30,12 @@ def _present(values) -> list[float]:
 
 
 def mean_std(values) -> tuple[float | None, float | None]:
-    """(mean, sample std with n - 1) of the values that are there; std None below two values."""
+    """(mean, sample std with n - 1) of the values that are there; std None below two values (not a spread of 0)."""
     vals = _present(values)
     if not vals:
         return None, None
-    mean = sum(vals) / len(vals)
-    if len(vals) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+    mean, std = mean_and_std(vals)
+    return mean, (std if len(vals) > 1 else None)
 
 
 def format_mean_std(mean, std) -> str:

@@ -13,7 +13,7 @@
     --scenario S[,S]            data.scenario per cell (default: the preset's)
     --out DIR                   the study folder: one run folder per cell, report.md/.json and PNGs
     --gpus 0,1,2,3              run one cell per GPU at a time (CUDA_VISIBLE_DEVICES); default: on CPU
-    --nproc_per_cell N          each cell under torchrun on N of the GPUs (DDP)
+    --nproc_per_cell N          each cell under torchrun on N of the GPUs (DDP); without --gpus, N gloo processes
     --jobs N                    on CPU: N cells at a time, each with cores/N threads (--train.threads)
     --retry-failed              rerun the failed cells once (resumed when they have a checkpoint)
     --protocol P                the report's protocol: linear, knn or online (default each run's own)

@@ -19,8 +19,9 @@ os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", _TEMP_ROOT)
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(_TEMP_ROOT, f"torchinductor_{getpass.getuser()}"))
 SESSION_TMP = Path(tempfile.mkdtemp(prefix="fastpnr-tests-"))
 os.environ["TMPDIR"] = tempfile.tempdir = str(SESSION_TMP)
-# Third-party temporaries that are removed by their owners at interpreter exit, after the session ends.
-_THIRD_PARTY = ("pymp-", "matplotlib-", "torchinductor_")
+# Third-party temporaries that are removed by their owners at interpreter exit, after the session ends (DALI's
+# autograph writes the converted pipeline functions as __autograph_generated_file*.py, deleted at exit).
+_THIRD_PARTY = ("pymp-", "matplotlib-", "torchinductor_", "__autograph_generated_file")
 
 # One decode cache per test session (inside SESSION_TMP, removed with it), so the suite never depends on (or writes
 # to) the user's cache; a $FASTPNR_CACHE set by the user is used (and kept) instead.
@@ -80,8 +81,10 @@ def data_root() -> Path:
 
 
 def tiny_overrides(data_root, **extra) -> dict:
-    """A 2-task CIFAR-10 run of a few seconds: 16 px images, 2 steps per epoch, small heads."""
-    ov = {"data.data_dir": str(data_root), "data.image_size": 16, "data.train_fraction": 0.004, "data.test_fraction": 0.01,
+    """A 2-task CIFAR-10 run of a few seconds: 16 px images, 2 steps per epoch, a width-16 ResNet-18 (1/16 of the
+    anchors' FLOPs), small heads, fp32 (CPU bf16 convolutions are 3-6x slower than fp32: a tiny run's 4 steps took
+    81 s in bf16, 8 s in fp32). Tests of the bf16 or full-width path set those fields themselves."""
+    ov = {"data.data_dir": str(data_root), "data.image_size": 16, "train.precision": "fp32", "model.width": 16, "data.train_fraction": 0.004, "data.test_fraction": 0.01,
           "eval.train_fraction": 0.004, "optim.batch_size": 16, "train.steps_per_epoch": 2, "train.progress": False,
           "eval.linear_epochs": 2, "eval.official_epochs": 1, "method.proj_hidden": 64, "method.proj_out": 32, "train.log_every": 1}
     ov.update(extra)

@@ -2,7 +2,6 @@
 the run's metrics.json: mean/std over probe fits, A_T and the average incremental accuracy."""
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -14,6 +13,7 @@ from fastpnr.continual import ContinualRun
 from fastpnr.errors import ConfigError
 from fastpnr.offline_eval import _eval_overrides, knn_eval, linear_eval
 from tests.conftest import tiny_overrides
+from tests.data.utils import write_two_class_folder
 
 
 def quiet(*_a, **_k):
@@ -77,23 +77,8 @@ def test_offline_label_fraction_is_stratified_per_class(official_run, data_root)
     assert r["options_differing_from_run"] == {"label_fraction": [1.0, 0.1], "linear_seeds": [2, 1]}
 
 
-def _write_imagefolder(root):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("val", 8)):
-        for c, cls in enumerate(("ants", "bees")):
-            folder = root / split / cls
-            folder.mkdir(parents=True)
-            for i in range(n):
-                buf = io.BytesIO()
-                img = np.clip(rng.normal(60 + 120 * c, 30, (16, 16, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(buf, format="JPEG")
-                (folder / f"{i:03d}.jpg").write_bytes(buf.getvalue())
-
-
 def _imagefolder_overrides(tmp_path, **extra) -> dict:
-    _write_imagefolder(tmp_path / "data")
+    write_two_class_folder(tmp_path / "data")
     ov = {"dataset": "imagefolder", "data.data_dir": str(tmp_path / "data"), "data.num_tasks": 2,
           "data.train_fraction": 1.0, "data.test_fraction": 1.0, "eval.train_fraction": 1.0, "optim.batch_size": 8,
           "train.steps_per_epoch": 1, "train.progress": False, "eval.linear_epochs": 2, "eval.official_epochs": 1,

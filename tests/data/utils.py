@@ -17,6 +17,25 @@ def jpeg_bytes(seed: int, size=(8, 8), mode="RGB") -> bytes:
     return buf.getvalue()
 
 
+def write_two_class_folder(root: Path, per_split=(("train", 24), ("val", 8)), corrupt: str | None = None) -> Path:
+    """A separable two-class image folder (dark "ants", bright "bees", 16x16 JPEGs) as root/<split>/<class>/NNN.jpg;
+    `corrupt` names one file (e.g. "train/ants/003.jpg") written as a truncated JPEG."""
+    rng = np.random.default_rng(0)
+    for split, n in per_split:
+        for c, cls in enumerate(("ants", "bees")):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                buf = io.BytesIO()
+                Image.fromarray(np.clip(rng.normal(60 + 120 * c, 30, (16, 16, 3)), 0, 255).astype(np.uint8)).save(
+                    buf, format="JPEG")
+                data = buf.getvalue()
+                if corrupt == f"{split}/{cls}/{i:03d}.jpg":
+                    data = data[: len(data) // 3]
+                (folder / f"{i:03d}.jpg").write_bytes(data)
+    return root
+
+
 def write_tree(root: Path, split: str, files: dict[str, bytes]) -> Path:
     """files: {"<class>/<file>": bytes} written as root/split/<class>/<file>."""
     for rel, data in files.items():

@@ -6,12 +6,13 @@ import io
 import math
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-CIFAR_TEST = Path("/work/shared/data/cifar10/test.tar.xz")
+from fastpnr.data import resolve_data_root
+
+CIFAR_TEST = resolve_data_root() / "cifar10" / "test.tar.xz"  # $FASTPNR_DATA or ../shared/data beside the checkout
 
 
 @dataclass

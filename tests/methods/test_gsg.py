@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +12,9 @@ from fastpnr.continual import ContinualRun
 from fastpnr.losses import gsg_pairing
 from fastpnr.methods import METHODS, build_method
 from fastpnr.methods.gsg import BYOLGSG, SimSiamGSG
+from tests.conftest import tiny_overrides
 
 GSG_METHODS = ["simsiam_gsg", "byol_gsg"]
-DATA_ROOT = Path("/work/shared/data")
 
 
 def _small(name, **kw):
@@ -150,13 +149,8 @@ def test_four_views_and_the_second_image_is_the_permuted_batch(name):
 
 @pytest.mark.parametrize("reg", ["finetune", "cassle", "pnr"])
 @pytest.mark.parametrize("method", GSG_METHODS)
-def test_two_task_continual_smoke_run(tmp_path, method, reg):
-    if not (DATA_ROOT / "cifar10").is_dir():
-        pytest.skip(f"real datasets not found at {DATA_ROOT}")
-    ov = {"method": method, "regularizer": reg, "data.data_dir": str(DATA_ROOT), "data.image_size": 16,
-          "data.train_fraction": 0.004, "data.test_fraction": 0.01, "eval.train_fraction": 0.004, "optim.batch_size": 16,
-          "train.steps_per_epoch": 2, "train.progress": False, "eval.linear_epochs": 2, "method.proj_hidden": 64,
-          "method.proj_out": 32, "method.pred_hidden": 32}
+def test_two_task_continual_smoke_run(data_root, tmp_path, method, reg):
+    ov = tiny_overrides(data_root, method=method, regularizer=reg, **{"method.pred_hidden": 32})
     if reg != "finetune":
         ov["regularizer.distill_hidden"] = 32
     cfg = build_config("smoke", ov)

@@ -41,7 +41,8 @@ def test_torchrun_cell_command_and_gpu_slots():
     assert slots[1].env({"A": "1"}) == {"A": "1", "CUDA_VISIBLE_DEVICES": "2,3"} and slots[1].devices == 2
     cell = study.Cell("byol-pnr-s6", "cifar100-5t", "byol", "pnr", 6)
     argv = study.cell_command(cell, Path("/s/byol-pnr-s6"), {"optim.lr": 0.5, "data_dir": "/d"}, slots[0], 2, False)
-    assert argv == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fastpnr",
+    assert argv == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "--log-dir=/s/byol-pnr-s6/torchrun", "-m", "fastpnr",
                     "train", "--preset", "cifar100-5t", "--out", "/s/byol-pnr-s6", "--optim.lr", "0.5", "--data_dir", "/d",
                     "--method", "byol", "--regularizer", "pnr", "--seed", "6", "--train.progress", "false"]
     one = study.make_slots("3", nproc_per_cell=1, jobs=1)
@@ -52,6 +53,9 @@ def test_torchrun_cell_command_and_gpu_slots():
 def test_cpu_jobs_share_the_cores_and_values_become_cli_text():
     slots = study.make_slots(None, nproc_per_cell=1, jobs=2, cpu_count=8)
     assert [s.threads for s in slots] == [4, 4] and slots[0].env({}) == {"OMP_NUM_THREADS": "4"}
+    gloo = study.make_slots(None, nproc_per_cell=2, jobs=2, cpu_count=8)  # 2 cells x 2 processes x 2 threads
+    assert [(s.threads, s.procs, s.devices) for s in gloo] == [(2, 2, 4)] * 2
+    assert gloo[0].describe() == "CPU, 2 processes x 2 threads"
     cell = study.Cell("c", "smoke", "simclr", "finetune", 5, scenario="data")
     shared = {"data.solarize_prob": [0.1, 0.2], "train.deterministic": True, "regularizer.neg_weight": 0.5}
     args = study.train_args(cell, Path("/c"), shared, slots[0], resume=False)
@@ -188,7 +192,7 @@ def test_failed_cell_is_kept_until_retry_failed_and_changed_options_refused(fake
     (["--seeds", "five"], "seeds='five' is invalid; allowed: a comma-separated list of int"),
     (["--method", "byol"], "option --method is set by the study grid; allowed: --methods (a list)"),
     (["--gpus", "0,1,2", "--nproc_per_cell", 2], "gpus=(0, 1, 2) is invalid; allowed: a multiple of --nproc_per_cell 2"),
-    (["--nproc_per_cell", 2], "nproc_per_cell=2 is invalid; allowed: 1 without --gpus"),
+    (["--nproc_per_cell", 0], "nproc_per_cell=0 is invalid; allowed: an integer >= 1"),
     (["--optim.lrr", 1], "optim.lrr is not a known option"),  # bad for every cell: refused before any run
     (["--regularizers", "finetune,cassle", "--regularizer.neg_weight", 1], "option='--regularizer.neg_weight' is invalid"),
 ])
@@ -255,3 +259,19 @@ def test_real_cell_killed_mid_task_resumes_to_the_uninterrupted_metrics(real_stu
     uninterrupted = json.loads((real_study / "simclr-finetune-s5" / "metrics.json").read_text())
     assert resumed["matrices"] == uninterrupted["matrices"]
     assert "(1 resumed)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_real_cell_under_torchrun_on_cpu_trains_on_two_processes(data_root, tmp_path, capsys):
+    """--nproc_per_cell 2 without GPUs: the cell runs under torchrun, two gloo processes sharing the cores."""
+    out = tmp_path / "s"
+    args = _real_args(data_root, out, "finetune")
+    args = [a for i, a in enumerate(args) if a != "--jobs" and (i == 0 or args[i - 1] != "--jobs")]
+    fastpnr(args + ["--nproc_per_cell", "2"])
+    state = study.read_state(out / "simclr-finetune-s5")
+    assert state.status == "done", (out / "simclr-finetune-s5" / "train.log").read_text()[-2000:]
+    attempt = state.record["attempts"][-1]
+    assert "torch.distributed.run" in attempt["command"] and "--nproc_per_node=2" in attempt["command"]
+    assert attempt["slot"].startswith("CPU, 2 processes x ")
+    metrics = json.loads((out / "simclr-finetune-s5" / "metrics.json").read_text())
+    assert metrics["world_size"] == [2, 2] and metrics["per_rank_batch_size"] == [8, 8]

@@ -12,6 +12,7 @@ from fastpnr.config import build_config
 from fastpnr.continual import ContinualRun, resume_run
 from fastpnr.errors import ConfigError
 from tests.conftest import tiny_overrides
+from tests.data.utils import write_two_class_folder
 
 BASE_METHODS = ["simclr", "mocov2plus", "byol", "simsiam", "barlow", "vicreg"]
 
@@ -50,8 +51,11 @@ def test_every_method_and_strategy_runs_two_tasks(data_root, tmp_path, method, r
 
 
 def test_run_folder_holds_metrics_csv_png_tensorboard_and_tasks(data_root, tmp_path):
+    # the preset's bf16 autocast end to end (the other tiny runs use fp32, which is several times faster on CPU)
     cfg = build_config("smoke", tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32,
-                                                                               "eval.forward_transfer": True}))
+                                                                               "eval.forward_transfer": True,
+                                                                               "train.precision": "bf16",
+                                                                               "model.width": 8}))
     ContinualRun(cfg, tmp_path, log=quiet).fit()
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert len(m["accuracy_matrix"]) == 2 and len(m["accuracy_matrix"][1]) == 2
@@ -80,6 +84,16 @@ def test_frozen_model_is_previous_task_model_and_stays_frozen(data_root, tmp_pat
             assert torch.equal(final[f"frozen.{name}"], value), name  # snapshot == end of task 0, unchanged since
 
 
+def assert_resumed_equals_full(out, full_dir, full: dict) -> dict:
+    """Resume the run in `out`; its matrices and final weights must equal the uninterrupted run's in `full_dir`."""
+    resumed = resume_run(out, log=quiet)
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"] and resumed["matrices"] == full["matrices"]
+    a = torch.load(full_dir / "task1.pt", weights_only=False)["method"]
+    b = torch.load(out / "task1.pt", weights_only=False)["method"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    return resumed
+
+
 @pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_uninterrupted(data_root, tmp_path):
     ov = tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32, "optim.epochs": 2,
@@ -89,12 +103,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(data_root, tmp_path):
         out = tmp_path / f"stop{stop}"
         ContinualRun(build_config("smoke", ov), out, log=quiet).fit(stop_after_epochs=stop)
         assert not (out / "metrics.json").exists() or len(json.loads((out / "metrics.json").read_text())["accuracy_matrix"]) < 2
-        resumed = resume_run(out, log=quiet)
-        assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
-        assert resumed["matrices"] == full["matrices"]
-        a = torch.load(tmp_path / "full" / "task1.pt", weights_only=False)["method"]
-        b = torch.load(out / "task1.pt", weights_only=False)["method"]
-        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert_resumed_equals_full(out, tmp_path / "full", full)
 
 
 @pytest.mark.slow
@@ -113,11 +122,7 @@ def test_kill_during_evaluation_resumes_into_the_evaluation(data_root, tmp_path)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert (ckpt["next_task"], ckpt["next_epoch"], ckpt["phase"]) == (0, 1, "evaluate")
     assert not (out / "task0.pt").exists() and ckpt["metrics"]["accuracy_matrix"] == []
-    resumed = resume_run(out, log=quiet)
-    assert resumed["matrices"] == full["matrices"]
-    a = torch.load(tmp_path / "full" / "task1.pt", weights_only=False)["method"]
-    b = torch.load(out / "task1.pt", weights_only=False)["method"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resumed_equals_full(out, tmp_path / "full", full)
 
 
 @pytest.mark.slow
@@ -175,30 +180,10 @@ def test_moco_pnr_second_queue_fills_with_frozen_embeddings():
     assert not torch.allclose(method.queue[0, :8], expected[0], atol=1e-3)
 
 
-def _write_imagefolder(root, corrupt: bool):
-    import io
-
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 40), ("val", 12)):
-        for c, cls in enumerate(("ants", "bees")):
-            folder = root / split / cls
-            folder.mkdir(parents=True)
-            for i in range(n):
-                img = np.clip(rng.normal(60 + 120 * c, 30, (16, 16, 3)), 0, 255).astype(np.uint8)
-                buf = io.BytesIO()
-                Image.fromarray(img).save(buf, format="JPEG")
-                data = buf.getvalue()
-                if corrupt and split == "train" and c == 0 and i == 3:
-                    data = data[: len(data) // 3]  # truncated JPEG
-                (folder / f"{i:03d}.jpg").write_bytes(data)
-
-
 def test_corrupt_image_errors_or_is_skipped_and_counted(tmp_path):
     from fastpnr.errors import DataError
 
-    _write_imagefolder(tmp_path / "data", corrupt=True)
+    write_two_class_folder(tmp_path / "data", (("train", 40), ("val", 12)), corrupt="train/ants/003.jpg")
     ov = {"dataset": "imagefolder", "data.data_dir": str(tmp_path / "data"), "data.num_tasks": 2, "data.train_fraction": 1.0,
           "data.test_fraction": 1.0, "eval.train_fraction": 1.0, "optim.batch_size": 8, "train.steps_per_epoch": 1,
           "train.progress": False, "eval.linear_epochs": 2, "method.proj_hidden": 32, "method.proj_out": 16,
