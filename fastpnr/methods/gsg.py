@@ -2,7 +2,9 @@
 
 Four views per batch: views 0, 1 are image 1's two views; views 2, 3 are the "second image"'s, the same batch
 permuted by ``r = randperm(N)`` (``x21 = views[2][r]``, ``x22 = views[3][r]``), so row ``i`` pairs image ``i``
-with image ``r(i)``. Per row, the closest cross-image pair of (unnormalized, detached) targets are the sources
+with image ``r(i)``. The permutation is applied to the encoder's outputs of views 2, 3 rather than to its inputs:
+the same numbers (per-row ops; each view's BatchNorm sees the same set of rows), and under torchrun ``r`` permutes
+the global batch (outputs gathered with their gradient), so the pairs do not depend on the world size. Per row, the closest cross-image pair of (unnormalized, detached) targets are the sources
 (predictor side, gradient flows) and their sibling views the stop-gradient targets (``losses.gsg_loss``).
 
 - SimSiam-GSG: targets are the online projections, detached.
@@ -45,12 +47,9 @@ class BYOLGSGConfig(SimSiamGSGConfig):
         check_tau(self)
 
 
-def second_image_views(views: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """``[v0, v1, v2[r], v3[r]]`` and ``r = randperm(N)`` drawn on the views' device (global RNG, no host sync)."""
+def check_four_views(views: list[torch.Tensor]) -> None:
     if len(views) != 4:
         raise FastPNRError(f"GSG needs 4 views per batch, got {len(views)}; build the loader with num_views=method.num_views")
-    r = torch.randperm(views[2].shape[0], device=views[2].device)
-    return [views[0], views[1], views[2][r], views[3][r]], r
 
 
 class _GSG(Method):
@@ -61,11 +60,24 @@ class _GSG(Method):
         simsiam_heads(self)
 
     def _online(self, views):
-        views, r = second_image_views(views)
+        check_four_views(views)
         out = super().forward_views(views)
+        n = views[2].shape[0]
+        # r over the batch the loss sees: the global one under torchrun (the per-GPU one with dist.local_loss)
+        r = torch.randperm(n if self.dist.local_loss else n * self.dist.world_size, device=views[2].device)
+        for key in ("feats", "z"):
+            out[key][2:] = [self.second_image(x, r) for x in out[key][2:]]
         out["p"] = [self.predictor(z) for z in out["z"]]
         out["perm"] = r
-        return out, views
+        return out
+
+    def second_image(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of the permuted batch: ``x[r]`` in one process; under torchrun rows ``r[shard]`` of the
+        global batch (gathered with the gradient flowing back to the rows' owner ranks)."""
+        if not self.dist.enabled or self.dist.local_loss:
+            return x[r]
+        whole = self.dist.loss_batch(x) if x.requires_grad else self.dist.gather(x)
+        return whole[r[self.dist.shard(whole.shape[0])]]
 
     def distill_input(self, out):
         return out["z"][:2]  # the first image's two online projections
@@ -82,7 +94,7 @@ class _GSG(Method):
 
 class SimSiamGSG(_GSG):
     def forward_views(self, views):
-        out, _ = self._online(views)
+        out = self._online(views)
         out["k"] = [z.detach() for z in out["z"]]
         return out
 
@@ -102,7 +114,8 @@ class BYOLGSG(_GSG):
         return self.ema_tau(step, total_steps)
 
     def forward_views(self, views):
-        out, views = self._online(views)
+        out = self._online(views)
         with torch.no_grad():
-            out["k"] = [self.momentum_projector(self.momentum_backbone(v)) for v in views]
+            k = [self.momentum_projector(self.momentum_backbone(v)) for v in views]
+        out["k"] = k[:2] + [self.second_image(x, out["perm"]) for x in k[2:]]
         return out
