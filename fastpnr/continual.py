@@ -268,6 +268,7 @@ class ContinualRun:
             "scaler": trainer.scaler.state_dict() if trainer is not None else None,
             "rng": rng_state(), "metrics": self.metrics, "global_step": self.global_step,
             "tensorboard_last_steps": dict(self.writer.last_steps) if self.writer is not None else None,
+            "launch_id": distributed.launch_id(),  # the torchrun invocation that wrote it (its elastic restarts resume)
         }
 
     def _save(self, next_task, next_epoch, optimizer=None, trainer=None, phase="train"):

@@ -53,6 +53,11 @@ def is_elastic_restart() -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
+def launch_id() -> str | None:
+    """The torchrun invocation's id (``--rdzv_id``; a fresh uuid with ``--standalone``), the same in its restarts."""
+    return os.environ.get("TORCHELASTIC_RUN_ID")
+
+
 class Dist:
     """The identity: one process. ``ProcessGroup`` below is the real thing; both have the same methods."""
 

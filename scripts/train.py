@@ -34,8 +34,9 @@ def _train(preset, out, resume, overwrite, allow_config_change, overrides):
     launched = distributed.torchrun_env()
     if launched is not None and launched[1] > 1 and not (out or resume):
         raise FastPNRError("--out RUN_DIR is required under torchrun (every rank must name the same run folder)")
-    if not resume and out and distributed.is_elastic_restart() and (Path(out) / CHECKPOINT).exists():
-        resume, overrides = out, {}  # torchrun restarted the workers (--max-restarts): continue from the checkpoint
+    if not resume and out and distributed.is_elastic_restart() and _written_by_this_launch(Path(out) / CHECKPOINT):
+        # torchrun restarted the workers (--max-restarts): continue from the checkpoint, with its configuration
+        resume, out, preset, overrides = out, None, None, {}
     if resume:
         for flag, given in (("--preset", preset), ("--out", out), ("--overwrite", overwrite)):
             if given:
@@ -50,6 +51,19 @@ def _train(preset, out, resume, overwrite, allow_config_change, overrides):
     out = out or cfg.out or f"runs/{preset}-{cfg.method.name}-{cfg.regularizer.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     metrics = ContinualRun(cfg, out, overwrite=overwrite).fit()
     return _done(metrics, out)
+
+
+def _written_by_this_launch(checkpoint: Path) -> bool:
+    """Whether this torchrun invocation wrote ``checkpoint`` (so a restarted worker continues its own run, never one
+    that was in --out before: a first attempt refused on such a folder stays refused)."""
+    import torch
+
+    from fastpnr import distributed
+
+    if not checkpoint.is_file():
+        return False
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    return ckpt.get("launch_id") is not None and ckpt.get("launch_id") == distributed.launch_id()
 
 
 def _done(metrics, out):
