@@ -303,6 +303,7 @@ def _train_rank0_folder_only(rank, overrides, out, stop_after_epochs=None):
     _train(rank, overrides, out if rank == 0 else f"{out}-rank{rank}", stop_after_epochs)
 
 
+@pytest.mark.slow
 def test_resume_across_world_sizes_and_only_rank_0_writes(data_root, tmp_path):
     ov = equivalence_overrides(data_root, method="simclr", regularizer="pnr", **{"train.steps_per_epoch": 3,
                                "optim.epochs": 2})
@@ -341,6 +342,7 @@ def _train_and_die(rank, overrides, out, die_at):
         Path(f"{out}.stopped{rank}").write_text(repr(time.time()))
 
 
+@pytest.mark.slow
 def test_a_killed_rank_stops_the_other_with_one_line_then_resume_continues(data_root, tmp_path):
     from fastpnr.distributed import HEARTBEAT_S
     from tests.conftest import tiny_overrides

@@ -146,6 +146,7 @@ def test_a_failed_env_step_skips_the_cuda_steps(tmp_path):
     assert env["status"] == "failed" and bench["status"] == "skipped" and "env step failed" in bench["reason"]
 
 
+@pytest.mark.slow
 def test_cpu_smoke_of_run_writes_logs_and_summary(tmp_path):
     out = tmp_path / "out"
     res = _sh("run", "--cpu", "--only", "install,env,kernels-tf32,dali",

@@ -273,6 +273,7 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(data_
     assert (ckpt["next_task"], ckpt["next_epoch"]) == (0, 1)  # the epoch-0 checkpoint survives
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ffcv", "dali"])
 def test_continual_run_with_the_ffcv_and_dali_loaders(data_root, tmp_path, kind):
     pytest.importorskip({"ffcv": "ffcv", "dali": "nvidia.dali"}[kind])
