@@ -217,8 +217,7 @@ def train_args(cell: Cell, folder: Path, shared: dict, slot: Slot, resume: bool)
 
 
 def cell_command(cell: Cell, folder: Path, shared: dict, slot: Slot, nproc: int, resume: bool) -> list[str]:
-    return (launcher(nproc, folder / "torchrun") if nproc > 1 else launcher(nproc)) + \
-        train_args(cell, folder, shared, slot, resume)
+    return launcher(nproc, folder / "torchrun") + train_args(cell, folder, shared, slot, resume)
 
 
 # ------------------------------------------------------------------------------------------------ cell state

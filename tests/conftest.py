@@ -84,8 +84,8 @@ def tiny_overrides(data_root, **extra) -> dict:
     """A 2-task CIFAR-10 run of a few seconds: 16 px images, 2 steps per epoch, a width-16 ResNet-18 (1/16 of the
     anchors' FLOPs), small heads, fp32 (CPU bf16 convolutions are 3-6x slower than fp32: a tiny run's 4 steps took
     81 s in bf16, 8 s in fp32). Tests of the bf16 or full-width path set those fields themselves."""
-    ov = {"data.data_dir": str(data_root), "data.image_size": 16, "train.precision": "fp32", "model.width": 16, "data.train_fraction": 0.004, "data.test_fraction": 0.01,
-          "eval.train_fraction": 0.004, "optim.batch_size": 16, "train.steps_per_epoch": 2, "train.progress": False,
+    ov = {"data.data_dir": str(data_root), "data.image_size": 16, "train.precision": "fp32", "model.width": 16,
+          "data.train_fraction": 0.004, "data.test_fraction": 0.01, "eval.train_fraction": 0.004, "optim.batch_size": 16, "train.steps_per_epoch": 2, "train.progress": False,
           "eval.linear_epochs": 2, "eval.official_epochs": 1, "method.proj_hidden": 64, "method.proj_out": 32, "train.log_every": 1}
     ov.update(extra)
     return ov

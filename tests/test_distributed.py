@@ -90,12 +90,18 @@ def equivalence_overrides(data_root, **extra) -> dict:
     9e-5 at lr 3e-4, 8e-8 / 3e-7 at lr 1e-4; BYOL-PNR 1e-7 / 6e-4 at 3e-4, 1e-7 / 7e-5 at 1e-4). A low learning rate
     keeps them small, so the test sees the implementation, not the chaos of the dynamics. A semantic difference
     shows from the first step (before GSG permuted the global batch: 1.5e-2 at step 1)."""
+    return rank_overrides(data_root, **{"train.precision": "fp32", "train.deterministic": True,
+                                        "train.steps_per_epoch": 10, "data.train_fraction": 0.008, "optim.lr": 0.0001,
+                                        "optim.classifier_lr": 0.003, **extra})
+
+
+def rank_overrides(data_root, **extra) -> dict:
+    """A tiny run for 1-thread CPU ranks, its evaluation cut to what the tests compare (no random-init pass, one
+    probe fit)."""
     from tests.conftest import tiny_overrides  # here, not at import: spawned ranks must not run conftest's setup
 
-    return tiny_overrides(data_root, **{"train.device": "cpu", "train.precision": "fp32", "train.deterministic": True,
-                                        "train.steps_per_epoch": 10, "data.train_fraction": 0.008, "optim.lr": 0.0001,
-                                        "optim.classifier_lr": 0.003, "train.threads": 1,
-                                        "eval.forward_transfer": False, "eval.linear_seeds": 1, **extra})
+    return tiny_overrides(data_root, **{"train.device": "cpu", "train.threads": 1, "eval.forward_transfer": False,
+                                        "eval.linear_seeds": 1, **extra})
 
 
 def step_losses(run: Path) -> np.ndarray:
@@ -325,17 +331,10 @@ def test_resume_across_world_sizes_and_only_rank_0_writes(data_root, tmp_path):
 
 def _train_and_die(rank, overrides, out, die_at):
     """Rank 1 kills itself (SIGKILL) at step ``die_at``; rank 0 must stop with one line naming it."""
-    from fastpnr import trainer
+    from tests.rank_faults import die_at_step
 
-    run_step = trainer.Trainer.run_step
-
-    def maybe_die(self, views, labels, probe, step, total):
-        if rank == 1 and step == die_at:
-            Path(f"{out}.killed").write_text(repr(time.time()))
-            os.kill(os.getpid(), signal.SIGKILL)
-        return run_step(self, views, labels, probe, step, total)
-
-    trainer.Trainer.run_step = maybe_die
+    if rank == 1:
+        die_at_step(die_at, f"{out}.killed")
     try:
         _train(rank, overrides, out)
     finally:
@@ -345,10 +344,8 @@ def _train_and_die(rank, overrides, out, die_at):
 @pytest.mark.slow
 def test_a_killed_rank_stops_the_other_with_one_line_then_resume_continues(data_root, tmp_path):
     from fastpnr.distributed import HEARTBEAT_S
-    from tests.conftest import tiny_overrides
 
-    ov = tiny_overrides(data_root, **{"train.device": "cpu", "optim.epochs": 2, "dist.timeout_s": 60,
-                                      "train.threads": 1, "eval.forward_transfer": False, "eval.linear_seeds": 1})
+    ov = rank_overrides(data_root, **{"optim.epochs": 2, "dist.timeout_s": 60})
     run = tmp_path / "run"
     codes = run_ranks(2, _train_and_die, ov, str(run), 3, report_dir=tmp_path)
     assert codes[1] == -signal.SIGKILL and codes[0] not in (0, "hung"), codes
@@ -368,14 +365,11 @@ def test_torchrun_max_restarts_resumes_from_the_checkpoint(data_root, tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import tiny_overrides
-
-    ov = tiny_overrides(data_root, **{"train.device": "cpu", "optim.epochs": 2, "train.threads": 1,
-                                      "eval.forward_transfer": False, "eval.linear_seeds": 1})
+    ov = rank_overrides(data_root, **{"optim.epochs": 2})
     run, marker = tmp_path / "run", tmp_path / "died"
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
             "--monitor-interval=0.5", f"--log-dir={tmp_path / 'torchrun'}",
-            "-m", "tests.elastic_worker", "--out", str(run),  # a module: a script would put tests/ first on sys.path
+            "-m", "tests.rank_faults", "--out", str(run),  # a module: a script would put tests/ first on sys.path
             *[a for k, v in ov.items() for a in (f"--{k}", str(v))]]
     env = {**os.environ, "DIE_MARKER": str(marker), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}

@@ -13,7 +13,7 @@ from fastpnr.continual import ContinualRun
 from fastpnr.errors import ConfigError
 from fastpnr.offline_eval import _eval_overrides, knn_eval, linear_eval
 from tests.conftest import tiny_overrides
-from tests.data.utils import write_two_class_folder
+from tests.data.utils import two_class_folder_overrides
 
 
 def quiet(*_a, **_k):
@@ -77,17 +77,6 @@ def test_offline_label_fraction_is_stratified_per_class(official_run, data_root)
     assert r["options_differing_from_run"] == {"label_fraction": [1.0, 0.1], "linear_seeds": [2, 1]}
 
 
-def _imagefolder_overrides(tmp_path, **extra) -> dict:
-    write_two_class_folder(tmp_path / "data")
-    ov = {"dataset": "imagefolder", "data.data_dir": str(tmp_path / "data"), "data.num_tasks": 2,
-          "data.train_fraction": 1.0, "data.test_fraction": 1.0, "eval.train_fraction": 1.0, "optim.batch_size": 8,
-          "train.steps_per_epoch": 1, "train.progress": False, "eval.linear_epochs": 2, "eval.official_epochs": 1,
-          "method.proj_hidden": 32, "method.proj_out": 16, "regularizer.distill_hidden": 16,
-          "data.cache_dir": str(tmp_path / "cache"), "eval.forward_transfer": False}
-    ov.update(extra)
-    return ov
-
-
 @pytest.mark.parametrize("kind", ["gpu", "dali"])
 def test_official_loader_gets_decoded_images_or_the_jpeg_bytes(tmp_path, monkeypatch, kind):
     """DALI decodes the JPEGs itself: the official probe must hand it the encoded train set, not the decoded one."""
@@ -100,7 +89,7 @@ def test_official_loader_gets_decoded_images_or_the_jpeg_bytes(tmp_path, monkeyp
         return _NoBatches()
 
     monkeypatch.setattr(loaders, "make_loader", fake_make_loader)
-    run = ContinualRun(build_config("smoke", _imagefolder_overrides(tmp_path, **{"data.loader": kind})), tmp_path / "r",
+    run = ContinualRun(build_config("smoke", two_class_folder_overrides(tmp_path, **{"data.loader": kind})), tmp_path / "r",
                        log=quiet)
     run._load_data(write_tasks=False)
     run._official_loader(run.eval_train, seed=3)
@@ -128,7 +117,7 @@ class _NoBatches:
 
 def test_official_protocol_in_the_loop_on_the_dali_loader_cpu(tmp_path):
     pytest.importorskip("nvidia.dali")
-    ov = _imagefolder_overrides(tmp_path, **{"data.loader": "dali", "eval.protocol": "official", "data.num_workers": 1,
+    ov = two_class_folder_overrides(tmp_path, **{"data.loader": "dali", "eval.protocol": "official", "data.num_workers": 1,
                                              "data.image_size": None, "data.crop_size": 16, "train.precision": "fp32"})
     metrics = ContinualRun(build_config("smoke", ov), tmp_path / "run", log=quiet).fit()
     assert len(metrics["matrices"]["official"]) == 2 and metrics["accuracy_matrix"] == metrics["matrices"]["official"]

@@ -4,8 +4,9 @@ Four views per batch: views 0, 1 are image 1's two views; views 2, 3 are the "se
 permuted by ``r = randperm(N)`` (``x21 = views[2][r]``, ``x22 = views[3][r]``), so row ``i`` pairs image ``i``
 with image ``r(i)``. The permutation is applied to the encoder's outputs of views 2, 3 rather than to its inputs:
 the same numbers (per-row ops; each view's BatchNorm sees the same set of rows), and under torchrun ``r`` permutes
-the global batch (outputs gathered with their gradient), so the pairs do not depend on the world size. Per row, the closest cross-image pair of (unnormalized, detached) targets are the sources
-(predictor side, gradient flows) and their sibling views the stop-gradient targets (``losses.gsg_loss``).
+the global batch (outputs gathered with their gradient), so the pairs do not depend on the world size. Per row, the
+closest cross-image pair of (unnormalized, detached) targets are the sources (predictor side, gradient flows) and
+their sibling views the stop-gradient targets (``losses.gsg_loss``).
 
 - SimSiam-GSG: targets are the online projections, detached.
 - BYOL-GSG: targets are the EMA encoder's projections (fixed momentum 0.99 in the anchor: base_tau = final_tau =

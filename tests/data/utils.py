@@ -36,6 +36,19 @@ def write_two_class_folder(root: Path, per_split=(("train", 24), ("val", 8)), co
     return root
 
 
+def two_class_folder_overrides(tmp_path: Path, per_split=(("train", 24), ("val", 8)), corrupt: str | None = None,
+                               **extra) -> dict:
+    """`write_two_class_folder` under tmp_path/data, and the overrides of a tiny 2-task run on it (its own cache)."""
+    write_two_class_folder(tmp_path / "data", per_split, corrupt)
+    ov = {"dataset": "imagefolder", "data.data_dir": str(tmp_path / "data"), "data.num_tasks": 2,
+          "data.train_fraction": 1.0, "data.test_fraction": 1.0, "eval.train_fraction": 1.0, "optim.batch_size": 8,
+          "train.steps_per_epoch": 1, "train.progress": False, "eval.linear_epochs": 2, "eval.official_epochs": 1,
+          "method.proj_hidden": 32, "method.proj_out": 16, "regularizer.distill_hidden": 16,
+          "data.cache_dir": str(tmp_path / "cache"), "eval.forward_transfer": False}
+    ov.update(extra)
+    return ov
+
+
 def write_tree(root: Path, split: str, files: dict[str, bytes]) -> Path:
     """files: {"<class>/<file>": bytes} written as root/split/<class>/<file>."""
     for rel, data in files.items():

@@ -28,7 +28,7 @@ def _report(out):
 
 @pytest.fixture
 def fake_train(monkeypatch):
-    monkeypatch.setattr(study, "launcher", lambda nproc: [sys.executable, FAKE])
+    monkeypatch.setattr(study, "launcher", lambda nproc, log_dir=None: [sys.executable, FAKE])
     monkeypatch.setattr(study, "POLL_S", 0.05)
     monkeypatch.delenv("FAKE_FAIL_METHOD", raising=False)
     return monkeypatch
@@ -99,7 +99,7 @@ def test_cell_state_running_with_a_dead_process_is_interrupted_or_pending(tmp_pa
 
 
 def test_stopping_the_study_stops_its_running_cells_for_a_later_resume(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "launcher", lambda nproc: [sys.executable, "-c", "import time; time.sleep(120)"])
+    monkeypatch.setattr(study, "launcher", lambda nproc, log_dir=None: [sys.executable, "-c", "import time; time.sleep(120)"])
     cell = study.Cell("c", "smoke", "simclr", "finetune", 5)
     runner = study.StudyRunner(tmp_path, [cell], {}, [study.Slot(threads=1)], 1, log=lambda *a: None)
     running = runner._start(cell, runner.slots[0])
@@ -246,7 +246,7 @@ def test_real_two_cell_study_writes_the_report_and_rerun_is_a_no_op(real_study, 
 def test_real_cell_killed_mid_task_resumes_to_the_uninterrupted_metrics(real_study, data_root, monkeypatch, tmp_path,
                                                                          capsys):
     out = tmp_path / "s"
-    monkeypatch.setattr(study, "launcher", lambda nproc: [sys.executable, KILL])
+    monkeypatch.setattr(study, "launcher", lambda nproc, log_dir=None: [sys.executable, KILL])
     fastpnr(_real_args(data_root, out, "finetune"))
     state = study.read_state(out / "simclr-finetune-s5")
     assert state.status == "interrupted" and state.record["error"] == "killed by signal 9"

@@ -12,7 +12,7 @@ from fastpnr.config import build_config
 from fastpnr.continual import ContinualRun, resume_run
 from fastpnr.errors import ConfigError
 from tests.conftest import tiny_overrides
-from tests.data.utils import write_two_class_folder
+from tests.data.utils import two_class_folder_overrides
 
 BASE_METHODS = ["simclr", "mocov2plus", "byol", "simsiam", "barlow", "vicreg"]
 
@@ -183,11 +183,7 @@ def test_moco_pnr_second_queue_fills_with_frozen_embeddings():
 def test_corrupt_image_errors_or_is_skipped_and_counted(tmp_path):
     from fastpnr.errors import DataError
 
-    write_two_class_folder(tmp_path / "data", (("train", 40), ("val", 12)), corrupt="train/ants/003.jpg")
-    ov = {"dataset": "imagefolder", "data.data_dir": str(tmp_path / "data"), "data.num_tasks": 2, "data.train_fraction": 1.0,
-          "data.test_fraction": 1.0, "eval.train_fraction": 1.0, "optim.batch_size": 8, "train.steps_per_epoch": 1,
-          "train.progress": False, "eval.linear_epochs": 2, "method.proj_hidden": 32, "method.proj_out": 16,
-          "regularizer.distill_hidden": 16, "data.cache_dir": str(tmp_path / "cache")}
+    ov = two_class_folder_overrides(tmp_path, (("train", 40), ("val", 12)), corrupt="train/ants/003.jpg")
     with pytest.raises(DataError, match=r"corrupt image .*ants/003.jpg"):
         ContinualRun(build_config("smoke", ov), tmp_path / "run1", log=quiet).fit()
     metrics = ContinualRun(build_config("smoke", {**ov, "data.skip_corrupt": True}), tmp_path / "run2", log=quiet).fit()
