@@ -13,6 +13,7 @@ COMMANDS = {
     "to_beton": "write an FFCV .beton file from a dataset",
     "cache": "list the decode cache (entries, sizes, last use) and evict: --clear, --clear_older_than, --max_size",
     "bench": "side-by-side step benchmark (anchors' pipeline vs fastpnr)",
+    "bench_scaling": "training img/s on 1, 2, ... processes under torchrun (same global batch), the scaling check",
     "bench_loaders": "loader throughput benchmark",
     "bench_kernels": "fused InfoNCE kernel benchmark",
     "profile": "torch.profiler trace of training steps",

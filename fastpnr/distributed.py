@@ -25,6 +25,7 @@ import datetime
 import os
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 
 import numpy as np
@@ -150,6 +151,9 @@ class ProcessGroup(Dist):
         self.owns_group = not tdist.is_initialized()
         if self.owns_group:
             kw = {"device_id": device} if device.type == "cuda" else {}
+            store = attempt_store(rank, world_size, timeout_s)
+            if store is not None:
+                kw.update(store=store, rank=rank, world_size=world_size)
             tdist.init_process_group(self.backend, timeout=datetime.timedelta(seconds=timeout_s), **kw)
         self.store = _default_store()
         self._stop = threading.Event()
@@ -289,6 +293,56 @@ class ProcessGroup(Dist):
 
 def _nothing(*args, **kwargs):
     return None
+
+
+# ------------------------------------------------------------------------------------------------ elastic restarts
+def attempt_store(rank: int, world_size: int, timeout_s: float):
+    """The store this attempt's process group should use, or None for torch's own ``env://`` rendezvous.
+
+    torchrun's c10d rendezvous shares its agent's TCPStore with the workers (``TORCHELASTIC_USE_AGENT_STORE``), and
+    that store outlives ``--max-restarts`` restarts with the keys of the failed attempt in it: a restarted rank can
+    read a dead peer's address and fail with "connectFullMesh ... Connection refused" (gloo) or a stale NCCL id
+    (pytorch/pytorch#135712). ``TORCHELASTIC_RESTART_COUNT`` cannot name the attempt (each node's agent counts its
+    own restarts), so the ranks agree on a fresh key prefix through the store itself (``_agree_on_token``).
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = tdist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+                           timeout=timeout)
+    return tdist.PrefixStore(f"fastpnr/attempt/{_agree_on_token(store, rank, world_size, timeout_s)}", store)
+
+
+def _agree_on_token(store, rank: int, world_size: int, timeout_s: float, poll_s: float = 0.05) -> str:
+    """A token fresh to this attempt, the same on every rank, agreed through a store that may hold older attempts'
+    keys: rank r > 0 posts a fresh nonce, rank 0 answers every nonce it sees under a key named by that nonce (so no
+    old answer can be read), and waits for an acknowledgement keyed by its own fresh token from every rank."""
+    deadline = time.time() + timeout_s
+    if rank != 0:
+        nonce = uuid.uuid4().hex
+        store.set(f"fastpnr/hello/{rank}", nonce)
+        try:
+            store.wait([f"fastpnr/token/{nonce}"], datetime.timedelta(seconds=timeout_s))
+        except Exception as e:  # noqa: BLE001 - torch raises DistStoreError; one line for the user
+            raise PeerFailure(f"rank 0 did not join within dist.timeout_s={timeout_s:g} s "
+                              f"({type(e).__name__}); is every node started?") from None
+        token = store.get(f"fastpnr/token/{nonce}").decode()
+        store.set(f"fastpnr/ack/{token}/{rank}", "1")
+        return token
+    token, answered = uuid.uuid4().hex, set()
+    hellos = [f"fastpnr/hello/{r}" for r in range(1, world_size)]
+    acks = [f"fastpnr/ack/{token}/{r}" for r in range(1, world_size)]
+    while not store.check(acks):
+        for key in hellos:
+            nonce = store.get(key).decode() if store.check([key]) else None
+            if nonce is not None and nonce not in answered:
+                store.set(f"fastpnr/token/{nonce}", token)
+                answered.add(nonce)
+        if time.time() > deadline:
+            missing = [r for r, k in enumerate(acks, 1) if not store.check([k])]
+            raise PeerFailure(f"rank {', '.join(map(str, missing))} did not join within dist.timeout_s={timeout_s:g} s")
+        time.sleep(poll_s)
+    return token
 
 
 _COUNTER = [0]

@@ -15,7 +15,7 @@ from fastpnr.errors import FastPNRError, require
 from .config import ViewConfig, cifar_views, imagenet_views
 from .gpu_aug import augment_batch
 from .prefetch import Prefetcher
-from .shard import ShardedBatches, check_shard
+from .shard import check_shard
 
 # kind → (module, class, what it needs)
 LOADERS = {
@@ -24,7 +24,6 @@ LOADERS = {
     "ffcv": ("loaders.ffcv_loader", "FfcvLoader", "pip install ffcv==1.0.2 and a .beton file (fastpnr to_beton)"),
     "dali": ("loaders.dali_loader", "DaliLoader", "pip install nvidia-dali-cuda130 (the extra fastpnr[dali])"),
 }
-NATIVE_SHARDING = ("gpu", "torchvision")  # produce only their rows; other kinds are wrapped in ShardedBatches
 
 
 def loader_class(kind: str):
@@ -63,15 +62,12 @@ def make_loader(kind: str, source, batch_size: int, num_views: int, device, seed
     view_configs: one `ViewConfig` per view, or one shared, or None (the default `ViewConfig` at the stored size).
     Extra kwargs go to the loader class (e.g. `resident=` for "gpu", `num_workers=` for "torchvision").
     shard: this rank's rows of every global batch of `batch_size` (torchrun); the union over ranks of batch k is
-    one process's batch k, augmentations included. `len()` counts global batches.
+    one process's batch k (its augmentations too, except with dali). `len()` counts global batches.
     """
     cls = loader_class(kind)
     shard = check_shard(shard, batch_size, drop_last)
-    native = shard is not None and kind in NATIVE_SHARDING
-    loader = cls(source, batch_size=batch_size, num_views=num_views, device=device, seed=seed, shuffle=shuffle,
-                 drop_last=drop_last, view_configs=view_configs, subset=subset, **({"shard": shard} if native else {}),
-                 **kw)
-    return ShardedBatches(loader, shard) if shard is not None and not native else loader
+    return cls(source, batch_size=batch_size, num_views=num_views, device=device, seed=seed, shuffle=shuffle,
+               drop_last=drop_last, view_configs=view_configs, subset=subset, shard=shard, **kw)
 
 
 __all__ = ["LOADERS", "Prefetcher", "ViewConfig", "augment_batch", "cifar_views", "imagenet_views", "loader_class", "make_loader", "require_available"]

@@ -16,6 +16,11 @@ Reproducibility: the epoch's order comes from numpy (seed, epoch); the pipeline 
 `epoch_seed(seed, epoch, AUGMENTATION)`, and DALI's random operators draw per-sample, so epoch e's batches are the
 same for any `num_threads` or prefetch depth (checked on CPU; ~10-80 ms per rebuild on CPU).
 
+Sharded (`shard=`, torchrun): each rank's pipeline reads, decodes and augments only its rows of every global batch
+(the epoch's order cut into global batches), so the ranks' samples of step k are one process's; DALI's random draws
+are per sample slot of its own batch, which no rank can align with one process's, so each rank seeds its pipeline
+from (seed, epoch, its first row): augmentations are a function of (seed, epoch, world size), not of the seed alone.
+
 Differences from the torchvision reference (same family, not bit-equal): DALI's color_twist applies brightness,
 contrast, saturation and hue as one fused colour transform in a fixed order (torchvision: a random order per sample)
 and stretches contrast around mid-grey rather than around the image's mean grey; its Gaussian blur is a true
@@ -36,6 +41,7 @@ from fastpnr.errors import DataError, FastPNRError, require
 from .config import CIFAR_MEAN, CIFAR_STD, ViewConfig
 from .gpu_resident import resolve_subset, resolve_views
 from .seeding import AUGMENTATION, PERMUTATION, EpochBatches, epoch_seed
+from .shard import check_shard, rows_of_global_batches
 
 INSTALL_HINT = "pip install nvidia-dali-cuda130 (the extra fastpnr[dali])"
 MISSING = f"loader kind 'dali' needs NVIDIA DALI: {INSTALL_HINT}"
@@ -119,10 +125,12 @@ class DaliLoader(EpochBatches):
     nvJPEG ("mixed") and augments on that GPU. num_threads: DALI CPU worker threads; prefetch: the pipeline's
     prefetch queue depth (batches in flight). Views come back as (B, 3, S, S) float tensors, channels_last (DALI
     writes HWC, viewed as NCHW without a copy), normalized with each view's mean/std.
+    shard: this rank's rows of every global batch of `batch_size` (module docstring); `len()` counts global batches.
     """
 
     def __init__(self, source, batch_size: int, num_views: int, device, seed: int, shuffle: bool = True,
-                 drop_last: bool = True, view_configs=None, subset=None, num_threads: int = 4, prefetch: int = 2):
+                 drop_last: bool = True, view_configs=None, subset=None, num_threads: int = 4, prefetch: int = 2,
+                 shard: slice | None = None):
         self.fn, self.types, self.pipeline_def, self.feed_ndarray = import_dali()
         require(isinstance(seed, (int, np.integer)) and seed >= 0, "seed", seed, "an int >= 0")
         require(isinstance(num_threads, int) and num_threads >= 1, "num_threads", num_threads, "an int >= 1")
@@ -135,6 +143,8 @@ class DaliLoader(EpochBatches):
             self.device = torch.device("cuda", torch.cuda.current_device())
         n = len(source)
         self.subset = resolve_subset(subset, n, batch_size, drop_last)
+        self.shard = check_shard(shard, batch_size, drop_last)
+        self.rows = batch_size if self.shard is None else self.shard.stop - self.shard.start  # DALI's batch
         first = source.encoded(int(self.subset[0]))
         if first is None:
             raise DataError(f"dataset {getattr(source, 'name', '?')}/{getattr(source, 'split', '?')} keeps no encoded "
@@ -163,9 +173,10 @@ class DaliLoader(EpochBatches):
         return a
 
     def build_pipeline(self, order: np.ndarray, epoch_seed_: int):
-        """A built DALI pipeline whose external source serves `order` batch by batch (the last one maybe partial)."""
+        """A built DALI pipeline whose external source serves `order` (this rank's rows) batch by batch (the last
+        one maybe partial)."""
         fn, types = self.fn, self.types
-        B, n, cuda = self.batch_size, len(self) * self.batch_size, self.device.type == "cuda"
+        B, n, cuda = self.rows, len(self) * self.rows, self.device.type == "cuda"
         n = min(n, len(order))
 
         def feed(info):
@@ -201,8 +212,10 @@ class DaliLoader(EpochBatches):
         return dst
 
     def __iter__(self):
-        order = epoch_order(self.subset, self.seed, self.epoch, self.shuffle)
-        pipe = self.build_pipeline(order, epoch_seed(self.seed, self.epoch, AUGMENTATION))
+        order = rows_of_global_batches(epoch_order(self.subset, self.seed, self.epoch, self.shuffle), self.batch_size,
+                                       self.shard)
+        rank_rows = () if self.shard is None else (self.shard.start,)  # ranks draw independent augmentations
+        pipe = self.build_pipeline(order, epoch_seed(self.seed, self.epoch, AUGMENTATION, *rank_rows))
         # CUDA: outputs are bound to torch's current stream, and the copies out are queued on it (no host sync)
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         try:
@@ -210,8 +223,8 @@ class DaliLoader(EpochBatches):
                 try:
                     outs = pipe.run(stream)
                 except RuntimeError as e:  # e.g. a corrupt JPEG: DALI's message spans many lines
-                    lo = b * self.batch_size  # with prefetch the failing batch can be up to `prefetch` ahead
-                    suspects = order[lo:lo + (self.prefetch + 1) * self.batch_size]
+                    lo = b * self.rows  # with prefetch the failing batch can be up to `prefetch` ahead
+                    suspects = order[lo:lo + (self.prefetch + 1) * self.rows]
                     raise DataError(_one_line_error(e, self.source, self.epoch, suspects)) from None
                 views = [self._to_torch(o, torch.float32).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
                          for o in outs[:-1]]

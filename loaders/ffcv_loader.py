@@ -21,6 +21,11 @@ shuffle=False means "sequential" (the subset in the given order). `set_epoch(e)`
 epoch e is a function of (seed, e) for every order. FFCV's numba code compiles on the first epoch of each loader
 (about 2 s for crop="device", 10-20 s per view for crop="decoder" on 2 CPU cores), and FFCV sets
 `torch.set_num_threads(num_workers)` whenever it starts an epoch.
+
+Sharded (`shard=`, torchrun): each rank's FFCV loader reads and decodes only its rows of every global batch (FFCV's
+order of the whole subset, cut into global batches, keeps the rank's columns), and crop="device" draws the augmentation
+of the whole global batch and keeps its rows (`gpu_aug.draw_rows`): the ranks' batches, concatenated, are one
+process's batches. FFCV's own `distributed=True` is not used: it deals samples round-robin, another order.
 """
 from __future__ import annotations
 
@@ -34,9 +39,10 @@ from fastpnr.errors import DataError, require
 
 from .config import CIFAR_MEAN, CIFAR_STD, ViewConfig
 from .ffcv_ops import check_schema, import_ffcv
-from .gpu_aug import after_crop, augment_batch
+from .gpu_aug import after_crop, augment_batch, draw_rows
 from .gpu_resident import resolve_subset, resolve_views
 from .seeding import AUGMENTATION, PERMUTATION, EpochBatches, epoch_generator, epoch_seed
+from .shard import check_shard, rows_of_global_batches
 
 CROP_MODES = ("device", "decoder")
 ORDERS = ("random", "quasi_random", "sequential")
@@ -58,12 +64,13 @@ class FfcvLoader(EpochBatches):
     `mean`/`std` (default CIFAR statistics: the file does not store them).
     crop: "device" or "decoder" (module docstring). order, os_cache, batches_ahead, num_workers: FFCV's options
     (num_workers = numba threads; default all cores available to the process).
+    shard: this rank's rows of every global batch of `batch_size` (module docstring); `len()` counts global batches.
     """
 
     def __init__(self, source, batch_size: int, num_views: int, device, seed: int, shuffle: bool = True,
                  drop_last: bool = True, view_configs=None, subset=None, *, crop: str = "device",
                  num_workers: int | None = None, order: str = "random", os_cache: bool = True, batches_ahead: int = 3,
-                 mean=CIFAR_MEAN, std=CIFAR_STD):
+                 mean=CIFAR_MEAN, std=CIFAR_STD, shard: slice | None = None):
         require(isinstance(source, (str, os.PathLike)), "source", _describe(source),
                 "a .beton path (write one with: fastpnr to_beton --dataset NAME --split SPLIT --out FILE.beton)")
         require(isinstance(seed, (int, np.integer)) and seed >= 0, "seed", seed, "an int >= 0")
@@ -90,6 +97,8 @@ class FfcvLoader(EpochBatches):
         self.device = torch.device(device)
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, int(seed)
         self.subset = resolve_subset(subset, n, batch_size, drop_last)
+        self.shard = check_shard(shard, batch_size, drop_last)
+        rows = batch_size if self.shard is None else self.shard.stop - self.shard.start
         default = ViewConfig(size=int(heights.max()), mean=tuple(mean), std=tuple(std))
         self.view_configs = resolve_views(view_configs, num_views, default)
         self.num_views, self.crop, self.epoch = num_views, crop, 0
@@ -121,7 +130,7 @@ class FfcvLoader(EpochBatches):
                   "sequential": OrderOption.SEQUENTIAL}
         self.ffcv_seed = epoch_seed(self.seed, 0, PERMUTATION) % (2**31 - 1)
         try:
-            self._loader = Loader(str(self.path), batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
+            self._loader = Loader(str(self.path), batch_size=rows, num_workers=num_workers, os_cache=os_cache,
                                   order=orders[self.order], seed=self.ffcv_seed, indices=self.subset,
                                   pipelines=pipelines, drop_last=drop_last, batches_ahead=batches_ahead)
         except (ValueError, AssertionError, OSError) as e:
@@ -131,6 +140,9 @@ class FfcvLoader(EpochBatches):
         # before it in this process; restoring the table before each epoch makes it a function of (seed, e) again
         table = getattr(self._loader.traversal_order, "page_to_samples_array", None)
         self._page_table = None if table is None else table.copy()
+        if self.shard is not None:
+            self._loader.traversal_order = RowsOfGlobalBatches(self._loader.traversal_order, batch_size, self.shard)
+            self._loader.first_traversal_order = self._loader.traversal_order.sample_order(0)  # FFCV's len()
 
     def __iter__(self):
         gen = epoch_generator(self.seed, self.epoch, AUGMENTATION, self.device)
@@ -144,15 +156,30 @@ class FfcvLoader(EpochBatches):
                 # FFCV reuses its output buffers a few batches later: hand out fresh tensors
                 labels = out["label"].view(-1).clone()
                 indices = out["index"].view(-1).clone()
-                if self.crop == "device":
-                    x = out["image"].float().div_(255.0)
-                    views = [augment_batch(x, cfg, gen) for cfg in self.view_configs]
-                else:
-                    views = [after_crop(out[f"view{k}"].float().div_(255.0), cfg, gen)
-                             for k, cfg in enumerate(self.view_configs)]
+                with draw_rows(self.batch_size, self.shard):  # a rank draws for the global batch, keeps its rows
+                    if self.crop == "device":
+                        x = out["image"].float().div_(255.0)
+                        views = [augment_batch(x, cfg, gen) for cfg in self.view_configs]
+                    else:
+                        views = [after_crop(out[f"view{k}"].float().div_(255.0), cfg, gen)
+                                 for k, cfg in enumerate(self.view_configs)]
                 yield views, labels, indices
         finally:
             it.close()  # stops FFCV's prefetch thread when the consumer leaves early
+
+
+class RowsOfGlobalBatches:
+    """An FFCV traversal order restricted to one rank's rows ``shard`` of each global batch of ``batch_size``
+    (whole global batches only: the rest is what drop_last drops); everything else is the wrapped order's."""
+
+    def __init__(self, order, batch_size: int, shard: slice):
+        self.order, self.batch_size, self.shard = order, batch_size, shard
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        return rows_of_global_batches(np.asarray(self.order.sample_order(epoch)), self.batch_size, self.shard)
+
+    def __getattr__(self, name):  # QuasiRandom's page table, seed, indices, ...
+        return getattr(self.order, name)
 
 
 def _describe(source) -> str:
@@ -161,4 +188,4 @@ def _describe(source) -> str:
     return repr(source)[:80]
 
 
-__all__ = ["CROP_MODES", "ORDERS", "FfcvLoader"]
+__all__ = ["CROP_MODES", "ORDERS", "FfcvLoader", "RowsOfGlobalBatches"]

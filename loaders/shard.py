@@ -1,8 +1,8 @@
 """Sharding a global batch across ranks (torchrun): rank r keeps the rows ``shard`` of every global batch.
 
-The gpu and torchvision loaders shard natively (each rank produces only its rows, with the per-sample randomness
-one process would give them); ``ShardedBatches`` wraps any other kind (ffcv, dali): it produces the whole global
-batch and keeps its rows, exact at the cost of producing the other ranks' rows too.
+Every loader kind takes ``shard=`` and reads, decodes and augments only its rows (``rows_of_global_batches`` cuts
+the epoch's order); the gpu, torchvision and ffcv kinds also give those rows the per-sample randomness one process
+would give them (dali cannot: loaders/dali_loader.py).
 """
 from __future__ import annotations
 
@@ -18,23 +18,11 @@ def check_shard(shard: slice | None, batch_size: int, drop_last: bool) -> slice 
     return shard
 
 
-class ShardedBatches:
-    """``loader`` (yielding global batches) restricted to the rows ``shard`` of each batch; same ``len`` and
-    ``set_epoch``."""
-
-    def __init__(self, loader, shard: slice):
-        self.loader, self.shard = loader, shard
-
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        s = self.shard
-        for views, labels, indices in self.loader:
-            yield [v[s] for v in views], labels[s], indices[s]
-
-    def __getattr__(self, name):  # epoch, device, ... of the wrapped loader
-        return getattr(self.loader, name)
+def rows_of_global_batches(order, batch_size: int, shard: slice | None):
+    """An epoch's sample ``order`` (numpy or torch, 1-D) cut into whole global batches of ``batch_size``, keeping the
+    rows ``shard`` of each, in order: what a rank reads (the tail that drop_last drops is gone). ``shard=None``: as
+    given."""
+    if shard is None:
+        return order
+    full = len(order) // batch_size * batch_size
+    return order[:full].reshape(-1, batch_size)[:, shard].reshape(-1)

@@ -18,6 +18,7 @@ from fastpnr.errors import FastPNRError, require
 from .config import CIFAR_MEAN, CIFAR_STD, ViewConfig
 from .gpu_resident import resolve_subset, resolve_views
 from .seeding import AUGMENTATION, PERMUTATION, epoch_generator, epoch_seed
+from .shard import rows_of_global_batches
 
 
 def import_torchvision_transforms():
@@ -82,9 +83,7 @@ class EpochSampler(Sampler):
         order = self.subset
         if self.shuffle:
             order = order[torch.randperm(len(order), generator=epoch_generator(self.seed, self.epoch, PERMUTATION, "cpu"))]
-        if self.shard is not None:
-            full = len(order) // self.batch_size * self.batch_size
-            order = order[:full].view(-1, self.batch_size)[:, self.shard].reshape(-1)
+        order = rows_of_global_batches(order, self.batch_size, self.shard)
         return iter([(self.epoch, i) for i in order.tolist()])
 
 

@@ -159,10 +159,13 @@ def missing(kind: str) -> str | None:
 
 
 def build_setup(row: Row, data, device: torch.device, batch_size: int, method_name="simclr",
-                regularizer_name="pnr", workers: int = 4, seed: int = 0, log=quiet, quick: bool = False):
+                regularizer_name="pnr", workers: int = 4, seed: int = 0, log=quiet, quick: bool = False, dist=None):
     """(trainer, loader) for one row: fresh model, frozen model active, LARS, the row's loader and step options.
 
-    data: a ``BenchData`` (or a decoded dataset, for the gpu and torchvision loaders)."""
+    data: a ``BenchData`` (or a decoded dataset, for the gpu and torchvision loaders).
+    dist: a ``fastpnr.distributed`` process group (torchrun): ``batch_size`` is then the global batch, each rank
+    trains on its shard with global BatchNorm and the gathered losses, as ``fastpnr train`` does."""
+    from fastpnr import distributed
     from fastpnr.config import build_config
     from fastpnr.methods import build_method
     from fastpnr.optim import build_optimizer, set_lr
@@ -186,22 +189,28 @@ def build_setup(row: Row, data, device: torch.device, batch_size: int, method_na
     torch.manual_seed(seed)
     method = build_method(cfg.method, cfg.model, num_classes=len(train_set.classes))
     reg = build_regularizer(cfg.regularizer, method)
+    dist = dist or distributed.SINGLE
+    if dist.enabled:
+        distributed.convert_batchnorm(method)
+        distributed.convert_batchnorm(reg)
+    method.dist = reg.dist = dist
     fmt = torch.channels_last if row.channels_last else torch.contiguous_format
     method.to(device, memory_format=fmt)
     reg.to(device, memory_format=fmt)
+    dist.broadcast_module(method)
     compile_backbone(method, cfg.train)
     reg.begin_task(method, 0)
     reg.begin_task(method, 1)  # the frozen previous model is active: its forward runs every step
     opt = build_optimizer(method.param_groups(cfg.optim) + reg.param_groups(cfg.optim), cfg.optim)
     set_lr(opt, 0, cfg.optim.epochs, cfg.optim)
-    trainer = Trainer(method, reg, opt, cfg.train, device, log=log)
+    trainer = Trainer(method, reg, opt, cfg.train, device, log=log, dist=dist)
     size = train_set.images.shape[1]
     kw = {"torchvision": {"num_workers": workers, "pin_memory": device.type == "cuda"},
           "ffcv": {"num_workers": max(1, workers)}, "dali": {"num_threads": max(1, workers)}}.get(row.loader, {})
     subset = data.subset if row.loader != "ffcv" else None  # the .beton holds just the subset
     loader = make_loader(row.loader, data.source(row.loader), batch_size=batch_size, num_views=2, device=device,
                          seed=seed, view_configs=cifar_views(size, mean=train_set.mean, std=train_set.std),
-                         subset=subset, **kw)
+                         subset=subset, shard=dist.shard(batch_size) if dist.enabled else None, **kw)
     if row.prefetch:
         loader = Prefetcher(loader, device)
     return trainer, loader
@@ -226,20 +235,33 @@ def _sync(device):
 
 def time_row(trainer, loader, device, steps: int, warmup: int, nchw: bool) -> float:
     """Images per second over ``steps`` steps after ``warmup`` untimed ones."""
+    return timed_steps(trainer, loader, device, steps, warmup, nchw)[0]
+
+
+def timed_steps(trainer, loader, device, steps: int, warmup: int, nchw: bool) -> tuple[float, list[float]]:
+    """(images per second over ``steps`` steps after ``warmup`` untimed ones, [first step's loss, last step's
+    loss]). Under torchrun (``trainer.dist``) every rank starts and stops the clock at a barrier, and the images and
+    the losses are the global batch's. The first loss is read in the warm-up (a host sync outside the clock)."""
+    dist = trainer.dist
     it = batches(loader, nchw)
     total = warmup + steps
+    losses = []
     for i in range(total):
         if i == warmup:
             _sync(device)
+            dist.barrier()
             start = time.perf_counter()
         views, labels = next(it)
         logs = trainer.run_step(views, labels, (None, labels), i, total)
+        if i == 0 and warmup > 0:
+            losses.append(dist.mean_logs({"loss": logs["loss"]})["loss"])
     _sync(device)
+    dist.barrier()
     elapsed = time.perf_counter() - start
-    loss = float(logs["loss"])
-    if loss != loss:
-        raise RuntimeError(f"non-finite loss in the benchmark ({loss})")
-    return steps * labels.shape[0] / elapsed
+    losses.append(dist.mean_logs({"loss": logs["loss"]})["loss"])
+    if any(v != v for v in losses):
+        raise RuntimeError(f"non-finite loss in the benchmark ({losses})")
+    return steps * labels.shape[0] * dist.world_size / elapsed, losses
 
 
 def _as_list(value) -> list:

@@ -121,3 +121,31 @@ def test_bench_quick_decodes_only_the_images_it_uses(tmp_path, monkeypatch, caps
     assert not cache.entries(tmp_path / "cache")  # nothing written to the decode cache
     encoded = bench.BenchData(sources[0], tmp_path / "data", subset=bench.QUICK_IMAGES).encoded()  # the dali row's
     assert len(encoded) == bench.QUICK_IMAGES and sum(decoded) == bench.QUICK_IMAGES
+
+
+@pytest.mark.slow
+def test_bench_scaling_quick_on_gloo_runs_each_world_size_and_their_first_losses_agree(data_root, capsys):
+    """Issue 12's scaling check in its CPU smoke mode: one torchrun launch per world size, the global batch split
+    across the ranks; the first step's global loss is the same for 1 and 2 processes (same seed, same batch)."""
+    fastpnr(["bench_scaling", "--device", "cpu", "--quick", "--world_sizes", "1,2", "--data_dir", str(data_root)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# fastpnr bench_scaling | device: cpu") and "backend: gloo" in lines[0]
+    rows = [[c.strip() for c in line.split("|")] for line in lines if line.split("|")[0].strip().isdigit()]
+    assert [(r[0], r[1]) for r in rows] == [("1", "8"), ("2", "4")], lines
+    assert all(float(r[2]) > 0 and r[3].endswith("x") and r[4].endswith("%") for r in rows)
+    first, last = zip(*([float(v) for v in r[5].split("(")[0].split(",")] for r in rows))
+    assert abs(first[1] - first[0]) <= 1e-5 * abs(first[0]), first
+    assert all(v == v and v > 0 for v in last)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--world_sizes", "1,3"], "error: batch_size=8 is invalid; allowed: a multiple of every world size (here 3)"),
+    (["--world_sizes", "0"], "error: world_sizes=0 is invalid; allowed: comma-separated ints >= 1"),
+    (["--device", "tpu"], "error: device='tpu' is invalid; allowed: cpu or cuda"),
+])
+def test_bench_scaling_bad_input_is_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        fastpnr(["bench_scaling", "--quick", "--device", "cpu", *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and "\n" not in err, err

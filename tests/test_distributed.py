@@ -235,25 +235,9 @@ def _fake_source(n=40, size=12):
                            labels=np.arange(n) % 5, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
-def _epoch(loader, epoch=1):
-    loader.set_epoch(epoch)
-    return list(loader)
-
-
-def assert_shards_partition(make, batch=8, world=2):
-    """The ranks' batches, concatenated in rank order, are the one-process batches: indices, labels and views."""
-    whole = _epoch(make(None))
-    shards = [_epoch(make(slice(r * batch // world, (r + 1) * batch // world))) for r in range(world)]
-    assert all(len(s) == len(whole) for s in shards)
-    for k, (views, labels, idx) in enumerate(whole):
-        assert torch.equal(torch.cat([s[k][2] for s in shards]), idx)
-        assert torch.equal(torch.cat([s[k][1] for s in shards]), labels)
-        for v in range(len(views)):
-            torch.testing.assert_close(torch.cat([s[k][0][v] for s in shards]), views[v], rtol=0, atol=1e-5)
-
-
 def test_gpu_loader_shards_partition_the_global_batch_with_its_augmentations():
     from loaders import ViewConfig, make_loader
+    from tests.loaders.utils import assert_shards_partition
 
     src = _fake_source()
     views = [ViewConfig(size=8, crop_scale=(0.2, 1.0), blur_prob=1.0, solarize_prob=0.2, mean=src.mean, std=src.std)] * 2
@@ -263,34 +247,13 @@ def test_gpu_loader_shards_partition_the_global_batch_with_its_augmentations():
 
 def test_torchvision_loader_shards_partition_the_global_batch():
     from loaders import make_loader
+    from tests.loaders.utils import assert_shards_partition
 
     src = _fake_source()
     # per-sample transforms seeded from (seed, epoch, index) inside the dataset: a random flip of the PIL image
     flip = lambda img: torch.from_numpy(np.array(img)).permute(2, 0, 1).float().flip(-1 if torch.rand(()) < 0.5 else 0)  # noqa: E731
     assert_shards_partition(lambda shard: make_loader("torchvision", src, 8, 2, "cpu", seed=3, transforms=[flip, flip],
                                                       num_workers=0, subset=np.arange(3, 40), shard=shard))
-
-
-def test_other_loader_kinds_are_sharded_by_slicing_their_global_batches():
-    from loaders.shard import ShardedBatches
-
-    class Global:  # stands for ffcv / dali: yields global batches, deterministic per epoch
-        def __init__(self):
-            self.epoch = 0
-
-        def set_epoch(self, e):
-            self.epoch = e
-
-        def __len__(self):
-            return 3
-
-        def __iter__(self):
-            g = torch.Generator().manual_seed(self.epoch)
-            for _ in range(3):
-                idx = torch.randperm(40, generator=g)[:8]
-                yield [torch.randn(8, 3, 4, 4, generator=g)], idx % 5, idx
-
-    assert_shards_partition(lambda shard: Global() if shard is None else ShardedBatches(Global(), shard))
 
 
 def test_batch_not_divisible_by_world_size_is_one_line():
@@ -357,11 +320,11 @@ def test_a_killed_rank_stops_the_other_with_one_line_then_resume_continues(data_
     assert len(json.loads((run / "metrics.json").read_text())["accuracy_matrix"]) == 2
 
 
-@pytest.mark.skip(reason="flaky: in 2 of 3 tries the restarted attempt's gloo setup failed (connectFullMesh "
-                         "connection refused, or a hang before any output); the third resumed and finished")
+@pytest.mark.slow
 def test_torchrun_max_restarts_resumes_from_the_checkpoint(data_root, tmp_path):
     """torchrun --max-restarts 1: rank 1 dies in the first attempt; the restarted workers find the checkpoint in
-    --out and finish the run from it (fastpnr train resumes by itself, no --resume)."""
+    --out and finish the run from it (fastpnr train resumes by itself, no --resume). Before ``attempt_store`` the
+    restarted attempt's gloo setup read the dead rank's address from torchrun's shared store in 2 of 3 tries."""
     import subprocess
     import sys
 
@@ -396,3 +359,38 @@ def test_a_restarted_worker_resumes_only_a_checkpoint_of_its_own_launch(tmp_path
     assert train._written_by_this_launch(ckpt)
     torch.save({"format": 2}, ckpt)  # written outside torchrun (or by an older fastpnr)
     assert not train._written_by_this_launch(ckpt)
+
+
+def test_ranks_agree_on_a_fresh_token_in_a_store_holding_a_failed_attempts_keys():
+    """torchrun's shared store outlives a restart: the ranks of the new attempt must agree on a prefix no key of the
+    old attempt lives under, even when rank 0 reads a dead rank's nonce first (it answers every nonce it sees)."""
+    import threading
+
+    from fastpnr.distributed import _agree_on_token
+
+    store = torch.distributed.HashStore()
+    store.set("fastpnr/hello/1", "nonce-of-the-dead-attempt")  # what attempt 0 left behind
+    store.set("fastpnr/token/nonce-of-the-dead-attempt", "old-token")
+    tokens = {}
+
+    def rank(r, delay):
+        time.sleep(delay)
+        tokens[r] = _agree_on_token(store, r, 3, timeout_s=10, poll_s=0.01)
+
+    threads = [threading.Thread(target=rank, args=(r, d)) for r, d in ((0, 0.0), (1, 0.2), (2, 0.1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert len(tokens) == 3 and len(set(tokens.values())) == 1 and tokens[0] != "old-token", tokens
+
+
+def test_a_rank_that_never_joins_is_named_within_the_timeout():
+    from fastpnr.distributed import PeerFailure, _agree_on_token
+
+    store = torch.distributed.HashStore()
+    store.set("fastpnr/hello/1", "nonce-of-the-dead-attempt")
+    with pytest.raises(PeerFailure, match=r"^rank 1, 2 did not join within dist.timeout_s=0.3 s"):
+        _agree_on_token(store, 0, 3, timeout_s=0.3, poll_s=0.01)
+    with pytest.raises(PeerFailure, match=r"^rank 0 did not join within dist.timeout_s=0.3 s"):
+        _agree_on_token(store, 2, 3, timeout_s=0.3, poll_s=0.01)

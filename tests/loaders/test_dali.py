@@ -205,3 +205,27 @@ def test_corrupt_jpeg_names_the_image():
     with pytest.raises(DataError, match=r"image 5 \(synth::5.jpg\) does not decode") as e:
         collect(ld)
     assert "\n" not in str(e.value)
+
+
+def test_shards_read_only_their_rows_of_the_global_batches(synth):
+    """torchrun: each rank's pipeline decodes only its rows of every global batch; the ranks' indices, labels (and
+    a deterministic eval view) concatenate to one process's; each rank's augmentations are a function of (seed,
+    epoch, rank) and differ between ranks."""
+    subset = np.arange(1, 38)  # 37 indices: 4 global batches of 8, 5 dropped
+    eval_view = plain(16, synth.mean, synth.std)
+    whole = collect(make(synth, 8, num_views=1, subset=subset, view_configs=eval_view), epoch=2)
+    shards = [collect(make(synth, 8, num_views=1, subset=subset, view_configs=eval_view, shard=s), epoch=2)
+              for s in (slice(0, 4), slice(4, 8))]
+    assert len(whole) == len(shards[0]) == len(shards[1]) == 4
+    for k, (views, labels, idx) in enumerate(whole):
+        assert [len(s[k][2]) for s in shards] == [4, 4]
+        assert torch.equal(torch.cat([s[k][2] for s in shards]), idx)
+        assert torch.equal(torch.cat([s[k][1] for s in shards]), labels)
+        torch.testing.assert_close(torch.cat([s[k][0][0] for s in shards]), views[0])
+    same = JpegDataset(16)
+    same.blobs = [same.blobs[0]] * 16  # one image everywhere: equal pipeline seeds would give the ranks equal crops
+    views = [ViewConfig(size=16, crop_scale=(0.05, 1.0), mean=synth.mean, std=synth.std)]
+    one, two, again = (collect(make(same, 8, num_views=1, view_configs=views, shard=s), epoch=2)
+                       for s in (slice(0, 4), slice(4, 8), slice(4, 8)))
+    assert all(torch.equal(a[0][0], b[0][0]) for a, b in zip(two, again))
+    assert not any(torch.equal(a[0][0], b[0][0]) for a, b in zip(one, two))

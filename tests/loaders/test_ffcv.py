@@ -221,3 +221,22 @@ def test_to_beton_cli_round_trip(data_root, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: image_format='png' is invalid; allowed: raw, jpeg"
+
+
+@pytest.mark.parametrize("order", ["random", "quasi_random"])
+def test_shards_read_only_their_rows_and_partition_the_global_batch(beton, order):
+    """torchrun: each rank's FFCV loader reads its rows of every global batch (not the whole batch), and the ranks'
+    batches, augmentations included, concatenate to one process's."""
+    from .utils import assert_shards_partition
+
+    views = [ViewConfig(size=32, crop_scale=(0.2, 1.0), blur_prob=0.5, solarize_prob=0.2, mean=MEAN, std=STD)] * 2
+    made = []
+
+    def make(shard):
+        loader = make_loader("ffcv", str(beton), 8, 2, "cpu", seed=3, view_configs=views, subset=np.arange(5, 45),
+                             shard=shard, num_workers=1, order=order, os_cache=order != "quasi_random")
+        made.append(loader)
+        return loader
+
+    assert_shards_partition(make)
+    assert [m._loader.batch_size for m in made] == [8, 4, 4] and [len(m) for m in made] == [5, 5, 5]

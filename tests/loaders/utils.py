@@ -81,3 +81,20 @@ def assert_binomial(k: int, n: int, p: float, z: float = 5.0) -> None:
     """k successes out of n agree with probability p within z standard deviations."""
     sd = math.sqrt(n * p * (1 - p))
     assert abs(k - n * p) <= z * sd + 1e-9, f"{k}/{n} = {k / n:.4f}, expected p={p}"
+
+
+def _epoch(loader, epoch=1):
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
+def assert_shards_partition(make, batch=8, world=2):
+    """The ranks' batches, concatenated in rank order, are the one-process batches: indices, labels and views."""
+    whole = _epoch(make(None))
+    shards = [_epoch(make(slice(r * batch // world, (r + 1) * batch // world))) for r in range(world)]
+    assert all(len(s) == len(whole) for s in shards)
+    for k, (views, labels, idx) in enumerate(whole):
+        assert torch.equal(torch.cat([s[k][2] for s in shards]), idx)
+        assert torch.equal(torch.cat([s[k][1] for s in shards]), labels)
+        for v in range(len(views)):
+            torch.testing.assert_close(torch.cat([s[k][0][v] for s in shards]), views[v], rtol=0, atol=1e-5)

@@ -239,3 +239,59 @@ def test_captured_graph_matches_eager_on_cuda(two_streams):
     assert graph.graph.captured, graph.graph.reason
     for r, g in zip(ref, got):
         torch.testing.assert_close(g["loss"], r["loss"], rtol=1e-3, atol=1e-3)
+
+
+def _graph_vs_eager_through_a_process_group(device: torch.device):
+    """SimCLR-PNR's step through a 1-rank ``ProcessGroup`` (NCCL on CUDA, gloo on CPU), captured vs eager: the
+    step then holds the collectives of a torchrun run (the differentiable all-gather of the negatives, the gradient
+    all-reduce). Returns (trainer that ran the graph path, eager losses, graph-path losses)."""
+    import os
+    import socket
+
+    from fastpnr import distributed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    group = distributed.ProcessGroup(0, 1, 0, device, timeout_s=120)
+    try:
+        def build(cuda_graph):
+            trainer, optim_cfg = _build("simclr", "pnr", cuda_graph=cuda_graph, probe="task")
+            for module in (trainer.method, trainer.regularizer):
+                distributed.convert_batchnorm(module).to(device)
+                module.dist = group
+            cfg = dataclasses.replace(trainer.cfg, device=device.type)
+            return Trainer(trainer.method, trainer.regularizer, trainer.optimizer, cfg, device, log=_quiet,
+                           dist=group), optim_cfg
+
+        eager, optim_cfg = build(False)
+        graph, _ = build(True)
+        batches = [([v.to(device) for v in views], labels.to(device), (None, labels.to(device)))
+                   for views, labels, _ in _batches(STEPS, "task")]
+        return graph, _trajectory(eager, optim_cfg, batches), _trajectory(graph, optim_cfg, batches)
+    finally:
+        group.close()
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def test_step_through_a_process_group_runs_the_graph_path_on_cpu():
+    """The plumbing of the CUDA check below, on gloo: eager fallback from the static buffers, same losses."""
+    graph, ref, got = _graph_vs_eager_through_a_process_group(torch.device("cpu"))
+    assert not graph.graph.captured and "CUDA device" in graph.graph.reason
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g["loss"], r["loss"], **TOL)
+
+
+@needs_cuda
+def test_captured_graph_with_nccl_collectives_matches_eager_on_cuda():
+    """Under torchrun on GPUs the captured step holds NCCL collectives; on one GPU a 1-rank NCCL group checks that
+    they capture and replay (the values are one process's: the test compares with eager)."""
+    torch.backends.cudnn.deterministic = True
+    graph, ref, got = _graph_vs_eager_through_a_process_group(torch.device("cuda", 0))
+    assert graph.graph.captured, graph.graph.reason
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g["loss"], r["loss"], rtol=1e-3, atol=1e-3)
