@@ -63,7 +63,7 @@ class FfcvLoader(EpochBatches):
     view_configs: ViewConfigs as for every loader; the default is `ViewConfig(size=<stored height>, mean, std)` with
     `mean`/`std` (default CIFAR statistics: the file does not store them).
     crop: "device" or "decoder" (module docstring). order, os_cache, batches_ahead, num_workers: FFCV's options
-    (num_workers = numba threads; default all cores available to the process).
+    (num_workers = numba threads; default all cores available to the process; at most numba's thread count).
     shard: this rank's rows of every global batch of `batch_size` (module docstring); `len()` counts global batches.
     """
 
@@ -83,6 +83,7 @@ class FfcvLoader(EpochBatches):
         require(isinstance(batches_ahead, int) and batches_ahead >= 1, "batches_ahead", batches_ahead, "an int >= 1")
         require(order != "quasi_random" or not os_cache, "os_cache", os_cache, "False with order='quasi_random'")
         import_ffcv()
+        import numba
         from ffcv.fields.basics import IntDecoder
         from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
@@ -107,6 +108,9 @@ class FfcvLoader(EpochBatches):
                     f"'decoder' for {self.path.name}: its images are not all one size (or rewrite it with "
                     f"to_beton --image-size)")
         self.order = "sequential" if not shuffle else order
+        # FFCV's workers are numba threads, at most NUMBA_NUM_THREADS (the machine's cores by default): more is an
+        # error in numba, so data.num_workers 4 on a 2-core machine gets 2
+        self.num_workers = min(num_workers, numba.config.NUMBA_NUM_THREADS)
 
         dev = self.device
 
@@ -130,7 +134,7 @@ class FfcvLoader(EpochBatches):
                   "sequential": OrderOption.SEQUENTIAL}
         self.ffcv_seed = epoch_seed(self.seed, 0, PERMUTATION) % (2**31 - 1)
         try:
-            self._loader = Loader(str(self.path), batch_size=rows, num_workers=num_workers, os_cache=os_cache,
+            self._loader = Loader(str(self.path), batch_size=rows, num_workers=self.num_workers, os_cache=os_cache,
                                   order=orders[self.order], seed=self.ffcv_seed, indices=self.subset,
                                   pipelines=pipelines, drop_last=drop_last, batches_ahead=batches_ahead)
         except (ValueError, AssertionError, OSError) as e:

@@ -158,6 +158,26 @@ def test_two_ranks_equal_one_process_over_the_first_steps(data_root, tmp_path, m
     _assert_two_ranks_equal_one_process(ov, tmp_path, min_steps=4)
 
 
+@pytest.mark.slow
+def test_two_ranks_with_the_ffcv_loader_equal_one_process(data_root, tmp_path):
+    """Each rank's ffcv loader reads only its rows and draws the global batch's augmentations (crop="device"), so a
+    2-rank run is one process's run. data.num_workers keeps its default (4: more threads than numba may have here)."""
+    pytest.importorskip("ffcv")
+    ov = equivalence_overrides(data_root, method="simclr", regularizer="pnr",
+                               **{"regularizer.distill_hidden": 32, "train.steps_per_epoch": 2, "data.loader": "ffcv"})
+    _assert_two_ranks_equal_one_process(ov, tmp_path, min_steps=4)
+
+
+@pytest.mark.slow
+def test_two_ranks_train_with_the_dali_loader(data_root, tmp_path):
+    """dali under torchrun: each rank decodes its rows (augmentations seeded per rank, so no equality to compare)."""
+    pytest.importorskip("nvidia.dali")
+    ov = rank_overrides(data_root, **{"data.loader": "dali"})
+    assert run_ranks(2, _train, ov, str(tmp_path / "run"), report_dir=tmp_path) == [0, 0], errors(tmp_path)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["world_size"] == [2, 2] and len(metrics["accuracy_matrix"]) == 2
+
+
 def _assert_two_ranks_equal_one_process(ov: dict, tmp_path: Path, min_steps: int = 20):
     one, two = tmp_path / "one", tmp_path / "two"
     assert run_ranks(1, _train, ov, str(one), report_dir=tmp_path) == [0], errors(tmp_path)

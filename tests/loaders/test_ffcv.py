@@ -240,3 +240,14 @@ def test_shards_read_only_their_rows_and_partition_the_global_batch(beton, order
 
     assert_shards_partition(make)
     assert [m._loader.batch_size for m in made] == [8, 4, 4] and [len(m) for m in made] == [5, 5, 5]
+
+
+def test_more_workers_than_numba_threads_are_capped(beton):
+    """data.num_workers (default 4) on a machine with fewer cores: numba refuses more threads than it has, so the
+    loader caps them instead of failing."""
+    import numba
+
+    loader = make_loader("ffcv", str(beton), 8, 1, "cpu", seed=0, num_workers=numba.config.NUMBA_NUM_THREADS + 3)
+    assert loader.num_workers == numba.config.NUMBA_NUM_THREADS
+    batches = list(loader)
+    assert len(batches) == len(loader) and batches[0][0][0].shape == (8, 3, 32, 32)
