@@ -169,7 +169,12 @@ class FfcvLoader(EpochBatches):
                                  for k, cfg in enumerate(self.view_configs)]
                 yield views, labels, indices
         finally:
-            it.close()  # stops FFCV's prefetch thread when the consumer leaves early
+            # The consumer left (maybe early): stop FFCV's prefetch thread and wait for it before its buffers are
+            # released. FFCV's own close() only signals; a thread still inside a numba pipeline at interpreter exit
+            # aborts the process ("terminate called without an active exception").
+            it.terminate_event.set()
+            it.join(timeout=30)
+            it.close()
 
 
 class RowsOfGlobalBatches:

@@ -124,12 +124,18 @@ def test_bench_quick_decodes_only_the_images_it_uses(tmp_path, monkeypatch, caps
 
 
 @pytest.mark.slow
-def test_bench_scaling_quick_on_gloo_runs_each_world_size_and_their_first_losses_agree(data_root, capsys):
+@pytest.mark.parametrize("loader", ["gpu", "ffcv"])
+def test_bench_scaling_quick_on_gloo_runs_each_world_size_and_their_first_losses_agree(data_root, capsys, loader):
     """Issue 12's scaling check in its CPU smoke mode: one torchrun launch per world size, the global batch split
-    across the ranks; the first step's global loss is the same for 1 and 2 processes (same seed, same batch)."""
-    fastpnr(["bench_scaling", "--device", "cpu", "--quick", "--world_sizes", "1,2", "--data_dir", str(data_root)])
+    across the ranks (each reading only its rows); the first step's global loss is the same for 1 and 2 processes
+    (same seed, same batch, and with these loaders the same augmentations)."""
+    if bench.missing(loader) is not None:
+        pytest.skip(bench.missing(loader))
+    fastpnr(["bench_scaling", "--device", "cpu", "--quick", "--world_sizes", "1,2", "--data_dir", str(data_root),
+             "--loader", loader])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("# fastpnr bench_scaling | device: cpu") and "backend: gloo" in lines[0]
+    assert f"| {loader} loader (workers per rank: 1)" in lines[1]
     rows = [[c.strip() for c in line.split("|")] for line in lines if line.split("|")[0].strip().isdigit()]
     assert [(r[0], r[1]) for r in rows] == [("1", "8"), ("2", "4")], lines
     assert all(float(r[2]) > 0 and r[3].endswith("x") and r[4].endswith("%") for r in rows)
@@ -142,6 +148,7 @@ def test_bench_scaling_quick_on_gloo_runs_each_world_size_and_their_first_losses
     (["--world_sizes", "1,3"], "error: batch_size=8 is invalid; allowed: a multiple of every world size (here 3)"),
     (["--world_sizes", "0"], "error: world_sizes=0 is invalid; allowed: comma-separated ints >= 1"),
     (["--device", "tpu"], "error: device='tpu' is invalid; allowed: cpu or cuda"),
+    (["--loader", "pil"], "error: loader='pil' is invalid; allowed: dali, ffcv, gpu, torchvision"),
 ])
 def test_bench_scaling_bad_input_is_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as e:
