@@ -123,8 +123,11 @@ def assert_same_run(a: Path, b: Path, rtol: float = 1e-4, min_steps: int = 20):
     wa, wb = final_weights(a), final_weights(b)
     assert wa.keys() == wb.keys()
     # Weights (and BN running stats) agree to ~1e-4, but not their updates: the first step's gradients of the blocks below layer4.1 differ
-    # by ~2e-3 of their norm with real 16-px images (5e-5 with random inputs, 1e-5 in layer4.1 and the heads);
-    # float conditioning is suspected, not shown.
+    # by ~2e-3 of their norm with real 16-px images (5e-5 with random inputs, 1e-5 in layer4.1 and the heads).
+    # The cause is ReLU kinks, not the distributed code: in ONE process the same batch in another row order changes
+    # the fp32 gradients of layer1-2 by 1e-2 of their norm (fp32 vs fp64 in the same order: 4e-6; fp64 in either
+    # order: 1e-14), traced to a single input of layer2.1's last ReLU at -6e-8 in fp64 that the fp32 rounding of the
+    # other summation order moved to +6e-6, so its gradient flowed where it should not (measured 2026-12-03).
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=2e-4, msg=lambda m, k=k: f"{k}: {m}")
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
