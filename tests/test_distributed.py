@@ -250,22 +250,25 @@ def test_gather_with_grad_and_global_batchnorm_match_one_process(tmp_path):
         torch.testing.assert_close(inputs["a2"], 2 * x2.grad[4 * r:4 * (r + 1)], rtol=1e-5, atol=1e-6)
 
 
-def _pnr_heads():
-    """A tiny online encoder (x -> z), distill predictor (z -> u) and frozen encoder (x -> f), seeded."""
-    torch.manual_seed(0)
-    return torch.nn.Linear(6, 5), torch.nn.Linear(5, 5), torch.nn.Linear(6, 5)
-
-
-def _pnr_loss_grads(x1, x2, encoder, predictor, frozen, gather, backend):
+def _pnr_step(dist, backend):
+    """One SimCLR-PNR backward on this rank's rows of ``_tiny_batch`` (a tiny online encoder x -> z, distill
+    predictor z -> u, frozen encoder x -> f), gradients averaged over the ranks: (loss, parameter gradients)."""
     from fastpnr.losses import pnr_simclr_loss
 
+    torch.manual_seed(0)
+    encoder, predictor, frozen = torch.nn.Linear(6, 5), torch.nn.Linear(5, 5), torch.nn.Linear(6, 5)
+    x1, x2 = _tiny_batch()
+    rows = dist.shard(x1.shape[0])
+    x1, x2 = x1[rows], x2[rows]
     z1, z2 = encoder(x1), encoder(x2)
     with torch.no_grad():
         f1, f2 = frozen(x1), frozen(x2)
-    z1, z2, u1, u2, f1, f2 = gather(z1, z2, predictor(z1), predictor(z2), f1, f2)
+    z1, z2, u1, u2, f1, f2 = dist.loss_batch(z1, z2, predictor(z1), predictor(z2), f1, f2)
     loss = pnr_simclr_loss(z1, z2, u1, u2, f1, f2, temperature=0.2, backend=backend)
     loss.backward()
-    return loss.detach(), [p.grad for p in (*encoder.parameters(), *predictor.parameters())]
+    params = [*encoder.parameters(), *predictor.parameters()]
+    dist.average_gradients(params)
+    return loss.detach(), [p.grad for p in params]
 
 
 def _kernel_grads(rank, world, out):
@@ -274,24 +277,19 @@ def _kernel_grads(rank, world, out):
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (it is imported lazily by the loss)
     from fastpnr.distributed import from_env
 
-    dist = from_env(torch.device("cpu"))
-    encoder, predictor, frozen = _pnr_heads()
-    x1, x2 = _tiny_batch()
-    rows = dist.shard(x1.shape[0])
-    loss, _ = _pnr_loss_grads(x1[rows], x2[rows], encoder, predictor, frozen, dist.loss_batch, "triton")
-    params = [*encoder.parameters(), *predictor.parameters()]
-    dist.average_gradients(params)
+    loss, grads = _pnr_step(from_env(torch.device("cpu")), "triton")
     if rank == 0:
-        torch.save({"loss": loss, "grads": [p.grad for p in params]}, out)
+        torch.save({"loss": loss, "grads": grads}, out)
 
 
 def test_the_fused_kernel_on_gathered_keys_matches_one_process(tmp_path):
     """The Triton InfoNCE sees the global batch's keys and pseudo-negatives; its gradients reach the owner ranks."""
+    from fastpnr.distributed import SINGLE
+
     pytest.importorskip("triton")
     out = tmp_path / "ranks.pt"
     assert run_ranks(2, _kernel_grads, 2, str(out), report_dir=tmp_path, timeout=300) == [0, 0], errors(tmp_path)
-    x1, x2 = _tiny_batch()
-    ref_loss, ref_grads = _pnr_loss_grads(x1, x2, *_pnr_heads(), gather=lambda *t: t, backend="torch")
+    ref_loss, ref_grads = _pnr_step(SINGLE, "torch")
     got = torch.load(out, weights_only=False)
     torch.testing.assert_close(got["loss"], ref_loss, rtol=1e-5, atol=1e-6)
     for g, r in zip(got["grads"], ref_grads):
