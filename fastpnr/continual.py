@@ -30,7 +30,7 @@ from .errors import ConfigError, FastPNRError, require
 from .methods import build_method
 from .optim import build_optimizer, set_lr
 from .regularizers import build_regularizer
-from .progress import TrainProgress
+from .progress import TrainProgress, task_label
 from .run_folder import (CHECKPOINT, TASK_INDICES, TENSORBOARD, check_new_run_folder, check_resume_changes,
                          config_changes, open_scalar_log, resume_folder)
 from .trainer import AUTOCAST_DTYPES, Trainer, compile_backbone
@@ -457,7 +457,7 @@ class ContinualRun:
     def _finish_task(self, task: int) -> None:
         """Evaluate the trained task; save task{t}.pt, metrics.json, then the checkpoint of the next task."""
         cfg, T = self.cfg, self.cfg.data.num_tasks
-        self._eval_label = f"evaluating task {task + 1}/{T}"
+        self._eval_label = f"evaluating {task_label(task, T)}"
         self._evaluate(task, self.writer)
         self.save_file({"config": cfg.to_dict(), "task": task, "method": self.method.state_dict()}, self.out / f"task{task}.pt")
         self.dist.main_only(self._write_metrics)()

@@ -1,12 +1,21 @@
 """What a run shows while it trains: a tqdm bar of training steps, or one log line per epoch (``train.progress false``).
 
-The bar counts training steps only: the evaluation after a task is shown as its own status ("evaluating task 1/5:
-linear probe") and its time is taken out of the bar's rate and ETA. While the bar is up, the run's log lines
-(notices such as the CUDA-graph fallback, the after-task accuracies) are printed above it, never into its line.
+The bar counts training steps only: the evaluation after a task is shown as its own status ("evaluating task 0
+(1/5): linear probe") and its time is taken out of the bar's rate and ETA, not out of its elapsed clock (wall time,
+which never goes back). While the bar is up, the run's log lines (notices such as the CUDA-graph fallback, the
+after-task accuracies) are printed above it, never into its line.
+
+Tasks are numbered from 0 everywhere, as in the run folder (``task0.pt``, the rows of ``metrics.json``, "after task
+0"); progress lines add the position among the run's tasks: ``task 0 (1/5)`` (``task_label``).
 """
 from __future__ import annotations
 
 import time
+
+
+def task_label(task: int, num_tasks: int) -> str:
+    """"task 0 (1/5)": the task's index (from 0, as task{t}.pt and the metrics) and its position among the tasks."""
+    return f"task {task} ({task + 1}/{num_tasks})"
 
 
 class TrainProgress:
@@ -31,7 +40,7 @@ class TrainProgress:
 
     def start_epoch(self, task: int, num_tasks: int, epoch: int, epochs: int) -> None:
         if self.bar is not None:
-            self.bar.set_description(f"task {task + 1}/{num_tasks} epoch {epoch + 1}/{epochs}")
+            self.bar.set_description(f"{task_label(task, num_tasks)} epoch {epoch + 1}/{epochs}")
 
     def end_epoch(self, task: int, num_tasks: int, epoch: int, epochs: int, steps: int, images: int, seconds: float,
                   means: dict) -> None:
@@ -44,7 +53,7 @@ class TrainProgress:
         eta = (self.total - self.done) * self.train_seconds / max(self.train_steps, 1)
         loss = f"loss {means['loss']:.4f}" if "loss" in means else "loss n/a"
         ips = images / max(seconds, 1e-9)
-        self.sink(f"task {task + 1}/{num_tasks} epoch {epoch + 1}/{epochs} | {loss} | "
+        self.sink(f"{task_label(task, num_tasks)} epoch {epoch + 1}/{epochs} | {loss} | "
                   f"{ips:.{0 if ips >= 10 else 2}f} img/s | elapsed {_clock(time.perf_counter() - self.started)} | "
                   f"train ETA {_clock(eta)}")
 
@@ -56,9 +65,13 @@ class TrainProgress:
             self.sink(text)
 
     def resume_training(self) -> None:
-        """After an evaluation: leave its time out of the bar's rate and ETA."""
-        if self.bar is not None:
-            self.bar.unpause()
+        """After an evaluation: leave its time out of the bar's rate and ETA, and keep it in the elapsed clock.
+
+        tqdm's rate is an EMA of (steps, seconds) between two refreshes, the seconds measured from ``last_print_t``:
+        restarting that clock drops the evaluation from the next interval. (``tqdm.unpause`` also moves ``start_t``
+        forward, which turns the elapsed clock back by the evaluation's time.)"""
+        if self.bar is not None and not self.bar.disable:
+            self.bar.last_print_t = self.bar._time()
 
     def close(self) -> None:
         if self.bar is not None:

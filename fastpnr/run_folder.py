@@ -2,7 +2,8 @@
 repeat.
 
 - A new run refuses a folder that already holds a run (``check_new_run_folder``); ``--overwrite`` first deletes the
-  files fastpnr writes there (``clear_run_files``), never anything else.
+  files fastpnr writes there (``clear_run_files``), never anything else. A new run that stops before its first
+  checkpoint removes what it created (``NewRunFiles``), and only that.
 - ``--resume`` takes a run folder or its ``checkpoint.pt`` (``resume_folder``); a configuration that differs from the
   checkpoint's in a setting that can change the numbers stops the resume (``config_changes``) unless allowed.
 - ``ScalarLog`` writes the TensorBoard scalars and remembers the last step written per tag; that goes into every
@@ -17,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from .errors import ConfigError, DataError
+from .folders import missing_folders, remove_empty_folders
 
 CHECKPOINT = "checkpoint.pt"
 TENSORBOARD = "tb"
@@ -60,12 +62,35 @@ def check_new_run_folder(out: Path, overwrite: bool) -> None:
     clear_run_files(out)
 
 
-def clear_run_files(out: Path) -> None:
+def clear_run_files(out: Path, keep: frozenset[str] = frozenset()) -> None:
+    """Delete the run files in ``out`` (``run_files``), except those named in ``keep``."""
     for p in run_files(out):
+        if p.name in keep:
+            continue
         if p.is_dir():
             shutil.rmtree(p)
         else:
             p.unlink()
+
+
+class NewRunFiles:
+    """What a new run creates in its folder, to remove again if it stops before its first checkpoint (a missing
+    data dir, a corrupt image, a batch larger than a task, Ctrl-C while the data loads): such a folder holds nothing
+    resumable, and an empty or half-written ``--out`` left behind would only refuse or confuse the next run.
+
+    Made before the folder is touched (after ``check_new_run_folder``): it notes the run files already there and
+    the folders ``out.mkdir(parents=True)`` is about to create. ``remove()`` deletes the run files that were not
+    there before, then those folders while they are empty: never a file or folder that existed before, nor anything
+    fastpnr does not write (``run_files``). A resume never makes one: it deletes nothing."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.before = frozenset(p.name for p in run_files(self.out))
+        self.new_folders = missing_folders(self.out)
+
+    def remove(self) -> None:
+        clear_run_files(self.out, keep=self.before)
+        remove_empty_folders(self.new_folders)
 
 
 # ------------------------------------------------------------------------------------------------ resume

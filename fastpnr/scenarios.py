@@ -63,15 +63,29 @@ def _domain_order(dataset, num_tasks: int, domain_order) -> list[str]:
     return order
 
 
+def check_classes(dataset) -> None:
+    """DataError unless the training ``dataset`` has images of at least 2 classes: with one class every probe
+    predicts it and every accuracy is 100%. (A class-IL task of one class is fine when the dataset has more: the
+    probes are fit and scored over all the classes seen.)"""
+    present = np.unique(np.asarray(dataset.labels))
+    if len(present) < 2:
+        only = f"a single class, {dataset.classes[int(present[0])]!r}" if len(present) else "no labelled images"
+        where = f", e.g. {dataset.members[0]}" if len(dataset.members) else ""
+        raise DataError(f"dataset {dataset.name!r} split {dataset.split!r} has {only} ({len(dataset)} images{where}); "
+                        "allowed: images of at least 2 classes (with one class every accuracy is 100%)")
+
+
 def make_tasks(scenario: str, dataset, num_tasks: int, seed: int, domain_order=None, *,
                data_seed: int = DATA_SPLIT_SEED) -> list[Task]:
     """Split the training `dataset` (an ImageDataset) into `num_tasks` tasks for `scenario`.
 
     seed drives the class-IL class order; data-IL uses `data_seed` (42, as the anchors, independent of seed).
+    A dataset of one class is refused (``check_classes``).
     """
     require(scenario in SCENARIOS, "scenario", scenario, SCENARIOS)
     require(isinstance(num_tasks, int) and not isinstance(num_tasks, bool) and num_tasks >= 1,
             "num_tasks", num_tasks, "an int >= 1")
+    check_classes(dataset)
     labels = np.asarray(dataset.labels)
     if scenario == "class":
         splits = class_splits(len(dataset.classes), num_tasks, seed)

@@ -10,10 +10,16 @@ def test_without_a_bar_each_epoch_prints_one_line_with_loss_speed_elapsed_and_et
     lines = []
     p = TrainProgress(total_steps=8, done_steps=0, enabled=False, log=lines.append)
     p.end_epoch(task=0, num_tasks=2, epoch=0, epochs=2, steps=2, images=64, seconds=4.0, means={"loss": 1.5})
-    p.status("evaluating task 1/2: kNN")
-    assert lines[0].startswith("task 1/2 epoch 1/2 | loss 1.5000 | 16 img/s | elapsed ")
+    p.status("evaluating task 0 (1/2): kNN")
+    assert lines[0].startswith("task 0 (1/2) epoch 1/2 | loss 1.5000 | 16 img/s | elapsed ")
     assert lines[0].endswith("train ETA 0:00:12")  # 6 steps left at 2 s per training step
-    assert lines[1] == "evaluating task 1/2: kNN"
+    assert lines[1] == "evaluating task 0 (1/2): kNN"
+
+
+def test_task_labels_give_the_index_of_the_run_files_and_the_position():
+    from fastpnr.progress import task_label
+
+    assert [task_label(t, 3) for t in range(3)] == ["task 0 (1/3)", "task 1 (2/3)", "task 2 (3/3)"]
 
 
 def test_with_a_bar_notices_go_through_tqdm_write(monkeypatch):
@@ -33,21 +39,29 @@ def test_with_a_bar_notices_go_through_tqdm_write(monkeypatch):
         p.close()
 
 
-def test_evaluation_time_stays_out_of_the_bar_rate():
+def test_evaluation_time_stays_out_of_the_bar_rate_but_the_elapsed_clock_never_goes_back():
     p = TrainProgress(total_steps=20, done_steps=0, enabled=True, log=print)
     clock = {"t": 1000.0}
-    p.bar._time = lambda: clock["t"]
+    p.bar._time = lambda: clock["t"]  # a fake clock: every time tqdm reads is exact
     p.bar.start_t = p.bar.last_print_t = clock["t"]
     try:
+        elapsed = []
         for _ in range(5):  # 1 step per second
             clock["t"] += 1.0
             p.bar.update(1)
+            elapsed.append(p.bar.format_dict["elapsed"])
         clock["t"] += 500.0  # the evaluation
+        p.status("evaluating task 0 (1/2): kNN")
+        elapsed.append(p.bar.format_dict["elapsed"])
         p.resume_training()
-        clock["t"] += 1.0
-        p.bar.update(1)
-        assert p.bar.format_dict["rate"] == pytest.approx(1.0, rel=0.05)
-        assert p.bar.format_dict["elapsed"] == pytest.approx(6.0, abs=0.5)
+        for _ in range(2):
+            clock["t"] += 1.0
+            p.bar.update(1)
+            elapsed.append(p.bar.format_dict["elapsed"])
+        assert p.bar.format_dict["rate"] == 1.0  # steps over training seconds only (exact on the fake clock)
+        assert elapsed == [1.0, 2.0, 3.0, 4.0, 5.0, 505.0, 506.0, 507.0]  # wall time since the start
+        remaining = p.bar.format_meter(**p.bar.format_dict)
+        assert "08:27<00:13" in remaining  # 13 steps left at 1 step/s
     finally:
         p.close()
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastpnr.data import ImageDataset
-from fastpnr.errors import ConfigError
+from fastpnr.errors import ConfigError, DataError
 from fastpnr.scenarios import describe_tasks, make_tasks, task_test_indices
 
 
@@ -94,6 +94,24 @@ def test_bad_arguments_are_config_errors():
         make_tasks("domain", pacs, 3, 0)
     with pytest.raises(ConfigError, match="has none"):
         make_tasks("domain", ds, 1, 0)
+
+
+def test_a_dataset_of_one_class_is_refused_but_one_class_per_task_is_not():
+    one = fake_dataset(n=12, num_classes=1)
+    for scenario, tasks in (("class", 1), ("data", 2)):
+        with pytest.raises(DataError) as e:
+            make_tasks(scenario, one, tasks, seed=0)
+        msg = str(e.value)
+        assert "\n" not in msg and "'toy'" in msg and "a single class, 'c0'" in msg and "at least 2 classes" in msg
+    pacs = fake_dataset(n=12, num_classes=1, domains=["art_painting", "cartoon", "photo", "sketch"])
+    with pytest.raises(DataError, match="a single class"):
+        make_tasks("domain", pacs, 4, 0)
+    listed_but_empty = fake_dataset(n=12, num_classes=2)  # two class names, images of only one
+    listed_but_empty.labels[:] = 1
+    with pytest.raises(DataError, match="a single class, 'c1'"):
+        make_tasks("data", listed_but_empty, 2, seed=0)
+    tasks = make_tasks("class", fake_dataset(), 10, seed=0)  # class-IL, one class per task: probes see all 10
+    assert [len(t.classes) for t in tasks] == [1] * 10
 
 
 def test_describe_tasks_is_json():

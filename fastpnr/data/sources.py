@@ -31,6 +31,7 @@ import fastpnr
 from fastpnr.data.registry import DatasetSpec
 from fastpnr.data.skipped import IMAGE_SUFFIXES, Skipped
 from fastpnr.errors import DataError
+from fastpnr.folders import missing_folders, remove_empty_folders
 
 ARCHIVE_SUFFIXES = (".tar.xz", ".txz", ".tar", ".tar.gz", ".tgz", ".zip")
 # Official CIFAR pickle folders and tarballs, by dataset name.
@@ -438,16 +439,21 @@ def _source_in(spec: DatasetSpec, directory: Path, split: str) -> Source | None:
 
 
 def download(url: str, dest_dir: Path) -> Path:
-    """Download `url` into `dest_dir` (tmp file, then os.replace); DataError with the URL when it fails."""
+    """Download `url` into `dest_dir` (tmp file, then os.replace); DataError with the URL when it fails, leaving
+    nothing behind: neither the partial file nor the folders the download created."""
     dest = dest_dir / url.rsplit("/", 1)[-1]
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    created = missing_folders(dest_dir)
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(tmp, "wb") as f:
             shutil.copyfileobj(response, f, length=1 << 20)
         os.replace(tmp, dest)
-    except (OSError, urllib.error.URLError) as e:  # URLError, timeouts and a read-only data dir are all OSErrors
+    except BaseException as e:  # also Ctrl-C during the download
         tmp.unlink(missing_ok=True)
+        remove_empty_folders(created)
+        if not isinstance(e, (OSError, urllib.error.URLError)):  # URLError, timeouts, a read-only dir: OSErrors
+            raise
         raise DataError(f"could not download {url} into {dest_dir}: {e}; download it by hand into that folder, "
                         f"or pass --data-dir / set $FASTPNR_DATA to where the data is") from None
     return dest

@@ -93,7 +93,41 @@ def test_failed_download_names_the_url(tmp_path, monkeypatch):
     monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(DataError, match=r"could not download https://www\.cs\.toronto\.edu/~kriz/cifar-10-python"):
         load_dataset("cifar10", "train", tmp_path, download=True)
-    assert not list((tmp_path / "cifar10").iterdir())  # no partial file left behind
+    assert not list(tmp_path.iterdir())  # no cifar10/ folder left in the data dir
+
+
+class _Broken:
+    """A response that delivers ``good`` bytes, then fails as ``error`` (a dropped connection, a Ctrl-C)."""
+
+    def __init__(self, good: bytes, error: BaseException):
+        self.parts, self.error = [good], error
+
+    def read(self, n=-1):
+        if self.parts:
+            return self.parts.pop()
+        raise self.error
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("error", [ConnectionResetError("connection reset by peer"), KeyboardInterrupt()],
+                         ids=["dropped", "ctrl-c"])
+def test_a_download_cut_short_leaves_neither_its_file_nor_the_folders_it_made(tmp_path, monkeypatch, error):
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: _Broken(b"\x1f\x8b partial", error))
+    root = tmp_path / "new" / "data"  # neither exists: the download would create both and cifar10/
+    with pytest.raises(DataError if isinstance(error, OSError) else KeyboardInterrupt):
+        load_dataset("cifar10", "train", root, download=True)
+    assert not (tmp_path / "new").exists()
+    # A folder that was there before stays, with what it held (only the partial file goes).
+    (tmp_path / "mine" / "cifar10").mkdir(parents=True)
+    (tmp_path / "mine" / "cifar10" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError if isinstance(error, OSError) else KeyboardInterrupt):
+        load_dataset("cifar10", "train", tmp_path / "mine", download=True)
+    assert [p.name for p in (tmp_path / "mine" / "cifar10").iterdir()] == ["notes.txt"]
 
 
 def test_bad_archive_empty_split_missing_domain_and_bad_args(tmp_path):

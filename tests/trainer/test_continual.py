@@ -114,9 +114,9 @@ def test_kill_during_evaluation_resumes_into_the_evaluation(data_root, tmp_path)
     lines = []
     full = ContinualRun(build_config("smoke", ov), tmp_path / "full", log=lines.append).fit()
     epochs = [s for s in lines if s.startswith("task ") and " epoch " in s]
-    assert [s.split(" | ")[0] for s in epochs] == ["task 1/2 epoch 1/1", "task 2/2 epoch 1/1"]
+    assert [s.split(" | ")[0] for s in epochs] == ["task 0 (1/2) epoch 1/1", "task 1 (2/2) epoch 1/1"]
     assert all(" img/s | elapsed " in s and "train ETA" in s and "loss " in s for s in epochs)
-    assert "evaluating task 1/2: linear probe" in lines and "evaluating task 2/2: kNN" in lines
+    assert "evaluating task 0 (1/2): linear probe" in lines and "evaluating task 1 (2/2): kNN" in lines
     out = tmp_path / "stopped"
     ContinualRun(build_config("smoke", ov), out, log=quiet).fit(stop_before_eval=0)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)

@@ -11,8 +11,8 @@ import torch
 from fastpnr.config import build_config
 from fastpnr.continual import ContinualRun, resume_run
 from fastpnr.errors import ConfigError, DataError
-from fastpnr.run_folder import (RESUME_SAFE, check_new_run_folder, check_resume_changes, config_changes,
-                                resume_folder)
+from fastpnr.run_folder import (RESUME_SAFE, NewRunFiles, check_new_run_folder, check_resume_changes,
+                                config_changes, resume_folder)
 from tests.conftest import tiny_overrides
 
 
@@ -57,6 +57,29 @@ def test_new_run_refuses_a_folder_holding_a_run_and_overwrite_deletes_only_run_f
     check_new_run_folder(run, overwrite=True)
     assert sorted(p.name for p in run.iterdir()) == ["mine", "notes.txt", "task_notes.pt"]
     assert (run / "mine" / "checkpoint.pt").read_text() == "mine"
+
+
+def test_new_run_files_removes_what_the_run_made_and_nothing_that_was_there(tmp_path):
+    nested = tmp_path / "runs" / "a" / "x"  # runs/ does not exist: the run makes three folders
+    made = NewRunFiles(nested)
+    _fake_run(nested)
+    made.remove()
+    assert sorted(p.name for p in nested.iterdir()) == ["mine", "notes.txt", "task_notes.pt"]  # the user's stay
+    for p in ("mine/checkpoint.pt", "mine", "notes.txt", "task_notes.pt"):
+        (nested / p).unlink() if (nested / p).is_file() else (nested / p).rmdir()
+    made.remove()  # empty now: the folders it made go, up to the first that existed
+    assert list(tmp_path.iterdir()) == []
+
+    mine = tmp_path / "mine"  # a folder of the user's, holding a file fastpnr writes too (not from this run)
+    mine.mkdir()
+    (mine / "tasks.json").write_text("theirs")
+    made = NewRunFiles(mine)
+    (mine / "config.json").write_text("x")
+    (mine / "tb").mkdir()
+    made.remove()
+    assert [p.name for p in mine.iterdir()] == ["tasks.json"] and (mine / "tasks.json").read_text() == "theirs"
+    NewRunFiles(tmp_path / "never" / "made").remove()  # a run that failed before making its folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
 def test_continual_run_refuses_a_used_folder_before_loading_data(tmp_path):
