@@ -89,7 +89,10 @@ class NewRunFiles:
         self.new_folders = missing_folders(self.out)
 
     def remove(self) -> None:
-        clear_run_files(self.out, keep=self.before)
+        try:
+            clear_run_files(self.out, keep=self.before)
+        except OSError:  # one that cannot be removed: the rest stays too; the run's own error is what to report
+            return
         remove_empty_folders(self.new_folders)
 
 
