@@ -9,13 +9,27 @@ repeat.
 - ``ScalarLog`` writes the TensorBoard scalars and remembers the last step written per tag; that goes into every
   checkpoint, and a resume first drops from the event files what was written after the checkpoint
   (``prune_events``), so that each (tag, step) appears once.
+
+A run folder (``--out``; ``RUN_FILES``):
+    config.json            the resolved configuration
+    tasks.json             task -> classes / domains / number of images; split seeds; skipped and corrupt files
+    tasks_indices.npz      task{t}: train indices trained on; test, test_task{t}, eval_train: the evaluation subsets
+    checkpoint.pt          everything needed to resume (written atomically at the start, after every epoch, when a
+                           task's training ends (before its evaluation) and after its evaluation)
+    task{t}.pt             the model after task t (for ``fastpnr linear`` / ``fastpnr knn``)
+    metrics.json           accuracy_matrix (T x T, percent), per-protocol matrices, average accuracy, forgetting, ...
+    accuracy_matrix.csv    and accuracy_matrix.png (heatmap)
+    tb/                    TensorBoard scalars
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 from pathlib import Path
+
+import numpy as np
 
 from .errors import ConfigError, DataError
 from .folders import missing_folders, remove_empty_folders
@@ -23,18 +37,40 @@ from .folders import missing_folders, remove_empty_folders
 CHECKPOINT = "checkpoint.pt"
 TENSORBOARD = "tb"
 TASK_INDICES = "tasks_indices.npz"
-# Everything fastpnr writes into a run folder (continual.py's module docstring lists what each holds).
+# Everything fastpnr writes into a run folder (the module docstring lists what each holds).
 RUN_FILES = ("config.json", "tasks.json", TASK_INDICES, CHECKPOINT, "metrics.json", "accuracy_matrix.csv",
              "accuracy_matrix.png", TENSORBOARD)
 TASK_MODEL = re.compile(r"task\d+\.pt")
-# Atomic writes cut short: checkpoint.atomic_save's ".checkpoint.pt.XXXX.tmp", continual._write_json's "x.json.tmp",
-# continual._write_task_indices's "tasks_indices.npz.tmp.npz".
+# Atomic writes cut short: checkpoint.atomic_save's ".checkpoint.pt.XXXX.tmp", write_json's "x.json.tmp",
+# task_data._write_task_indices's "tasks_indices.npz.tmp.npz".
 TEMPORARY = re.compile(r"\.(checkpoint|task\d+)\.pt\..+\.tmp|(config|tasks|metrics)\.json\.tmp|tasks_indices\.npz\.tmp\.npz")
 # A folder holding one of these holds a run.
 RUN_MARKERS = ("config.json", CHECKPOINT, "metrics.json", TENSORBOARD)
 # Settings a resume may change: they cannot change the numbers (display, host-read cadence, where data is found,
 # how many tasks this session runs).
 RESUME_SAFE = ("train.progress", "train.log_every", "train.max_tasks", "data.data_dir", "data.cache_dir", "out")
+
+
+# ------------------------------------------------------------------------------------------------ files
+def write_json(path: Path, obj) -> None:
+    """``obj`` as indented JSON, atomically (temp file + rename); numpy scalars and arrays as numbers and lists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (np.ndarray,)):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    return str(o)
 
 
 # ------------------------------------------------------------------------------------------------ new runs
