@@ -20,11 +20,11 @@ from .config import RunConfig, config_from_dict, config_with_overrides, format_c
 from .errors import FastPNRError, require
 from .methods import build_method
 from .optim import build_optimizer, set_lr
-from .progress import TrainProgress
+from .progress import TrainProgress, task_label
 from .protocols import Evaluator
 from .regularizers import build_regularizer
-from .run_folder import (CHECKPOINT, TENSORBOARD, check_new_run_folder, check_resume_changes, config_changes,
-                         open_scalar_log, resume_folder, write_json)
+from .run_folder import (CHECKPOINT, TENSORBOARD, NewRunFiles, check_new_run_folder, check_resume_changes,
+                         config_changes, open_scalar_log, resume_folder, write_json)
 from .runtime import seed_everything, setup_process
 from .task_data import TaskData, cycle
 from .trainer import Trainer, compile_backbone
@@ -42,6 +42,7 @@ class ContinualRun:
         self.resume, self.overwrite, self.allow_config_change = resume, overwrite, allow_config_change
         self._checkpoint, self._config_changes = checkpoint, {}
         self.progress = self.writer = None  # open during fit()
+        self._new_files = self.task_clock = None  # set during fit()
         # torchrun: one process per device; only rank 0 logs and writes run files (through dist.main_only)
         self.device, self.dist = setup_process(cfg, dist)
         self.log = self._sink = self.dist.main_only(log)
@@ -61,6 +62,7 @@ class ContinualRun:
 
     def _fit(self, stop_after_epochs: int | None, stop_before_eval: int | None) -> dict:
         self._stops, self._epochs_run = {"epochs": stop_after_epochs, "eval": stop_before_eval}, 0
+        self._new_files, self.task_clock = None, None
         try:
             ckpt = self._setup()
             for task in range(self.start_task, self.last_task):
@@ -73,11 +75,16 @@ class ContinualRun:
         except _Interrupted:
             self.log(f"stopped after {self._epochs_run} epochs (simulated interruption); resume with --resume {self.out}")
             return self.metrics
+        except BaseException:  # also Ctrl-C
+            self._teardown()  # TensorBoard's files closed before they are removed
+            if self._new_files is not None:  # stopped before the first checkpoint: nothing here is resumable
+                self.dist.main_only(self._new_files.remove)()
+            raise
         finally:
             self._teardown()
         T = self.cfg.data.num_tasks
         if self.last_task < T:
-            self.log(f"stopped after task {self.last_task - 1} of {T} (train.max_tasks={self.last_task}); continue with "
+            self.log(f"stopped after {task_label(self.last_task - 1, T)} (train.max_tasks={self.last_task}); continue with "
                      f"--resume {self.out} --train.max_tasks {T}")
         if self.metrics["accuracy_matrix"]:
             self.log(run_metrics.summary(self.metrics))
@@ -91,6 +98,7 @@ class ContinualRun:
         ckpt = self._preflight()
         if ckpt is None:
             self.dist.main_only(check_new_run_folder)(self.out, self.overwrite)
+            self._new_files = NewRunFiles(self.out)  # removed again if the run stops before its first checkpoint
         self.dist.main_only(self.out.mkdir)(parents=True, exist_ok=True)
         self.log(format_config(cfg))
         self.log(f"processes: {self.dist.describe()}, per-rank batch {self.dist.local_batch(cfg.optim.batch_size)}")
@@ -113,6 +121,7 @@ class ContinualRun:
                 self._evaluate_random_init()
                 self.progress.resume_training()
             self._save(0, 0)  # resumable from the first step on
+            self._new_files = None  # kept from here on, whatever happens
         return ckpt
 
     def _preflight(self) -> dict | None:
@@ -156,8 +165,9 @@ class ContinualRun:
             self.metrics.setdefault("resume_config_changes", []).append(
                 {"task": self.start_task, "epoch": self.start_epoch, "phase": phase,
                  "changes": {k: [old, new] for k, (old, new) in self._config_changes.items()}})
-        self.log(f"resumed from {self.out / CHECKPOINT}: task {self.start_task}, "
-                 + ("its evaluation" if phase == "evaluate" else f"epoch {self.start_epoch}"))
+        T, E = self.cfg.data.num_tasks, self.cfg.optim.epochs
+        self.log(f"resumed from {self.out / CHECKPOINT}: {task_label(self.start_task, T)}, "
+                 + ("its evaluation" if phase == "evaluate" else f"epoch {self.start_epoch + 1}/{E}"))
 
     def _open_display(self, ckpt: dict | None) -> None:
         """The progress bar (or per-epoch lines; the run's log goes above the bar) and the TensorBoard scalars."""
@@ -198,20 +208,21 @@ class ContinualRun:
         probe_loader = None
         if cfg.train.online_probe == "full":
             probe_loader = data.loader(data.eval_train, 1, [view_configs[-1]], seed=cfg.train.seed * 1000 + 500 + task)
-        task_start, task_images = time.perf_counter(), 0
+        # this task's time so far: its earlier attempts' (a kill mid-task), from the checkpoint, then this one's
+        earlier = ckpt.get("task_clock") if ckpt is not None and first_epoch > 0 else None
+        self.task_clock = run_metrics.TaskClock.resumed(task, earlier)
         for epoch in range(first_epoch, E):
-            task_images += self._train_epoch(task, epoch, trainer, loader, probe_loader)
-        elapsed = time.perf_counter() - task_start
-        self.metrics["task_time_s"].append(elapsed)
-        self.metrics["images_per_second"].append(task_images / max(elapsed, 1e-9))
+            self._train_epoch(task, epoch, trainer, loader, probe_loader)
+        run_metrics.record_task_time(self.metrics, self.task_clock.state())
+        self.task_clock = None  # the task's time is in the metrics now
         self.metrics.setdefault("world_size", []).append(self.dist.world_size)  # of each task's training
         self.metrics.setdefault("per_rank_batch_size", []).append(self.dist.local_batch(cfg.optim.batch_size))
         self._save(task, E, phase="evaluate")  # a kill during the evaluation keeps the task's training
         if self._stops["eval"] == task:
             raise _Interrupted()
 
-    def _train_epoch(self, task: int, epoch: int, trainer, loader, probe_loader) -> int:
-        """One epoch: steps, TensorBoard scalars, progress, checkpoint. Returns the number of images trained on."""
+    def _train_epoch(self, task: int, epoch: int, trainer, loader, probe_loader) -> None:
+        """One epoch: steps, TensorBoard scalars, progress, the task's clock, checkpoint."""
         cfg, T, E, steps = self.cfg, self.cfg.data.num_tasks, self.cfg.optim.epochs, self.steps[task]
         set_lr(trainer.optimizer, epoch, E, cfg.optim)
         loader.set_epoch(epoch)
@@ -229,13 +240,13 @@ class ContinualRun:
                                     progress=self.progress.bar, on_log=on_log)
         self.global_step += steps
         images = steps * cfg.optim.batch_size
+        self.task_clock.images += images  # before the checkpoint, which records them with the time
         self.progress.end_epoch(task, T, epoch, E, steps, images, time.perf_counter() - t0, means)
         if epoch + 1 < E:
             self._save(task, epoch + 1, trainer.optimizer, trainer)
         self._epochs_run += 1
         if self._stops["epochs"] is not None and self._epochs_run >= self._stops["epochs"] and epoch + 1 < E:
             raise _Interrupted()
-        return images
 
     def _scalar(self, tag: str, value, step: int) -> None:
         """Every scalar the run logs (TensorBoard, rank 0)."""
@@ -263,7 +274,7 @@ class ContinualRun:
     def _finish_task(self, task: int) -> None:
         """Evaluate the trained task; save task{t}.pt, metrics.json, then the checkpoint of the next task."""
         cfg, T = self.cfg, self.cfg.data.num_tasks
-        self._eval_label = f"evaluating task {task + 1}/{T}"
+        self._eval_label = f"evaluating {task_label(task, T)}"
         self._evaluate(task)
         self.save_file({"config": cfg.to_dict(), "task": task, "method": self.method.state_dict()}, self.out / f"task{task}.pt")
         self.dist.main_only(run_metrics.write_metrics)(self.out, self.metrics, cfg)
@@ -288,6 +299,7 @@ class ContinualRun:
             "rng": rng_state(), "metrics": self.metrics, "global_step": self.global_step,
             "tensorboard_last_steps": dict(self.writer.last_steps) if self.writer is not None else None,
             "launch_id": distributed.launch_id(),  # the torchrun invocation that wrote it (its elastic restarts resume)
+            "task_clock": self.task_clock.state() if self.task_clock is not None else None,  # time trained so far
         }
 
     def _save(self, next_task, next_epoch, optimizer=None, trainer=None, phase="train"):

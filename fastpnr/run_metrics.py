@@ -3,11 +3,13 @@
 ``metrics`` is one dict, kept in every checkpoint and written as ``metrics.json``: per protocol the accuracy matrix
 (after task i, on task j; percent), its std and its values per probe fit, the whole-test accuracy; the accuracy
 matrix of ``eval.protocol`` with A_T, the average incremental accuracy, forgetting and (with the random-init row)
-forward transfer; per task its training time, images per second, world size and per-rank batch.
+forward transfer; per task its training time over every attempt (``task_time_s``; each attempt's share in
+``task_time_s_by_attempt``; ``TaskClock``), images per second, world size and per-rank batch.
 ``accuracy_matrix.csv`` and ``accuracy_matrix.png`` (heatmap) go beside it.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from . import evaluation as ev
@@ -15,7 +17,40 @@ from .run_folder import write_json
 
 
 def new_metrics() -> dict:
-    return {"accuracy_matrix": [], "test_accuracy": [], "matrices": {}, "task_time_s": [], "images_per_second": []}
+    return {"accuracy_matrix": [], "test_accuracy": [], "matrices": {}, "task_time_s": [], "task_time_s_by_attempt": [],
+            "images_per_second": []}
+
+
+class TaskClock:
+    """A task's training time over its attempts (processes): the seconds of the earlier attempts, as their last
+    checkpoint recorded them, and this attempt's, counted from its start; the images trained on in all of them.
+    (What an attempt trained after its last checkpoint is trained again by the next one, and counted there.)"""
+
+    def __init__(self, task: int, earlier_seconds=(), images: int = 0):
+        self.task, self.earlier, self.images = task, [float(s) for s in earlier_seconds], int(images)
+        self.started = time.perf_counter()
+
+    @classmethod
+    def resumed(cls, task: int, state: dict | None) -> "TaskClock":
+        """The clock of ``task``, continuing a checkpoint's ``state`` when it is of the same task."""
+        if state is None or state.get("task") != task:
+            return cls(task)
+        return cls(task, state["seconds"], state["images"])
+
+    def state(self) -> dict:
+        """{"task", "seconds": one entry per attempt, the last one running, "images"} (checkpointed)."""
+        return {"task": self.task, "seconds": [*self.earlier, time.perf_counter() - self.started], "images": self.images}
+
+
+def record_task_time(m: dict, clock: dict) -> None:
+    """A trained task's time (``TaskClock.state``): task_time_s = the sum over its attempts, task_time_s_by_attempt
+    the attempts' seconds, images_per_second = its images over that sum. (A run begun before per-attempt times were
+    kept has one attempt on record for each earlier task.)"""
+    by_attempt = m.setdefault("task_time_s_by_attempt", [[s] for s in m["task_time_s"]])
+    total = sum(clock["seconds"])
+    by_attempt.append(list(clock["seconds"]))
+    m["task_time_s"].append(total)
+    m["images_per_second"].append(clock["images"] / max(total, 1e-9))
 
 
 def record_random_init(m: dict, rows: dict, protocol: str) -> float:
