@@ -113,14 +113,20 @@ def backbone_from_model_file(path: str | os.PathLike) -> dict:
 
 
 def describe_source(meta: dict) -> str:
-    """Which model an export holds, in words ("after task 1", or where a checkpoint.pt stood)."""
+    """Which model an export holds, in words: "the model after task t", or where a checkpoint.pt stood (written at
+    the start, after every epoch, when a task's training ends and after its evaluation)."""
     task = meta["source"]["task"]
-    if isinstance(task, dict):
-        where = ("its training done, before its evaluation" if task["phase"] == "evaluate"
-                 else f"epoch {task['next_epoch']} next")
-        return (f"checkpoint.pt at task {task['next_task']} ({where}); for the model after task t export "
-                f"task{{t}}.pt")
-    return f"the model after task {task}"
+    if not isinstance(task, dict):
+        return f"the model after task {task}"
+    n, epoch = task["next_task"], task["next_epoch"]
+    if task["phase"] == "evaluate":
+        where = f"the model after task {n} (checkpoint.pt written before that task's evaluation)"
+    elif epoch == 0:
+        where = "the untrained model (checkpoint.pt of a run that has not trained yet)" if n == 0 else \
+            f"the model after task {n - 1} (checkpoint.pt)"
+    else:
+        where = f"checkpoint.pt in the middle of task {n} ({epoch} of its epochs done)"
+    return f"{where}; for the model after task t export task{{t}}.pt"
 
 
 def export_backbone(path: str | os.PathLike, out: str | os.PathLike) -> dict:

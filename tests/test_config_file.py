@@ -122,3 +122,14 @@ def test_config_with_resume_is_refused_in_one_line(tmp_path):
     path = _write(tmp_path / "c.json", "{}")
     with pytest.raises(FastPNRError, match="^--config cannot be combined with --resume"):
         train_script.main(resume=str(tmp_path), config=path)
+
+
+def test_the_command_prints_one_line_and_exits_2_for_a_bad_file(tmp_path):
+    import os
+    import subprocess
+
+    path = _write(tmp_path / "c.json", '{"data": {"num_tasks": 2},\n "train": {"bogus": true}}')
+    out = subprocess.run([sys.executable, "-m", "fastpnr", "train", "--config", path, "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert out.returncode == 2 and out.stderr.strip().startswith(f"error: --config {path}: key train.bogus is not")
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

@@ -103,10 +103,21 @@ def test_export_writes_torchvision_keys_and_the_same_features(tiny_run, tmp_path
 def test_checkpoint_pt_is_accepted_and_says_where_the_run_stood(tiny_run, tmp_path, capsys):
     cli.main(["export", str(tiny_run / "checkpoint.pt"), "--out", str(tmp_path / "b.pt")])
     out = capsys.readouterr().out
-    assert "checkpoint.pt at task 2" in out and "export task{t}.pt" in out and "CIFAR stem" in out
+    assert "the model after task 1 (checkpoint.pt)" in out and "export task{t}.pt" in out and "CIFAR stem" in out
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():  # the finished run's checkpoint holds the model after the last task
         assert torch.equal(fastpnr.load_backbone(tmp_path / "b.pt")(x), run_backbone(tiny_run / "task1.pt")(x))
+
+
+def test_describe_source_says_where_a_checkpoint_stood():
+    from fastpnr.export import describe_source
+
+    def at(next_task, next_epoch, phase):
+        return describe_source({"source": {"task": {"next_task": next_task, "next_epoch": next_epoch, "phase": phase}}})
+    assert at(0, 0, "train").startswith("the untrained model")
+    assert at(1, 3, "train").startswith("checkpoint.pt in the middle of task 1 (3 of its epochs done)")
+    assert at(1, 5, "evaluate").startswith("the model after task 1 (checkpoint.pt written before")
+    assert describe_source({"source": {"task": 0}}) == "the model after task 0"
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
