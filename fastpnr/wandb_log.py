@@ -22,6 +22,7 @@ import netrc
 import os
 import secrets
 import string
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -128,5 +129,7 @@ class WandbLog:
         self.run.summary["tasks_done"] = task + 1
 
     def close(self) -> None:
+        """Finish the wandb run; exit code 1 when closed while an exception propagates (the run's teardown in a
+        ``finally``), so that W&B shows a failed run as failed."""
         self.flush()
-        self.run.finish()
+        self.run.finish(exit_code=1 if sys.exc_info()[0] is not None else 0)

@@ -108,6 +108,7 @@ def test_offline_run_logs_the_tensorboard_scalars_config_heatmaps_and_final_metr
     ContinualRun(cfg, out, log=quiet).fit()
     (run,) = offline_runs(out / "wandb")  # auto mode, no login: offline, in the run folder
     assert run.finished and run.project == "fastpnr-t" and run.group == "grid1"
+    assert [r.exit.exit_code for r in run.records if r.WhichOneof("record_type") == "exit"] == [0]
     assert run.config["train"] == json.loads((out / "config.json").read_text())["train"]
     assert {k: v for k, v in run.config.items() if not k.startswith("_")} == json.loads((out / "config.json").read_text())
 
@@ -166,3 +167,34 @@ def test_a_killed_and_resumed_run_continues_the_same_wandb_run(data_root, tmp_pa
     assert [r.run_id for r in runs] == [first_id, first_id]  # the killed process's wandb run, then the same id again
     assert runs[1].finished and runs[1].summary["tasks_done"] == 2
     assert torch_checkpoint(out)["wandb_id"] == first_id
+
+
+def test_a_run_that_fails_finishes_its_wandb_run_with_exit_code_1(tmp_path, no_login):
+    _needs_wandb()
+    from fastpnr.wandb_log import WandbLog
+    from tests.wandb_records import offline_runs
+
+    cfg = build_config("smoke", {"train.wandb": "fastpnr-t"})
+    log = WandbLog(cfg, tmp_path)
+    log.scalar("train/loss", 1.5, 3)
+    with pytest.raises(RuntimeError):
+        try:
+            raise RuntimeError("a step failed")
+        finally:
+            log.close()
+    (run,) = offline_runs(tmp_path / "wandb")
+    exits = [r.exit for r in run.records if r.WhichOneof("record_type") == "exit"]
+    assert exits[0].exit_code == 1 and run.series("train/loss", "global_step") == {3: 1.5}
+
+
+def test_overwrite_removes_the_wandb_folder_and_a_resume_may_change_the_wandb_fields(tmp_path):
+    from fastpnr.run_folder import check_new_run_folder, check_resume_changes, config_changes
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "wandb" / "offline-run-x").mkdir(parents=True)
+    (tmp_path / "mine.txt").write_text("kept")
+    check_new_run_folder(tmp_path, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+    old = build_config("smoke", {}).to_dict()
+    new = build_config("smoke", {"train.wandb": "p", "train.wandb_group": "g", "train.wandb_mode": "offline"}).to_dict()
+    assert check_resume_changes(config_changes(old, new), allow=False) == {}
