@@ -23,8 +23,8 @@ from .optim import build_optimizer, set_lr
 from .progress import TrainProgress, task_label
 from .protocols import Evaluator
 from .regularizers import build_regularizer
-from .run_folder import (CHECKPOINT, TENSORBOARD, NewRunFiles, check_new_run_folder, check_resume_changes,
-                         config_changes, open_scalar_log, resume_folder, write_json)
+from .run_folder import (CHECKPOINT, NewRunFiles, check_new_run_folder, check_resume_changes, config_changes,
+                         open_run_log, resume_folder, write_json)
 from .runtime import seed_everything, setup_process
 from .task_data import TaskData, cycle
 from .trainer import Trainer, compile_backbone
@@ -178,7 +178,7 @@ class ContinualRun:
         done += self.steps[self.start_task] * self.start_epoch if self.start_task < T else 0
         self.progress = TrainProgress(total, done, self.cfg.train.progress and self.dist.is_main, log=self._sink)
         self.log = self.progress.log
-        self.writer = self.dist.main_only(open_scalar_log)(self.out / TENSORBOARD, ckpt.get("tensorboard_last_steps") if ckpt else None)
+        self.writer = self.dist.main_only(open_run_log)(self.out, self.cfg, ckpt)  # TensorBoard (+ wandb)
 
     def _teardown(self) -> None:
         for opened in (self.progress, self.writer):
@@ -278,6 +278,8 @@ class ContinualRun:
         self._evaluate(task)
         self.save_file({"config": cfg.to_dict(), "task": task, "method": self.method.state_dict()}, self.out / f"task{task}.pt")
         self.dist.main_only(run_metrics.write_metrics)(self.out, self.metrics, cfg)
+        if self.writer is not None:  # wandb (train.wandb): the heatmap and the metrics after this task
+            self.writer.task_done(task, self.metrics, self.out / "accuracy_matrix.png")
         self._save(task + 1, 0)
         self.progress.resume_training()
         stop = self._stops["epochs"]
@@ -298,6 +300,7 @@ class ContinualRun:
             "scaler": trainer.scaler.state_dict() if trainer is not None else None,
             "rng": rng_state(), "metrics": self.metrics, "global_step": self.global_step,
             "tensorboard_last_steps": dict(self.writer.last_steps) if self.writer is not None else None,
+            "wandb_id": self.writer.wandb_id if self.writer is not None else None,  # train.wandb: resume continues it
             "launch_id": distributed.launch_id(),  # the torchrun invocation that wrote it (its elastic restarts resume)
             "task_clock": self.task_clock.state() if self.task_clock is not None else None,  # time trained so far
         }

@@ -177,6 +177,8 @@ def train_args(cell: Cell, folder: Path, shared: dict, slot: Slot, resume: bool)
         return ["train", "--resume", str(folder), *cli_args({**runtime, **kept})]
     if slot.threads and "train.threads" not in shared:
         runtime["train.threads"] = slot.threads
+    if shared.get("train.wandb") and not shared.get("train.wandb_group"):  # wandb: the cells grouped by study
+        runtime["train.wandb_group"] = folder.resolve().parent.name
     return ["train", "--preset", cell.preset, "--out", str(folder), *cli_args({**cell.overrides(shared), **runtime})]
 
 
