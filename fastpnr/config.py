@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from .errors import ConfigError, require
 
-PRECISIONS = ("bf16", "fp16", "fp32")
+PRECISIONS = ("bf16", "fp16", "fp32", "fp64")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")  # torch.compile modes; the step has its own graph
 SCENARIOS = ("class", "data", "domain")
@@ -130,7 +130,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     device: str = "auto"                    # auto = cuda when available
-    precision: str = "bf16"               # autocast dtype of the step (fp16: CUDA only, with a GradScaler)
+    precision: str = "bf16"               # autocast dtype of the step (fp16: CUDA only, with a GradScaler; fp64: float64 weights, exactness checks)
     matmul_precision: str = "high"          # float32 matmuls outside autocast on CUDA: high = TF32, highest = exact
     seed: int = 5                         # seed of the model init, loader batches and augmentations
     deterministic: bool = False           # deterministic algorithms (slower), cudnn.benchmark off

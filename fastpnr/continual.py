@@ -33,7 +33,8 @@ from .regularizers import build_regularizer
 from .progress import TrainProgress
 from .run_folder import (CHECKPOINT, TASK_INDICES, TENSORBOARD, check_new_run_folder, check_resume_changes,
                          config_changes, open_scalar_log, resume_folder)
-from .trainer import AUTOCAST_DTYPES, Trainer, compile_backbone
+from .precision import AUTOCAST_DTYPES, PARAM_DTYPES
+from .trainer import Trainer, compile_backbone
 
 
 def resolve_device(name: str) -> torch.device:
@@ -204,8 +205,9 @@ class ContinualRun:
             distributed.convert_batchnorm(self.method)
             distributed.convert_batchnorm(self.regularizer)
         self.method.dist = self.regularizer.dist = self.dist
-        self.method.to(self.device, memory_format=memory_format)
-        self.regularizer.to(self.device, memory_format=memory_format)
+        dtype = PARAM_DTYPES[cfg.train.precision]  # float32, or float64 (fp64); integer buffers keep theirs
+        self.method.to(self.device, dtype, memory_format=memory_format)
+        self.regularizer.to(self.device, dtype, memory_format=memory_format)
         if compile_backbone(self.method, cfg.train):
             self.log(f"[fastpnr] torch.compile of the backbone: mode {cfg.train.compile}, backend "
                      f"{cfg.train.compile_backend} (compiles on the first steps)")
@@ -353,7 +355,7 @@ class ContinualRun:
         from loaders import require_available
 
         require(self.cfg.train.precision != "fp16" or self.device.type == "cuda", "train.precision", "fp16",
-                f"bf16 or fp32 on {self.device.type} (fp16 needs a CUDA device)")
+                f"bf16, fp32 or fp64 on {self.device.type} (fp16 needs a CUDA device)")
         require_available(self.cfg.data.loader)
         if not self.resume:
             return None
@@ -509,11 +511,11 @@ class ContinualRun:
                                             temperature=cfg.eval.knn_temperature)]
         if "online" in protocols:
             with torch.no_grad():
-                logits["online"] = [method.classifier(test_x)]
+                logits["online"] = [method.classifier(test_x.to(method.classifier.weight.dtype))]
         if "momentum_online" in protocols:  # the anchors' momentum_val_acc1: the EMA backbone's own probe
             ema_x = self._feature_extractor(method, method.momentum_backbone)(self.test_set, self.test_indices)
             with torch.no_grad():
-                logits["momentum_online"] = [method.momentum_classifier(ema_x)]
+                logits["momentum_online"] = [method.momentum_classifier(ema_x.to(method.classifier.weight.dtype))]
         if "official" in protocols:
             self._status("official linear protocol")
             heads = [self._fit_official(method, train_idx, task, r) for r in range(cfg.eval.official_seeds)]

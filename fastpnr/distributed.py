@@ -34,6 +34,7 @@ import torch.distributed as tdist
 from torch import nn
 
 from .errors import ConfigError, FastPNRError
+from .precision import upcast
 
 HEARTBEAT_S = 2.0  # how often each rank stamps the store; a rank silent for 3 of these is reported as gone
 
@@ -191,7 +192,7 @@ class ProcessGroup(Dist):
 
     def mean_logs(self, logs):
         names = sorted(logs)
-        values = torch.stack([logs[k].detach().float().reshape(()) for k in names])
+        values = torch.stack([logs[k].detach().double().reshape(()) for k in names])  # fp64 runs log fp64
         tdist.all_reduce(values)
         return dict(zip(names, (values / self.world_size).tolist()))
 
@@ -426,8 +427,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         dims = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
-        xf = x.float()
-        count = torch.full((1,), xf.numel() // xf.shape[1], dtype=torch.float32, device=x.device)
+        xf = upcast(x)
+        count = torch.full((1,), xf.numel() // xf.shape[1], dtype=xf.dtype, device=x.device)
         total = all_reduce_sum(torch.cat([xf.sum(dims), count]))
         n = total[-1]
         mean = total[:-1] / n

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from .distributed import SINGLE
 from .errors import FastPNRError
+from .precision import AUTOCAST_DTYPES, PARAM_DTYPES
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 class NonFiniteLossError(FastPNRError):
@@ -54,8 +54,9 @@ class Trainer:
         self.cfg = train_cfg
         self.device = device
         self.autocast_dtype = AUTOCAST_DTYPES[train_cfg.precision]
+        self.param_dtype = PARAM_DTYPES[train_cfg.precision]  # the loaders' float32 views are cast to it (fp64)
         if train_cfg.precision == "fp16" and device.type != "cuda":
-            raise FastPNRError("train.precision='fp16' needs a CUDA device; allowed on CPU: bf16, fp32")
+            raise FastPNRError("train.precision='fp16' needs a CUDA device; allowed on CPU: bf16, fp32, fp64")
         self.scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
         if device.type == "cuda":
             # float32 matmuls left outside autocast (the InfoNCE of normalized fp32 embeddings, the probe) use TF32
@@ -165,6 +166,9 @@ class Trainer:
             probe = None
             if probe_iter is not None:
                 probe = next(probe_iter)
+            if self.param_dtype != torch.float32:  # fp64: the loaders make float32 views
+                views = [v.to(self.param_dtype) for v in views]
+                probe = probe if probe is None or probe[0] is None else (probe[0].to(self.param_dtype), probe[1])
             elif self.cfg.online_probe == "task":
                 probe = (None, labels)
             logs = self.run_step(views, labels, probe, step_offset + i, total_steps)
