@@ -56,13 +56,12 @@ def _train(preset, out, resume, overwrite, allow_config_change, overrides):
 def _written_by_this_launch(checkpoint: Path) -> bool:
     """Whether this torchrun invocation wrote ``checkpoint`` (so a restarted worker continues its own run, never one
     that was in --out before: a first attempt refused on such a folder stays refused)."""
-    import torch
-
     from fastpnr import distributed
+    from fastpnr.checkpoint import load_checkpoint
 
     if not checkpoint.is_file():
         return False
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    ckpt = load_checkpoint(checkpoint, mmap=True)  # a truncated file: one line naming it
     return ckpt.get("launch_id") is not None and ckpt.get("launch_id") == distributed.launch_id()
 
 
