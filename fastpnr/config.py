@@ -506,11 +506,12 @@ def validate_combinations(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def format_config(cfg: RunConfig) -> str:
+def format_config(cfg: RunConfig, out=None) -> str:
+    """One line per section; ``out``: the run folder really written (``--out``), shown instead of ``cfg.out``."""
     lines = []
     for sec, value in cfg.to_dict().items():
         if isinstance(value, dict):
             lines.append(f"{sec}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
         else:
-            lines.append(f"{sec}: {value}")
+            lines.append(f"{sec}: {out if sec == 'out' and out is not None else value}")
     return "\n".join(lines)

@@ -326,7 +326,7 @@ class ContinualRun:
         if ckpt is None:
             self.dist.main_only(check_new_run_folder)(self.out, self.overwrite)
         self.dist.main_only(self.out.mkdir)(parents=True, exist_ok=True)
-        self.log(format_config(cfg))
+        self.log(format_config(cfg, out=Path(self.out).resolve()))  # the folder written, not cfg.out (None)
         self.log(f"processes: {self.dist.describe()}, per-rank batch {self.dist.local_batch(cfg.optim.batch_size)}")
         t0 = time.perf_counter()
         with self.dist.main_first():  # rank 0 fills the decode cache, the others read it

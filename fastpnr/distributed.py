@@ -60,6 +60,28 @@ def launch_id() -> str | None:
     return os.environ.get("TORCHELASTIC_RUN_ID")
 
 
+# A rank other than 0 that stops with a FastPNRError waits this long for torchrun to stop it: rank 0 raises the same
+# error (bad input is the same on every rank), prints it and exits, and torchrun then ends the other workers (within
+# its --monitor-interval, 0.1 s). Only an error rank 0 never raises (this rank's own) is printed, after the wait.
+ERROR_GRACE_S = 30.0
+
+
+def report_error(exc: Exception, stream=None, grace_s: float = ERROR_GRACE_S, sleep=time.sleep) -> None:
+    """Print ``error: <exc>`` once per launch: on rank 0 (or a single process) at once; on another rank only if
+    torchrun has not stopped it ``grace_s`` later (then prefixed with its rank).
+
+    Nothing goes into torchrun's error file (``TORCHELASTIC_ERROR_FILE``): its summary would then repeat the line
+    for every rank and add three lines of warnings about the file's format."""
+    import sys
+
+    stream = stream or sys.stderr
+    env = torchrun_env()
+    rank = env[0] if env is not None and env[1] > 1 else 0
+    if rank != 0:
+        sleep(grace_s)
+    print(f"error: {exc}" if rank == 0 else f"error: rank {rank}: {exc}", file=stream, flush=True)
+
+
 class Dist:
     """The identity: one process. ``ProcessGroup`` below is the real thing; both have the same methods."""
 

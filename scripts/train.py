@@ -66,7 +66,10 @@ def _written_by_this_launch(checkpoint: Path) -> bool:
 
 
 def _done(metrics, out):
-    print(f"run folder: {Path(out).resolve()} (metrics.json, accuracy_matrix.csv/png, tb/)")
+    from fastpnr import distributed
+
+    if (distributed.torchrun_env() or (0,))[0] == 0:  # torchrun: rank 0 speaks
+        print(f"run folder: {Path(out).resolve()} (metrics.json, accuracy_matrix.csv/png, tb/)")
 
 
 def help_text(topic: str | None = None) -> str:

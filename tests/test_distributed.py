@@ -418,6 +418,31 @@ def test_torchrun_max_restarts_resumes_from_the_checkpoint(data_root, tmp_path):
     assert len(metrics["accuracy_matrix"]) == 2 and metrics["world_size"] == [2, 2]
 
 
+@pytest.mark.slow
+def test_torchrun_bad_input_is_one_error_line_from_rank_0(data_root, tmp_path):
+    """2 ranks, a batch larger than the task: one `error:` line (rank 0's), no worker traceback, exit code not 0.
+    torchrun's own ChildFailedError summary follows (its process raises it; a worker cannot silence it)."""
+    import subprocess
+    import sys
+
+    ov = rank_overrides(data_root, **{"optim.batch_size": 4096})
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            f"--log-dir={tmp_path / 'torchrun'}", "-m", "scripts.train", "--out", str(run), *[a for k, v in ov.items() for a in (f"--{k}", str(v))]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env,
+                         cwd=Path(__file__).parents[1])
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode != 0 and len(errors) == 1, out.stderr[-3000:]
+    assert errors[0].startswith("error: optim.batch_size=4096 is invalid") and "rank 1" not in out.stderr
+    assert "exitcode  : 2" in out.stderr  # rank 0's plain exit, the root cause in torchrun's summary
+    worker_frames = [line for line in out.stderr.splitlines() if line.strip().startswith("File ") and "fastpnr" in line
+                     and "torch/distributed" not in line]
+    assert not worker_frames, out.stderr[-3000:]  # no Python traceback from the ranks
+    assert f"out: {run.resolve()}" in out.stdout.splitlines() and "run folder:" not in out.stdout
+
+
 def test_a_restarted_worker_resumes_only_a_checkpoint_of_its_own_launch(tmp_path, monkeypatch):
     """A restarted torchrun worker must not continue a run that was in --out before its launch (the first attempt
     refused that folder): only a checkpoint stamped with this launch's TORCHELASTIC_RUN_ID is resumed."""
