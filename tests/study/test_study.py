@@ -128,6 +128,8 @@ def test_eta_from_the_mean_wall_time_of_finished_cells():
 # ------------------------------------------------------------------------------------------------ the runner (stand-in trainer)
 def test_grid_on_two_gpu_slots_failed_cell_reported_others_finish(fake_train, tmp_path, capsys):
     fake_train.setenv("FAKE_FAIL_METHOD", "byol")
+    fake_train.setenv("FAKE_RENDEZVOUS_DIR", str(tmp_path / "rendezvous"))  # the first two cells wait for each other
+    fake_train.setenv("FAKE_RENDEZVOUS_N", "2")
     out = tmp_path / "s"
     fastpnr(_cli("--methods", "simclr,byol", "--regularizers", "finetune,pnr", "--seeds", "5,6", "--out", out,
                  "--gpus", "0,1", "--optim.epochs", 3))
