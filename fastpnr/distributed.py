@@ -68,7 +68,8 @@ ERROR_GRACE_S = 30.0
 
 def report_error(exc: Exception, stream=None, grace_s: float = ERROR_GRACE_S, sleep=time.sleep) -> None:
     """Print ``error: <exc>`` once per launch: on rank 0 (or a single process) at once; on another rank only if
-    torchrun has not stopped it ``grace_s`` later (then prefixed with its rank).
+    torchrun has not stopped it ``grace_s`` later (then prefixed with its rank), except a ``PeerFailure`` (another
+    rank stopped, possibly rank 0), which every rank that sees it prints at once.
 
     Nothing goes into torchrun's error file (``TORCHELASTIC_ERROR_FILE``): its summary would then repeat the line
     for every rank and add three lines of warnings about the file's format."""
@@ -77,7 +78,7 @@ def report_error(exc: Exception, stream=None, grace_s: float = ERROR_GRACE_S, sl
     stream = stream or sys.stderr
     env = torchrun_env()
     rank = env[0] if env is not None and env[1] > 1 else 0
-    if rank != 0:
+    if rank != 0 and not isinstance(exc, PeerFailure):  # a PeerFailure is this rank's own news (rank 0 may be gone)
         sleep(grace_s)
     print(f"error: {exc}" if rank == 0 else f"error: rank {rank}: {exc}", file=stream, flush=True)
 

@@ -108,6 +108,11 @@ def test_under_torchrun_only_rank_0_prints_an_error_and_the_run_folder(monkeypat
         assert stream.getvalue() == expect and waits == ([] if rank == "0" else [30.0])
         train._done({}, "run-folder")
         assert ("run folder:" in capsys.readouterr().out) == (rank == "0")
+    from fastpnr.distributed import PeerFailure
+
+    stream = io.StringIO()  # news of a stopped rank (maybe rank 0) is this rank's own: no wait
+    report_error(PeerFailure("rank 0 stopped"), stream=stream, sleep=lambda s: (_ for _ in ()).throw(AssertionError))
+    assert stream.getvalue() == "error: rank 1: rank 0 stopped\n"
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
     stream = io.StringIO()
