@@ -21,7 +21,6 @@ from .errors import FastPNRError
 from .precision import AUTOCAST_DTYPES, PARAM_DTYPES
 
 
-
 class NonFiniteLossError(FastPNRError):
     """The loss became NaN or infinite."""
 
@@ -166,11 +165,11 @@ class Trainer:
             probe = None
             if probe_iter is not None:
                 probe = next(probe_iter)
+            elif self.cfg.online_probe == "task":
+                probe = (None, labels)
             if self.param_dtype != torch.float32:  # fp64: the loaders make float32 views
                 views = [v.to(self.param_dtype) for v in views]
                 probe = probe if probe is None or probe[0] is None else (probe[0].to(self.param_dtype), probe[1])
-            elif self.cfg.online_probe == "task":
-                probe = (None, labels)
             logs = self.run_step(views, labels, probe, step_offset + i, total_steps)
             done = i + 1
             if done % self.cfg.log_every == 0 or done == steps:

@@ -104,12 +104,12 @@ def rank_overrides(data_root, **extra) -> dict:
                                         "eval.linear_seeds": 1, **extra})
 
 
-def step_losses(run: Path) -> np.ndarray:
+def step_losses(run: Path, term: str = "loss") -> np.ndarray:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
-    return np.array([e.value for e in acc.Scalars("train/loss")])
+    return np.array([e.value for e in acc.Scalars(f"train/{term}")])
 
 
 def final_weights(run: Path, num_tasks: int = 2) -> dict:
@@ -127,9 +127,10 @@ WEIGHT_TOL = dict(rtol=1e-9, atol=1e-9)
 
 def assert_same_run(a: Path, b: Path, min_steps: int = 20):
     """Runs ``a`` and ``b`` (train.precision fp64) have the same step losses, final weights and accuracy matrix."""
-    la, lb = step_losses(a), step_losses(b)
-    assert len(la) == len(lb) >= min_steps
-    np.testing.assert_allclose(lb, la, rtol=TB_LOSS_RTOL, atol=0)
+    for term in ("loss", "probe"):  # the total, and the online probe's term in it (trained in fp64 too)
+        la, lb = step_losses(a, term), step_losses(b, term)
+        assert len(la) == len(lb) >= min_steps
+        np.testing.assert_allclose(lb, la, rtol=TB_LOSS_RTOL, atol=0, err_msg=term)
     wa, wb = final_weights(a), final_weights(b)
     assert wa.keys() == wb.keys()
     assert all(v.dtype == torch.float64 for v in wa.values() if v.is_floating_point())  # the run was float64
