@@ -62,10 +62,15 @@ def _task_number(p: Path) -> int:
     return int(digits) if digits.isdigit() else -1
 
 
+def load_failure(exc: Exception) -> str:
+    """torch.load's first sentence (its zip errors go on for five more), or the exception's type."""
+    return str(exc).splitlines()[0].split(". ")[0].strip().rstrip(".")[:160] if str(exc).strip() else type(exc).__name__
+
+
 def unreadable_checkpoint(path: Path, exc: Exception) -> DataError:
     """One line: the file, that it is truncated or corrupt, torch's first words, and which copies may serve."""
     size = path.stat().st_size if path.exists() else 0
-    cause = str(exc).split(". ")[0].strip().rstrip(".") or type(exc).__name__  # torch's first sentence, not its essay
+    cause = load_failure(exc)
     tasks = sorted((p for p in path.parent.glob("task*.pt") if p != path and _task_number(p) >= 0),
                    key=_task_number, reverse=True)
     present = f" (here: {', '.join(p.name for p in tasks)})" if tasks else ""
