@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .distributed import SINGLE
 from .errors import FastPNRError
-from .precision import AUTOCAST_DTYPES, PARAM_DTYPES
+from .precision import AUTOCAST_DTYPES, PARAM_DTYPES, upcast
 
 
 class NonFiniteLossError(FastPNRError):
@@ -204,10 +204,10 @@ def _probe_losses(method, out, probe_batch):
     else:  # "full" probe: the anchors' extra batch from the whole labelled train set
         with torch.no_grad():
             feats = method.backbone(probe_x)
-    probe = F.cross_entropy(method.online_logits(feats).float(), probe_y)
+    probe = F.cross_entropy(upcast(method.online_logits(feats)), probe_y)  # fp64 runs: in fp64
     logs = {"probe": probe.detach()}
     if method.momentum_classifier is not None:
-        momentum = F.cross_entropy(method.momentum_online_logits(out, probe_x).float(), probe_y)
+        momentum = F.cross_entropy(upcast(method.momentum_online_logits(out, probe_x)), probe_y)
         probe = probe + momentum
         logs["momentum_probe"] = momentum.detach()
     return probe, logs
