@@ -434,6 +434,8 @@ class ContinualRun:
         means = trainer.train_epoch(loader, probe_iter, epoch, epoch * steps, steps * E, steps,
                                     progress=self.progress.bar, on_log=self._scalar_logger(epoch * steps))
         self.global_step += steps
+        # the epoch's means of the logged terms (losses, collapse_std, effective_rank): metrics.json "train_epochs"
+        self.metrics.setdefault("train_epochs", []).append({"task": task, "epoch": epoch, **means})
         images = steps * cfg.optim.batch_size
         self.progress.end_epoch(task, T, epoch, E, steps, images, time.perf_counter() - t0, means)
         if epoch + 1 < E:
