@@ -241,6 +241,8 @@ class ContinualRun:
         means = trainer.train_epoch(loader, probe_iter, epoch, epoch_start, steps * E, steps,
                                     progress=self.progress.bar, on_log=on_log)
         self.global_step += steps
+        # the epoch's means of the logged terms (losses, collapse_std, effective_rank): metrics.json "train_epochs"
+        self.metrics.setdefault("train_epochs", []).append({"task": task, "epoch": epoch, **means})
         images = steps * cfg.optim.batch_size
         self.task_clock.images += images  # before the checkpoint, which records them with the time
         self.progress.end_epoch(task, T, epoch, E, steps, images, time.perf_counter() - t0, means)

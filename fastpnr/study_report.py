@@ -14,6 +14,7 @@ from pathlib import Path
 from .compare import format_value, markdown, summarize
 from .errors import FastPNRError
 from .evaluation import mean_and_std
+from .paired import paired_difference
 from .study_cells import (STUDY_FILE, Cell, CellState, _read_json, error_line, git_commit, progress_line,
                           read_state, write_json)
 
@@ -118,9 +119,14 @@ def _table_row(preset, scenario, method, reg, cells: list[dict], baseline: list[
         for key, _, _ in METRICS:
             ours, theirs = _mean(e["metrics"][key] for e in done), _mean(e["metrics"][key] for e in base_done)
             diff[key] = None if ours is None or theirs is None else ours - theirs
+    # the same seeds' difference (the seed's own effect cancels): by seed, mean, 95% t-interval
+    paired = None if reg == BASELINE or not done or not base_done else {
+        key: paired_difference({e["seed"]: e["metrics"][key] for e in done},
+                               {e["seed"]: e["metrics"][key] for e in base_done}) for key, _, _ in METRICS}
     kind = done[-1]["device"] if done else "gpu"
     return {"preset": preset, "scenario": scenario, "method": method, "regularizer": reg,
             "seeds_done": [e["seed"] for e in done], "cells": len(cells), "metrics": metrics, "diff_to_finetune": diff,
+            "paired_to_finetune": paired,
             "img_per_s": _mean(e["img_per_s"] for e in done), "device": kind,
             f"{kind}_hours_per_cell": _mean(e.get(f"{kind}_hours") for e in done)}
 
@@ -146,6 +152,21 @@ def diff_markdown(rows: list[dict]) -> str:
     body = [[r["method"], r["regularizer"], *[_signed(r["diff_to_finetune"][k]) for k, _, _ in METRICS]]
             for r in rows if r["diff_to_finetune"]]
     return markdown(header, body) if body else "(no strategy with fine-tuning finished beside it yet)"
+
+
+def paired_markdown(rows: list[dict]) -> str:
+    """One line per (method, strategy, metric): the per-seed differences to fine-tuning, mean, 95% t-interval."""
+    body = []
+    for r in rows:
+        for key, title, _ in METRICS:
+            p = (r.get("paired_to_finetune") or {}).get(key)
+            if p is None:
+                continue
+            ci = "-" if p["ci"] is None else f"[{p['ci'][0]:+.2f}, {p['ci'][1]:+.2f}]"
+            seeds = ", ".join(f"{s}: {d:+.2f}" for s, d in p["by_seed"].items())
+            body.append([r["method"], r["regularizer"], f"Δ {title}", seeds, _signed(p["mean"]), ci, str(p["n"])])
+    header = ["method", "strategy", "metric", "by seed", "mean", "95% t-interval", "n"]
+    return markdown(header, body) if body else "(no seed with both the strategy and fine-tuning finished yet)"
 
 
 def _hours(hours, kind: str) -> str:
@@ -180,7 +201,9 @@ def report_markdown(out: Path, rows: list[dict], entries: list[dict], plots: lis
              "`fastpnr compare`; device-hours = wall time × GPUs (or CPU threads) of the cell.", ""]
     for (preset, scenario), group_rows in _groups(rows).items():
         lines += [f"## {_group_title(preset, scenario)}", "", table_markdown(group_rows), "",
-                  "Difference to fine-tuning (same method, mean minus mean):", "", diff_markdown(group_rows), ""]
+                  "Difference to fine-tuning (same method, mean minus mean):", "", diff_markdown(group_rows), "",
+                  "Paired difference to fine-tuning (same seed, strategy minus fine-tuning; mean and 95% "
+                  "t-interval, t with n − 1 df):", "", paired_markdown(group_rows), ""]
     lines += ["## Cells", "", cells_markdown(entries), ""]
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from .collapse import collapse_measures
 from .distributed import SINGLE
 from .errors import FastPNRError
 from .precision import AUTOCAST_DTYPES, PARAM_DTYPES, upcast
@@ -64,6 +65,9 @@ class Trainer:
         use_stream = train_cfg.frozen_stream and device.type == "cuda"
         self.side_stream = torch.cuda.Stream(device) if use_stream else None
         self.graph = None
+        # the first view's projector output of the latest step (graph mode: the captured static output, which every
+        # replay overwrites); the collapse measures read it at the log steps, outside the step
+        self.last_embedding = None
         if getattr(train_cfg, "cuda_graph", False):
             from .graph import GraphStep
 
@@ -121,6 +125,7 @@ class Trainer:
             frozen_pending, finalize = self._frozen_forward(views, cache_enabled)
         with self.autocast(cache_enabled):
             out = method.forward_views(views)
+            self.last_embedding = out["z"][0].detach()
             logs = {}
             loss = torch.zeros((), device=self.device)
             if not (reg_active and reg.replaces_ssl_loss):
@@ -179,6 +184,8 @@ class Trainer:
                     terms = ", ".join(f"{k}={v:.4g}" for k, v in host.items())
                     raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {done} ({terms}); "
                                              "lower --optim.lr, or use --train.precision fp32")
+                if self.last_embedding is not None:  # this process's rows (rank 0's under torchrun)
+                    host.update({k: float(v) for k, v in collapse_measures(self.last_embedding).items()})
                 now = time.perf_counter()
                 ips = (done - last_step) * batch_size * self.dist.world_size / max(now - last_time, 1e-9)
                 last_time, last_step = now, done

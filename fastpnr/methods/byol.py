@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ..losses import byol_loss
 from ..models import mlp
@@ -16,6 +17,7 @@ class BYOLConfig(MethodConfig):
     proj_hidden: int = 4096
     proj_out: int = 256
     pred_hidden: int = 4096               # predictor hidden width
+    predictor: bool = True                # false: the predictor is the identity (p = z; GSG's no-predictor ablation)
     base_tau: float = 0.99                # EMA momentum of the target network at the start (cosine schedule)
     final_tau: float = 1.0                # EMA momentum at the end of the schedule
     momentum_classifier: bool = True  # also probe the EMA backbone (anchors' --momentum_classifier), with the online probe
@@ -28,7 +30,8 @@ class BYOLConfig(MethodConfig):
 class BYOL(Method):
     def build_heads(self):
         self.projector = mlp(self.feat_dim, self.cfg.proj_hidden, self.cfg.proj_out)
-        self.predictor = mlp(self.cfg.proj_out, self.cfg.pred_hidden, self.cfg.proj_out)
+        # without a predictor p = z: the loss pulls the online projection straight to the EMA target's
+        self.predictor = mlp(self.cfg.proj_out, self.cfg.pred_hidden, self.cfg.proj_out) if self.cfg.predictor else nn.Identity()
         self.momentum_backbone = self.make_momentum_copy(self.backbone)
         self.momentum_projector = self.make_momentum_copy(self.projector)
 

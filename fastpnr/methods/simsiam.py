@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
 from ..losses import simsiam_loss
 from ..models import mlp
 from ..precision import upcast
@@ -15,17 +17,19 @@ class SimSiamConfig(MethodConfig):
     proj_out: int = 2048
     pred_hidden: int = 512                # predictor bottleneck width
     fix_pred_lr: bool = True     # the predictor keeps a constant lr (SimSiam paper, GSG --fix-pred-lr)
+    predictor: bool = True                # false: the predictor is the identity (p = z; GSG's no-predictor ablation)
 
 
 def simsiam_heads(method) -> None:
     c = method.cfg
     method.projector = mlp(method.feat_dim, c.proj_hidden, c.proj_out, layers=3, bias=False, last_bn=True, last_bn_affine=False)
-    method.predictor = mlp(c.proj_out, c.pred_hidden, c.proj_out, bias=False)
+    method.predictor = mlp(c.proj_out, c.pred_hidden, c.proj_out, bias=False) if c.predictor else nn.Identity()
 
 
 def static_predictor_groups(method, groups: list[dict]) -> list[dict]:
-    """Move the predictor into its own group that the scheduler leaves at the base lr."""
-    if not method.cfg.fix_pred_lr:
+    """Move the predictor into its own group that the scheduler leaves at the base lr (none without a predictor:
+    the identity has no parameters)."""
+    if not method.cfg.fix_pred_lr or not method.cfg.predictor:
         return groups
     pred = {id(p) for p in method.predictor.parameters()}
     groups[0]["params"] = [p for p in groups[0]["params"] if id(p) not in pred]

@@ -166,6 +166,11 @@ def test_table_mean_std_over_seeds_and_difference_to_finetune_by_hand(fake_train
     md = (out / "report.md").read_text()
     assert "| simclr | finetune | 2/2 | 60.00 ± 7.07 | 67.50 ± 7.07 | 20.00 ± 0.00 | - | 200.00 |" in md
     assert "| simclr | pnr | +10.00 | +10.00 | +0.00 | - |" in md
+    # paired by seed: A_T 65 - 55 and 75 - 65; sd 0, so the 95% interval is the point
+    paired = rows["pnr"]["paired_to_finetune"]["final_average_accuracy"]
+    assert paired["by_seed"] == {"5": 10.0, "6": 10.0} or paired["by_seed"] == {5: 10.0, 6: 10.0}
+    assert paired["ci"] == pytest.approx([10.0, 10.0]) and paired["n"] == 2
+    assert "| simclr | pnr | Δ A_T | 5: +10.00, 6: +10.00 | +10.00 | [+10.00, +10.00] | 2 |" in md
 
 
 def test_failed_cell_is_kept_until_retry_failed_and_changed_options_refused(fake_train, tmp_path, capsys):
