@@ -24,6 +24,7 @@ import torch
 
 from . import distributed
 from . import evaluation as ev
+from . import preempt
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .config import RunConfig, config_from_dict, config_with_overrides, format_config
 from .errors import ConfigError, FastPNRError, require
@@ -115,6 +116,7 @@ class ContinualRun:
         self.resume, self.overwrite, self.allow_config_change = resume, overwrite, allow_config_change
         self._checkpoint, self._config_changes = checkpoint, {}
         self.progress = self.writer = None  # open during fit()
+        self._signal = preempt.NEVER  # the stop request of fit() (preempt.stop_on_signals)
         self.device = resolve_device(cfg.train.device)
         # torchrun: one process per device; only rank 0 logs and writes run files (through dist.main_only)
         self.dist = dist if dist is not None else distributed.from_env(self.device, cfg.dist)
@@ -260,9 +262,10 @@ class ContinualRun:
         return self._encoded_train
 
     # ------------------------------------------------------------------------------------------------ state
-    def _state(self, next_task, next_epoch, optimizer, trainer, phase) -> dict:
+    def _state(self, next_task, next_epoch, optimizer, trainer, phase, next_step=0) -> dict:
         return {
             "format": 2, "config": self.cfg.to_dict(), "next_task": next_task, "next_epoch": next_epoch, "phase": phase,
+            "next_step": next_step,  # > 0: stopped by a signal inside epoch next_epoch, after this many steps
             "method": self.method.state_dict(), "regularizer": self.regularizer.state_dict(),
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scaler": trainer.scaler.state_dict() if trainer is not None else None,
@@ -271,13 +274,13 @@ class ContinualRun:
             "launch_id": distributed.launch_id(),  # the torchrun invocation that wrote it (its elastic restarts resume)
         }
 
-    def _save(self, next_task, next_epoch, optimizer=None, trainer=None, phase="train"):
-        """Checkpoint. phase "train": task ``next_task`` trains from epoch ``next_epoch``; "evaluate": task
-        ``next_task`` is trained and its evaluation comes next."""
+    def _save(self, next_task, next_epoch, optimizer=None, trainer=None, phase="train", next_step=0):
+        """Checkpoint. phase "train": task ``next_task`` trains from epoch ``next_epoch`` (its step ``next_step``);
+        "evaluate": task ``next_task`` is trained and its evaluation comes next."""
         if self.writer is not None:
             self.writer.flush()  # the event files hold every scalar the checkpoint counts
         # the state is the same on every rank; the file is rank 0's (its RNG states, which every rank resumes with)
-        self.save_file(self._state(next_task, next_epoch, optimizer, trainer, phase), self.out / CHECKPOINT)
+        self.save_file(self._state(next_task, next_epoch, optimizer, trainer, phase, next_step), self.out / CHECKPOINT)
 
     # ------------------------------------------------------------------------------------------------ run
     def fit(self, stop_after_epochs: int | None = None, stop_before_eval: int | None = None) -> dict:
@@ -295,14 +298,17 @@ class ContinualRun:
     def _fit(self, stop_after_epochs: int | None, stop_before_eval: int | None) -> dict:
         self._stops, self._epochs_run = {"epochs": stop_after_epochs, "eval": stop_before_eval}, 0
         try:
-            ckpt = self._setup()
-            for task in range(self.start_task, self.last_task):
-                resumed = ckpt if task == self.start_task else None
-                if resumed is not None and resumed.get("phase") == "evaluate":
-                    set_rng_state(resumed["rng"])  # the state the uninterrupted run evaluated with
-                else:
-                    self._train_task(task, resumed)
-                self._finish_task(task)
+            with preempt.stop_on_signals() as self._signal:  # SIGTERM / SIGUSR2: checkpoint at the next step, exit
+                ckpt = self._setup()
+                for task in range(self.start_task, self.last_task):
+                    resumed = ckpt if task == self.start_task else None
+                    if resumed is not None and resumed.get("phase") == "evaluate":
+                        set_rng_state(resumed["rng"])  # the state the uninterrupted run evaluated with
+                    else:
+                        self._train_task(task, resumed)
+                    self._finish_task(task)
+                    if task + 1 < self.last_task and self.dist.any_rank(self._signal.requested):
+                        self._stopped_by_signal(task + 1, 0, 0)  # the next task's checkpoint is written
         except _Interrupted:
             self.log(f"stopped after {self._epochs_run} epochs (simulated interruption); resume with --resume {self.out}")
             return self.metrics
@@ -396,14 +402,15 @@ class ContinualRun:
         """Task ``task``'s epochs (from the checkpoint's epoch when resuming), then the checkpoint before evaluation."""
         cfg, E = self.cfg, self.cfg.optim.epochs
         first_epoch = ckpt["next_epoch"] if ckpt is not None else 0
+        first_step = ckpt.get("next_step", 0) if ckpt is not None else 0  # > 0: a signal stopped that epoch
         view_configs = self._view_configs()
-        if first_epoch == 0:
+        if first_epoch == 0 and first_step == 0:
             self.regularizer.begin_task(self.method, task)
         groups = self.method.param_groups(cfg.optim) + self.regularizer.param_groups(cfg.optim)
         optimizer = build_optimizer(groups, cfg.optim)  # fresh per task, as the anchors
         trainer = Trainer(self.method, self.regularizer, optimizer, cfg.train, self.device, log=self.log, dist=self.dist)
         if ckpt is not None:
-            if first_epoch > 0:
+            if first_epoch > 0 or first_step > 0:
                 optimizer.load_state_dict(ckpt["optimizer"])
                 trainer.scaler.load_state_dict(ckpt["scaler"])
             set_rng_state(ckpt["rng"])
@@ -413,7 +420,8 @@ class ContinualRun:
             probe_loader = self._loader(self.eval_train, 1, [view_configs[-1]], seed=cfg.train.seed * 1000 + 500 + task)
         task_start, task_images = time.perf_counter(), 0
         for epoch in range(first_epoch, E):
-            task_images += self._train_epoch(task, epoch, trainer, loader, probe_loader)
+            resume_at = (first_step, lambda: set_rng_state(ckpt["rng"])) if epoch == first_epoch and first_step else (0, None)
+            task_images += self._train_epoch(task, epoch, trainer, loader, probe_loader, *resume_at)
         elapsed = time.perf_counter() - task_start
         self.metrics["task_time_s"].append(elapsed)
         self.metrics["images_per_second"].append(task_images / max(elapsed, 1e-9))
@@ -423,16 +431,21 @@ class ContinualRun:
         if self._stops["eval"] == task:
             raise _Interrupted()
 
-    def _train_epoch(self, task: int, epoch: int, trainer, loader, probe_loader) -> int:
-        """One epoch: steps, TensorBoard scalars, progress, checkpoint. Returns the number of images trained on."""
+    def _train_epoch(self, task: int, epoch: int, trainer, loader, probe_loader, start_step=0, on_skipped=None) -> int:
+        """One epoch (from ``start_step`` when resumed inside it): steps, TensorBoard scalars, progress, checkpoint.
+        Returns the number of images trained on. A stop signal: the checkpoint after the step in flight, then exit."""
         cfg, T, E, steps = self.cfg, self.cfg.data.num_tasks, self.cfg.optim.epochs, self.steps[task]
         set_lr(trainer.optimizer, epoch, E, cfg.optim)
         loader.set_epoch(epoch)
         probe_iter = _cycle(probe_loader, epoch) if probe_loader is not None else None
         self.progress.start_epoch(task, T, epoch, E)
         t0 = time.perf_counter()
-        means = trainer.train_epoch(loader, probe_iter, epoch, epoch * steps, steps * E, steps,
-                                    progress=self.progress.bar, on_log=self._scalar_logger(epoch * steps))
+        means, stopped_at = trainer.train_epoch(loader, probe_iter, epoch, epoch * steps, steps * E, steps,
+                                                progress=self.progress.bar, on_log=self._scalar_logger(epoch * steps),
+                                                start_step=start_step, stop=self._signal, on_skipped=on_skipped)
+        if stopped_at is not None:
+            self._save(task, epoch, trainer.optimizer, trainer, next_step=stopped_at)
+            self._stopped_by_signal(task, epoch, stopped_at)
         self.global_step += steps
         images = steps * cfg.optim.batch_size
         self.progress.end_epoch(task, T, epoch, E, steps, images, time.perf_counter() - t0, means)
@@ -442,6 +455,14 @@ class ContinualRun:
         if self._stops["epochs"] is not None and self._epochs_run >= self._stops["epochs"] and epoch + 1 < E:
             raise _Interrupted()
         return images
+
+    def _stopped_by_signal(self, task: int, epoch: int, step: int):
+        """After the checkpoint of a signal stop: say where it stopped, exit with ``preempt.EXIT_CHECKPOINTED``."""
+        import signal as signals
+
+        name = signals.Signals(self._signal.signum).name if self._signal.signum else "a signal on another rank"
+        self.log(f"stopped by {name}: checkpoint at task {task} epoch {epoch} step {step}; resume with --resume {self.out}")
+        raise preempt.CheckpointedOnSignal(self._signal.signum or 0)
 
     def _scalar_logger(self, epoch_start: int):
         """The trainer's on_log: the logged terms as TensorBoard scalars at their global step."""

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, FastPNRError, require
+from .preempt import EXIT_CHECKPOINTED
 
 STUDY_FILE, LOCK_FILE, CELL_FILE, LOG_FILE = "study.json", "study.lock", "cell.json", "train.log"
 CHECKPOINT = "checkpoint.pt"        # continual.CHECKPOINT; not imported: running cells needs no torch here
@@ -488,8 +489,11 @@ class StudyRunner:
         done, num = _tasks(folder)
         if num and done >= num:
             status, error = "done", None
-        elif stopped or returncode < 0:  # stopped, or killed by a signal (the user, OOM): resumable, not a failure
-            status, error = "interrupted", "stopped with the study" if stopped else f"killed by signal {-returncode}"
+        elif stopped or returncode < 0 or returncode == EXIT_CHECKPOINTED:  # stopped, or killed by a signal (the
+            # user, OOM), or checkpointed on SIGTERM: resumable, not a failure
+            status = "interrupted"
+            error = "stopped with the study" if stopped else f"killed by signal {-returncode}" if returncode < 0 else \
+                "stopped by a signal after its checkpoint"
         else:
             status = "failed"
             error = error_line(folder) if returncode else "exited 0 before finishing every task"
