@@ -379,7 +379,8 @@ class ContinualRun:
                 {"task": self.start_task, "epoch": self.start_epoch, "phase": phase,
                  "changes": {k: [old, new] for k, (old, new) in self._config_changes.items()}})
         self.log(f"resumed from {self.out / CHECKPOINT}: task {self.start_task}, "
-                 + ("its evaluation" if phase == "evaluate" else f"epoch {self.start_epoch}"))
+                 + ("its evaluation" if phase == "evaluate" else f"epoch {self.start_epoch}")
+                 + (f", step {ckpt['next_step']}" if ckpt.get("next_step") else ""))
 
     def _open_display(self, ckpt: dict | None) -> None:
         """The progress bar (or per-epoch lines; the run's log goes above the bar) and the TensorBoard scalars."""

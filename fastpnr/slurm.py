@@ -38,6 +38,7 @@ JOBS_FILE, SUBMITIT_DIR, REPORT_LOCK = "slurm_jobs.json", "slurm", ".report.lock
 SIGNAL_DELAY_S = 120        # --signal=USR2@this: the job's warning before its time limit (one step and a checkpoint)
 MIN_WORK_S = 60             # a job must run at least this long before its warning (imports, data, one step)
 MAX_TIMEOUTS = 100          # submitit requeues a job this many times after its time limit (preemptions: always)
+CELL_PROGRAM: list[str] | None = None  # replaces `python -m fastpnr` in the jobs (the tests' stand-in trainers)
 POLL_S = 5.0                # --slurm.wait: seconds between two squeue calls
 # Slurm states of a job that is still in the queue or will be again: its cell must not be submitted twice.
 ACTIVE = {"PENDING", "RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
@@ -80,6 +81,8 @@ def slurm_options(overrides: dict) -> tuple[SlurmOptions, dict]:
     rest = {k: v for k, v in overrides.items() if not k.startswith("slurm.")}
     for key in given:
         require(key in names, "option", f"--slurm.{key}", ", ".join(f"--slurm.{n}" for n in names))
+    require(given.get("extra") is not True, "slurm.extra", True,
+            "sbatch options as one value, with '=': --slurm.extra='--constraint=a100 --exclusive'")
     opts = SlurmOptions(**{k: (str(v) if names[k].type in ("str | None", "str") and v is not None else v)
                            for k, v in given.items()})
     for name in ("gpus_per_cell", "cpus_per_cell", "nodes", "signal_delay_s"):
@@ -271,18 +274,21 @@ class CellJob:
     cpus: int = 1
     protocol: str | None = None
     wait_s: float = SIGNAL_DELAY_S - 30              # checkpoint(): how long the train process may take to stop
+    program: list | None = None                      # instead of `python -m fastpnr` (CELL_PROGRAM)
 
     def __call__(self) -> str:
         env = dict(os.environ)
         rank = int(env.get("SLURM_PROCID", 0))
         cell, folder = st.Cell(**self.cell), Path(self.out) / self.cell["name"]
+        if st.read_state(folder).status == "done":  # e.g. a job requeued after its cell finished
+            return "done"
         resume = (folder / st.CHECKPOINT).exists()
         if rank == 0 and not resume:
             st.clear_stale_run(folder)
         folder.mkdir(parents=True, exist_ok=True)
         hostnames = _hostnames(env) if self.nodes > 1 else [socket.gethostname()]
         slot = job_slot(env, self.gpus, self.cpus, self.nproc)
-        argv = slurm_launcher(self.nproc, self.nodes, env, hostnames, folder / "torchrun") + \
+        argv = (self.program or slurm_launcher(self.nproc, self.nodes, env, hostnames, folder / "torchrun")) + \
             st.train_args(cell, folder, self.shared, slot, resume)
         log_name = st.LOG_FILE if rank == 0 else f"train.node{env.get('SLURM_NODEID', rank)}.log"
         log = open(folder / log_name, "a")
@@ -483,7 +489,7 @@ def submit(submitit, out: Path, todo: list[st.Cell], cells: list[st.Cell], opts:
     nproc = slurm.gpus_per_node or opts.nproc_per_cell
     spec = {"out": str(out), "cells": [c.to_dict() for c in cells], "shared": opts.shared, "nproc": nproc,
             "nodes": slurm.nodes, "gpus": slurm.gpus_per_node, "cpus": slurm.cpus_per_cell, "protocol": opts.protocol,
-            "wait_s": max(slurm.signal_delay_s - 30, 10)}
+            "wait_s": max(slurm.signal_delay_s - 30, 10), "program": CELL_PROGRAM}
     for cell in todo:
         (out / cell.name).mkdir(parents=True, exist_ok=True)
     with executor.batch():
