@@ -405,15 +405,13 @@ def load_jobs(out: Path) -> dict[str, list[str]]:
 
 
 def cell_state(folder: Path, jobs: list[str], queue: dict[str, QueueEntry]) -> tuple[st.CellState, str]:
-    """(the cell's state, its Slurm column). A job in the queue: running, queued (never ran) or requeued (pending
-    again after a signal); out of the queue the cell's own record decides (a "running" record then means the job
+    """(the cell's state, its Slurm column). A job in the queue: running (also while it records a finished cell),
+    queued (never ran) or requeued (pending again after a signal); out of the queue the cell's own record decides (a "running" record then means the job
     died without writing its end: interrupted or pending, by its checkpoint)."""
     state = st.read_state(folder)
     job = jobs[-1] if jobs else None
     entry = queue.get(job) if job else None
-    if state.status == "done":
-        return state, f"{job} done" if job else ""
-    if entry is not None and entry.state in ACTIVE:
+    if entry is not None and entry.state in ACTIVE:  # first: a job that wrote its metrics may still be recording
         ran = bool(state.record.get("attempts")) and state.record.get("slurm_job") == job
         if entry.state in ("RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT"):
             status = "running"
@@ -421,6 +419,8 @@ def cell_state(folder: Path, jobs: list[str], queue: dict[str, QueueEntry]) -> t
             status = "requeued" if ran else "queued"
         return st.CellState(status, state.tasks_done, state.num_tasks, state.record), \
             f"{job} {entry.state}" + (f" ({entry.reason})" if entry.reason not in ("None", "") else "")
+    if state.status == "done":
+        return state, f"{job} done" if job else ""
     if state.status == "running":  # its job is gone without a record of its end
         status = "interrupted" if (folder / st.CHECKPOINT).exists() else "pending"
         return st.CellState(status, state.tasks_done, state.num_tasks, state.record), f"{job} gone"
