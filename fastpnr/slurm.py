@@ -309,19 +309,17 @@ class CellJob:
             st.write_json(folder / st.CELL_FILE, {**record, "status": "running", "pid": proc.pid,
                                                   "host": socket.gethostname(), "slurm_job": job_id(env),
                                                   "attempts": attempts})
-        proc.wait()
-        return self._finish(rank)
+        return self._finish(rank, proc.wait())
 
-    def _finish(self, rank: int) -> str:
+    def _finish(self, rank: int, rc: int) -> str:
         """Record the attempt's end in cell.json (rank 0), then rewrite the study's report. Returns the status."""
-        proc, log = _RUNNING["proc"], _RUNNING["log"]
-        log.close()
+        _RUNNING["log"].close()
         if rank != 0 or _RUNNING["recorded"]:
             return "recorded"
         _RUNNING["recorded"] = True
         folder = Path(self.out) / self.cell["name"]
         record = st._read_json(folder / st.CELL_FILE)
-        end, rc = time.time(), proc.returncode
+        end = time.time()
         record["attempts"][-1].update(end=end, wall_s=end - _RUNNING["start"], returncode=rc)
         done, num = st._tasks(folder)
         if num and done >= num:
@@ -345,13 +343,23 @@ class CellJob:
         _RUNNING["signalled"] = True
         proc = _RUNNING.get("proc")
         if proc is not None:
-            try:
-                proc.wait(timeout=self.wait_s)
-            except subprocess.TimeoutExpired:
-                pass  # requeued all the same: Slurm's SIGTERM/SIGKILL end it, the last checkpoint resumes
-            if proc.returncode is not None:
-                self._finish(int(os.environ.get("SLURM_PROCID", 0)))
+            rc = _exit_status(proc.pid, self.wait_s)
+            if rc is not None:  # else requeued all the same: Slurm's SIGTERM/SIGKILL end it, its last checkpoint resumes
+                self._finish(int(os.environ.get("SLURM_PROCID", 0)), rc)
         return submitit.helpers.DelayedSubmission(CellJob(**asdict(self)))
+
+
+def _exit_status(pid: int, timeout_s: float) -> int | None:
+    """The exit code of child ``pid`` once it has exited (a signal: minus its number), None after ``timeout_s``.
+    Without reaping it (WNOWAIT): this runs in a signal handler that interrupted ``Popen.wait()``, which holds the
+    Popen's wait lock and reaps the child itself when the handler returns."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if info is not None and info.si_pid == pid:
+            return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        time.sleep(0.2)
+    return None
 
 
 def _note_signal(signum, frame) -> None:
