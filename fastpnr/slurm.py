@@ -38,7 +38,7 @@ JOBS_FILE, SUBMITIT_DIR, REPORT_LOCK = "slurm_jobs.json", "slurm", ".report.lock
 SIGNAL_DELAY_S = 120        # --signal=USR2@this: the job's warning before its time limit (one step and a checkpoint)
 MIN_WORK_S = 60             # a job must run at least this long before its warning (imports, data, one step)
 MAX_TIMEOUTS = 100          # submitit requeues a job this many times after its time limit (preemptions: always)
-CELL_PROGRAM: list[str] | None = None  # replaces `python -m fastpnr` in the jobs (the tests' stand-in trainers)
+CELL_PROGRAM: list[str] | None = None  # replaces `-m fastpnr` of the jobs' launcher (the tests' stand-in trainers)
 POLL_S = 5.0                # --slurm.wait: seconds between two squeue calls
 # Slurm states of a job that is still in the queue or will be again: its cell must not be submitted twice.
 ACTIVE = {"PENDING", "RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
@@ -274,7 +274,7 @@ class CellJob:
     cpus: int = 1
     protocol: str | None = None
     wait_s: float = SIGNAL_DELAY_S - 30              # checkpoint(): how long the train process may take to stop
-    program: list | None = None                      # instead of `python -m fastpnr` (CELL_PROGRAM)
+    program: list | None = None                      # instead of `-m fastpnr` in the launcher (CELL_PROGRAM)
 
     def __call__(self) -> str:
         env = dict(os.environ)
@@ -288,8 +288,10 @@ class CellJob:
         folder.mkdir(parents=True, exist_ok=True)
         hostnames = _hostnames(env) if self.nodes > 1 else [socket.gethostname()]
         slot = job_slot(env, self.gpus, self.cpus, self.nproc)
-        argv = (self.program or slurm_launcher(self.nproc, self.nodes, env, hostnames, folder / "torchrun")) + \
-            st.train_args(cell, folder, self.shared, slot, resume)
+        launch = slurm_launcher(self.nproc, self.nodes, env, hostnames, folder / "torchrun")
+        if self.program:  # python or torchrun run a script the same way they run the module
+            launch = launch[:-2] + list(self.program)
+        argv = launch + st.train_args(cell, folder, self.shared, slot, resume)
         log_name = st.LOG_FILE if rank == 0 else f"train.node{env.get('SLURM_NODEID', rank)}.log"
         log = open(folder / log_name, "a")
         record = st._read_json(folder / st.CELL_FILE) if rank == 0 else {}

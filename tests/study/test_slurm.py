@@ -127,7 +127,7 @@ def test_unknown_partition_and_a_time_limit_below_one_epoch_are_refused_before_s
 @pytest.mark.slow
 def test_failing_cell_reported_with_its_error_while_the_other_finishes_and_reruns_attach(on_slurm, tmp_path, capsys,
                                                                                          monkeypatch):
-    monkeypatch.setattr(slurm, "CELL_PROGRAM", [sys.executable, FAKE])
+    monkeypatch.setattr(slurm, "CELL_PROGRAM", [FAKE])
     monkeypatch.setenv("FAKE_FAIL_METHOD", "byol")  # sbatch exports the environment to the jobs
     out = tmp_path / "s"
     args = ("--methods", "simclr,byol", "--regularizers", "pnr", "--out", out, "--executor", "slurm",
@@ -200,15 +200,33 @@ def test_real_two_cell_study_on_slurm_equals_the_local_study_and_a_rerun_submits
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", ["requeue", "usr2"])
 def test_real_cell_requeued_mid_task_resumes_to_the_uninterrupted_metrics(on_slurm, local_study, data_root, tmp_path,
-                                                                           capsys, monkeypatch, stop):
+                                                                           monkeypatch, stop):
     """The cell pauses inside task 1's first step (step 3 of 4) until it is signalled. ``scontrol requeue`` (what
     preemption does) sends SIGTERM; USR2 is the warning ``--signal`` sends before the time limit, on which submitit
     requeues the job itself. Either way the train process checkpoints after that step and exits, Slurm runs the job
     again (after its requeue delay) and the cell resumes from the step to the metrics of the uninterrupted cell."""
-    monkeypatch.setattr(slurm, "CELL_PROGRAM", [sys.executable, PAUSE])
+    _requeue_mid_task(on_slurm, data_root, tmp_path / "s", monkeypatch, stop, local_study / "simclr-finetune-s5")
+
+
+@pytest.mark.slow
+def test_real_torchrun_cell_requeued_mid_task_resumes_to_the_uninterrupted_two_process_metrics(
+        on_slurm, data_root, tmp_path, monkeypatch):
+    """--nproc_per_cell 2 on CPU: torchrun with two gloo processes inside the job. Slurm's SIGTERM reaches torchrun
+    and both ranks; the ranks agree at a log step (every step here) and stop after the same one."""
+    ref = tmp_path / "local"
+    fastpnr(_real_args(data_root, ref, "finetune", "--nproc_per_cell", 2, "--train.log_every", 1))
+    _requeue_mid_task(on_slurm, data_root, tmp_path / "s", monkeypatch, "requeue", ref / "simclr-finetune-s5",
+                      "--nproc_per_cell", 2, "--slurm.cpus_per_cell", 2, "--train.log_every", 1)
+    attempts = study.read_state(tmp_path / "s" / "simclr-finetune-s5").record["attempts"]
+    assert all("--nproc_per_node=2" in a["command"] for a in attempts)
+    metrics = json.loads((tmp_path / "s" / "simclr-finetune-s5" / "metrics.json").read_text())
+    assert metrics["world_size"] == [2, 2]
+
+
+def _requeue_mid_task(on_slurm, data_root, out, monkeypatch, stop, reference: Path, *extra):
+    monkeypatch.setattr(slurm, "CELL_PROGRAM", [PAUSE])
     monkeypatch.setenv("PAUSE_AT_STEP", "3")
-    out = tmp_path / "s"
-    fastpnr(_real_args(data_root, out, "finetune", "--executor", "slurm", "--slurm.time", 60))
+    fastpnr(_real_args(data_root, out, "finetune", "--executor", "slurm", "--slurm.time", 60, *extra))
     folder, job = out / "simclr-finetune-s5", _submitted(out)["simclr-finetune-s5"][0]
     _wait_until(lambda: (folder / "paused").exists(), "the cell reached its step 3")
     if stop == "requeue":
@@ -221,9 +239,11 @@ def test_real_cell_requeued_mid_task_resumes_to_the_uninterrupted_metrics(on_slu
     state = study.read_state(folder)
     assert state.status == "done" and [a["mode"] for a in state.record["attempts"]] == ["fresh", "resume"]
     first, second = state.record["attempts"]
-    assert first["returncode"] == slurm.EXIT_CHECKPOINTED and second["slurm_restarts"] == 1
+    assert state.record["attempts"][0]["end"] < second["start"] and second["slurm_restarts"] == 1
+    # one process exits EXIT_CHECKPOINTED; torchrun reports its workers' exit as its own failure (1)
+    assert first["returncode"] == (slurm.EXIT_CHECKPOINTED if "--nproc_per_cell" not in extra else 1)
     log = (folder / "train.log").read_text()
     assert f"stopped by SIG{'TERM' if stop == 'requeue' else 'USR2'}: checkpoint at task 1 epoch 0 step 1" in log
     assert "resumed from" in log and "task 1, epoch 0, step 1" in log
-    assert _matrices(folder) == _matrices(local_study / "simclr-finetune-s5")
+    assert _matrices(folder) == _matrices(reference)
     assert _submitted(out) == {"simclr-finetune-s5": [job]}  # the same job, requeued: nothing was submitted again
