@@ -1,6 +1,7 @@
-"""`python -m fastpnr train ...` that, once per run folder, pauses inside its step number $PAUSE_AT_STEP (counted from
-1 in each process) until a stop signal comes: writes <run folder>/paused, then waits (600 s at most) for SIGTERM or
-SIGUSR2. The Slurm tests requeue the cell's job (`scontrol requeue`) while it is surely inside a task."""
+"""`python -m fastpnr train ...` that, once per run folder and rank, pauses after its step number $PAUSE_AT_STEP
+(counted from 1 in each process) until a stop signal comes: writes <run folder>/paused.<rank>, then waits (600 s at
+most) for SIGTERM or SIGUSR2. Every rank pauses after the same step, as ranks in lockstep are. The Slurm tests
+requeue the cell's job (`scontrol requeue`) while it is surely inside a task."""
 import os
 import sys
 import time
@@ -20,7 +21,7 @@ def _handle_and_note(self, signum, frame):
 def _run_step_then_pause(self, *args, **kwargs):
     out = _run_step(self, *args, **kwargs)
     _calls[0] += 1
-    marker = Path(_option("--out") or _option("--resume")) / "paused"
+    marker = Path(_option("--out") or _option("--resume")) / f"paused.{os.environ.get('RANK', '0')}"
     if _calls[0] == int(os.environ["PAUSE_AT_STEP"]) and not marker.exists():
         marker.write_text(str(os.getpid()))
         deadline = time.monotonic() + 600

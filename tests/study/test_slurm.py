@@ -228,7 +228,8 @@ def _requeue_mid_task(on_slurm, data_root, out, monkeypatch, stop, reference: Pa
     monkeypatch.setenv("PAUSE_AT_STEP", "3")
     fastpnr(_real_args(data_root, out, "finetune", "--executor", "slurm", "--slurm.time", 60, *extra))
     folder, job = out / "simclr-finetune-s5", _submitted(out)["simclr-finetune-s5"][0]
-    _wait_until(lambda: (folder / "paused").exists(), "the cell reached its step 3")
+    ranks = 2 if "--nproc_per_cell" in extra else 1
+    _wait_until(lambda: all((folder / f"paused.{r}").exists() for r in range(ranks)), "the cell reached its step 3")
     if stop == "requeue":
         on_slurm.run("scontrol", "requeue", job)
     else:  # to every process of the job's steps, as --signal=USR2@120 does (submitit's own test hook does the same)
