@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import distributed, preempt
 from . import run_metrics
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .config import RunConfig, config_from_dict, config_with_overrides, format_config
@@ -44,6 +44,7 @@ class ContinualRun:
         self._checkpoint, self._config_changes = checkpoint, {}
         self.progress = self.writer = None  # open during fit()
         self._new_files = self.task_clock = None  # set during fit()
+        self._signal = preempt.NEVER  # the stop request of fit() (preempt.stop_on_signals)
         # torchrun: one process per device; only rank 0 logs and writes run files (through dist.main_only)
         self.device, self.dist = setup_process(cfg, dist)
         self.log = self._sink = self.dist.main_only(log)
@@ -65,14 +66,17 @@ class ContinualRun:
         self._stops, self._epochs_run = {"epochs": stop_after_epochs, "eval": stop_before_eval}, 0
         self._new_files, self.task_clock = None, None
         try:
-            ckpt = self._setup()
-            for task in range(self.start_task, self.last_task):
-                resumed = ckpt if task == self.start_task else None
-                if resumed is not None and resumed.get("phase") == "evaluate":
-                    set_rng_state(resumed["rng"])  # the state the uninterrupted run evaluated with
-                else:
-                    self._train_task(task, resumed)
-                self._finish_task(task)
+            with preempt.stop_on_signals() as self._signal:  # SIGTERM / SIGUSR2: checkpoint at the next step, exit
+                ckpt = self._setup()
+                for task in range(self.start_task, self.last_task):
+                    resumed = ckpt if task == self.start_task else None
+                    if resumed is not None and resumed.get("phase") == "evaluate":
+                        set_rng_state(resumed["rng"])  # the state the uninterrupted run evaluated with
+                    else:
+                        self._train_task(task, resumed)
+                    self._finish_task(task)
+                    if task + 1 < self.last_task and self.dist.any_rank(self._signal.requested):
+                        self._stopped_by_signal(task + 1, 0, 0)  # the next task's checkpoint is written
         except _Interrupted:
             self.log(f"stopped after {self._epochs_run} epochs (simulated interruption); resume with --resume {self.out}")
             return self.metrics
@@ -169,7 +173,8 @@ class ContinualRun:
                  "changes": {k: [old, new] for k, (old, new) in self._config_changes.items()}})
         T, E = self.cfg.data.num_tasks, self.cfg.optim.epochs
         self.log(f"resumed from {self.out / CHECKPOINT}: {task_label(self.start_task, T)}, "
-                 + ("its evaluation" if phase == "evaluate" else f"epoch {self.start_epoch + 1}/{E}"))
+                 + ("its evaluation" if phase == "evaluate" else f"epoch {self.start_epoch + 1}/{E}")
+                 + (f", step {ckpt['next_step']}" if ckpt.get("next_step") else ""))
 
     def _open_display(self, ckpt: dict | None) -> None:
         """The progress bar (or per-epoch lines; the run's log goes above the bar) and the TensorBoard scalars."""
@@ -195,14 +200,15 @@ class ContinualRun:
         anchors), the checkpoint's ``next_epoch`` counts inside it."""
         cfg, E, data = self.cfg, self.cfg.optim.epochs, self.data
         first_epoch = ckpt["next_epoch"] if ckpt is not None else 0
+        first_step = ckpt.get("next_step", 0) if ckpt is not None else 0  # > 0: a signal stopped that epoch
         view_configs = data.view_configs(self.method.num_views)
-        if first_epoch == 0:
+        if first_epoch == 0 and first_step == 0:
             self.regularizer.begin_task(self.method, task)
         groups = self.method.param_groups(cfg.optim) + self.regularizer.param_groups(cfg.optim)
         optimizer = build_optimizer(groups, cfg.optim)
         trainer = Trainer(self.method, self.regularizer, optimizer, cfg.train, self.device, log=self.log, dist=self.dist)
         if ckpt is not None:
-            if first_epoch > 0:
+            if first_epoch > 0 or first_step > 0:
                 optimizer.load_state_dict(ckpt["optimizer"])
                 trainer.scaler.load_state_dict(ckpt["scaler"])
             set_rng_state(ckpt["rng"])
@@ -211,10 +217,11 @@ class ContinualRun:
         if cfg.train.online_probe == "full":
             probe_loader = data.loader(data.eval_train, 1, [view_configs[-1]], seed=cfg.train.seed * 1000 + 500 + task)
         # this task's time so far: its earlier attempts' (a kill mid-task), from the checkpoint, then this one's
-        earlier = ckpt.get("task_clock") if ckpt is not None and first_epoch > 0 else None
+        earlier = ckpt.get("task_clock") if ckpt is not None and (first_epoch > 0 or first_step > 0) else None
         self.task_clock = run_metrics.TaskClock.resumed(task, earlier)
         for epoch in range(first_epoch, E):
-            self._train_epoch(task, epoch, trainer, loader, probe_loader)
+            resume_at = (first_step, lambda: set_rng_state(ckpt["rng"])) if epoch == first_epoch and first_step else (0, None)
+            self._train_epoch(task, epoch, trainer, loader, probe_loader, *resume_at)
         run_metrics.record_task_time(self.metrics, self.task_clock.state())
         self.task_clock = None  # the task's time is in the metrics now
         self.metrics.setdefault("world_size", []).append(self.dist.world_size)  # of each task's training
@@ -223,8 +230,9 @@ class ContinualRun:
         if self._stops["eval"] == task:
             raise _Interrupted()
 
-    def _train_epoch(self, task: int, epoch: int, trainer, loader, probe_loader) -> None:
-        """One epoch: steps, TensorBoard scalars, progress, the task's clock, checkpoint."""
+    def _train_epoch(self, task: int, epoch: int, trainer, loader, probe_loader, start_step=0, on_skipped=None) -> None:
+        """One epoch (from ``start_step`` when resumed inside it): steps, TensorBoard scalars, progress, the task's
+        clock, checkpoint. A stop signal: the checkpoint after the step in flight, then exit."""
         cfg, T, E, steps = self.cfg, self.cfg.data.num_tasks, self.cfg.optim.epochs, self.steps[task]
         set_lr(trainer.optimizer, epoch, E, cfg.optim)
         loader.set_epoch(epoch)
@@ -238,8 +246,12 @@ class ContinualRun:
                 self._scalar(f"train/{k}", v, at)
             self._scalar("train/images_per_second", ips, at)
 
-        means = trainer.train_epoch(loader, probe_iter, epoch, epoch_start, steps * E, steps,
-                                    progress=self.progress.bar, on_log=on_log)
+        means, stopped_at = trainer.train_epoch(loader, probe_iter, epoch, epoch_start, steps * E, steps,
+                                                progress=self.progress.bar, on_log=on_log, start_step=start_step,
+                                                stop=self._signal, on_skipped=on_skipped)
+        if stopped_at is not None:
+            self._save(task, epoch, trainer.optimizer, trainer, next_step=stopped_at)
+            self._stopped_by_signal(task, epoch, stopped_at)
         self.global_step += steps
         # the epoch's means of the logged terms (losses, collapse_std, effective_rank): metrics.json "train_epochs"
         self.metrics.setdefault("train_epochs", []).append({"task": task, "epoch": epoch, **means})
@@ -251,6 +263,14 @@ class ContinualRun:
         self._epochs_run += 1
         if self._stops["epochs"] is not None and self._epochs_run >= self._stops["epochs"] and epoch + 1 < E:
             raise _Interrupted()
+
+    def _stopped_by_signal(self, task: int, epoch: int, step: int):
+        """After the checkpoint of a signal stop: say where it stopped, exit with ``preempt.EXIT_CHECKPOINTED``."""
+        import signal as signals
+
+        name = signals.Signals(self._signal.signum).name if self._signal.signum else "a signal on another rank"
+        self.log(f"stopped by {name}: checkpoint at task {task} epoch {epoch} step {step}; resume with --resume {self.out}")
+        raise preempt.CheckpointedOnSignal(self._signal.signum or 0)
 
     def _scalar(self, tag: str, value, step: int) -> None:
         """Every scalar the run logs (TensorBoard, rank 0)."""
@@ -296,9 +316,10 @@ class ContinualRun:
             self.progress.status(f"{getattr(self, '_eval_label', 'evaluating')}: {what}")
 
     # ------------------------------------------------------------------------------------------------ checkpoint
-    def _state(self, next_task, next_epoch, optimizer, trainer, phase) -> dict:
+    def _state(self, next_task, next_epoch, optimizer, trainer, phase, next_step=0) -> dict:
         return {
             "format": 2, "config": self.cfg.to_dict(), "next_task": next_task, "next_epoch": next_epoch, "phase": phase,
+            "next_step": next_step,  # > 0: stopped by a signal inside epoch next_epoch, after this many steps
             "method": self.method.state_dict(), "regularizer": self.regularizer.state_dict(),
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scaler": trainer.scaler.state_dict() if trainer is not None else None,
@@ -309,13 +330,13 @@ class ContinualRun:
             "task_clock": self.task_clock.state() if self.task_clock is not None else None,  # time trained so far
         }
 
-    def _save(self, next_task, next_epoch, optimizer=None, trainer=None, phase="train"):
-        """Checkpoint. phase "train": task ``next_task`` trains from epoch ``next_epoch``; "evaluate": task
-        ``next_task`` is trained and its evaluation comes next."""
+    def _save(self, next_task, next_epoch, optimizer=None, trainer=None, phase="train", next_step=0):
+        """Checkpoint. phase "train": task ``next_task`` trains from epoch ``next_epoch`` (its step ``next_step``);
+        "evaluate": task ``next_task`` is trained and its evaluation comes next."""
         if self.writer is not None:
             self.writer.flush()  # the event files hold every scalar the checkpoint counts
         # the state is the same on every rank; the file is rank 0's (its RNG states, which every rank resumes with)
-        self.save_file(self._state(next_task, next_epoch, optimizer, trainer, phase), self.out / CHECKPOINT)
+        self.save_file(self._state(next_task, next_epoch, optimizer, trainer, phase, next_step), self.out / CHECKPOINT)
 
 
 class _Interrupted(Exception):

@@ -130,6 +130,10 @@ class Dist:
         """{name: host float}, averaged over ranks (the global-batch value of every logged loss term)."""
         return {k: float(v) for k, v in logs.items()}
 
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (a stop signal seen by one rank stops all at the same step)."""
+        return flag
+
     def broadcast_module(self, module: nn.Module) -> None:
         """Make every rank's parameters and buffers equal to rank 0's."""
 
@@ -218,6 +222,11 @@ class ProcessGroup(Dist):
         values = torch.stack([logs[k].detach().double().reshape(()) for k in names])  # fp64 runs log fp64
         tdist.all_reduce(values)
         return dict(zip(names, (values / self.world_size).tolist()))
+
+    def any_rank(self, flag):
+        t = torch.tensor([float(flag)], device=self.device)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return bool(t.item())
 
     def broadcast_module(self, module):
         with torch.no_grad():

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, FastPNRError, require
+from .preempt import EXIT_CHECKPOINTED
 from .study_cells import (CELL_FILE, CHECKPOINT, LOG_FILE, STUDY_FILE, Cell, CellState, _alive,  # noqa: F401
                           _read_json, _tasks, error_line, eta_s, fmt_duration, git_commit, progress_line,
                           read_state, regularizer_fields, strategy_options, write_json)
@@ -330,8 +331,11 @@ class StudyRunner:
         done, num = _tasks(folder)
         if num and done >= num:
             status, error = "done", None
-        elif stopped or returncode < 0:  # stopped, or killed by a signal (the user, OOM): resumable, not a failure
-            status, error = "interrupted", "stopped with the study" if stopped else f"killed by signal {-returncode}"
+        elif stopped or returncode < 0 or returncode == EXIT_CHECKPOINTED:  # stopped, or killed by a signal (the
+            # user, OOM), or checkpointed on SIGTERM: resumable, not a failure
+            status = "interrupted"
+            error = "stopped with the study" if stopped else f"killed by signal {-returncode}" if returncode < 0 else \
+                "stopped by a signal after its checkpoint"
         else:
             status = "failed"
             error = error_line(folder) if returncode else "exited 0 before finishing every task"

@@ -155,17 +155,29 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ the epoch
     def train_epoch(self, loader, probe_iter, epoch: int, step_offset: int, total_steps: int, steps: int,
-                    progress=None, on_log=None):
-        """Run ``steps`` steps from ``loader`` (an epoch). Returns the host means of the logged terms."""
+                    progress=None, on_log=None, start_step: int = 0, stop=None, on_skipped=None):
+        """Run steps ``start_step..steps-1`` from ``loader`` (an epoch). Returns (the host means of the logged terms,
+        the steps done when ``stop`` (``preempt.StopRequest``) was requested at a step boundary, else None).
+
+        Resuming mid-epoch replays the loader's first ``start_step`` batches untrained: an epoch's batches are a
+        function of (seed, epoch), so the steps after them see the batches of the uninterrupted run. ``on_skipped``
+        runs after them (the checkpoint's RNG state back in place)."""
         self.method.train()
         self.regularizer.train()
         sums: dict[str, float] = {}
         count = 0
-        last_time, last_step = time.perf_counter(), 0
+        last_time, last_step = time.perf_counter(), start_step
         batch_size = None
         for i, (views, labels, _indices) in enumerate(loader):
             if i >= steps:
                 break
+            if i < start_step:
+                if probe_iter is not None:
+                    next(probe_iter)
+                if i + 1 == start_step and on_skipped is not None:
+                    on_skipped()
+                    last_time = time.perf_counter()
+                continue
             batch_size = labels.shape[0]
             probe = None
             if probe_iter is not None:
@@ -198,7 +210,12 @@ class Trainer:
                     progress.set_postfix(loss=f"{host['loss']:.3f}", img_s=f"{ips:.0f}")
             if progress is not None:
                 progress.update(1)
-        return {k: v / max(count, 1) for k, v in sums.items()}
+            # a stop signal is read between steps (a Python int, no sync); across ranks only at the log steps,
+            # where the ranks sync anyway, so that all stop after the same step
+            synced = not self.dist.enabled or done % self.cfg.log_every == 0
+            if stop is not None and done < steps and synced and self.dist.any_rank(stop.requested):
+                return {k: v / max(count, 1) for k, v in sums.items()}, done
+        return {k: v / max(count, 1) for k, v in sums.items()}, None
 
 
 def _probe_losses(method, out, probe_batch):

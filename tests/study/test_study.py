@@ -8,13 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from fastpnr import study
+from fastpnr import preempt, study
 from fastpnr.cli import main as fastpnr
 from tests.conftest import tiny_overrides
 
 FAKE = str(Path(__file__).with_name("fake_train.py"))
 KILL = str(Path(__file__).with_name("kill_after_checkpoint.py"))
+SIGNAL = str(Path(__file__).with_name("signal_at_step.py"))
 
 
 def _cli(*args):
@@ -279,3 +281,28 @@ def test_real_cell_under_torchrun_on_cpu_trains_on_two_processes(data_root, tmp_
     assert attempt["slot"].startswith("CPU, 2 processes x ")
     metrics = json.loads((out / "simclr-finetune-s5" / "metrics.json").read_text())
     assert metrics["world_size"] == [2, 2] and metrics["per_rank_batch_size"] == [8, 8]
+
+
+@pytest.mark.slow
+def test_real_cell_signalled_mid_epoch_checkpoints_at_the_step_and_resumes_to_the_same_metrics(
+        real_study, data_root, monkeypatch, tmp_path, capsys):
+    """SIGTERM during step 1 of task 0's epoch (2 steps): the checkpoint is written after that step (inside the
+    epoch), the process exits EXIT_CHECKPOINTED (an interrupted cell, not a failure) and --resume trains step 2 on."""
+    out = tmp_path / "s"
+    monkeypatch.setattr(study, "launcher", lambda nproc, log_dir=None: [sys.executable, SIGNAL])
+    monkeypatch.setenv("SIGNAL_AT_STEP", "1")
+    fastpnr(_real_args(data_root, out, "finetune"))
+    folder = out / "simclr-finetune-s5"
+    state = study.read_state(folder)
+    assert state.status == "interrupted" and state.record["attempts"][0]["returncode"] == preempt.EXIT_CHECKPOINTED
+    assert state.record["error"] == "stopped by a signal after its checkpoint"
+    assert "stopped by SIGTERM: checkpoint at task 0 epoch 0 step 1" in (folder / "train.log").read_text()
+    ckpt = torch.load(folder / study.CHECKPOINT, weights_only=False)
+    assert (ckpt["next_task"], ckpt["next_epoch"], ckpt["next_step"]) == (0, 0, 1)
+    monkeypatch.undo()
+    fastpnr(_real_args(data_root, out, "finetune"))
+    state = study.read_state(folder)
+    assert state.status == "done" and [a["mode"] for a in state.record["attempts"]] == ["fresh", "resume"]
+    resumed = json.loads((folder / "metrics.json").read_text())
+    uninterrupted = json.loads((real_study / "simclr-finetune-s5" / "metrics.json").read_text())
+    assert resumed["matrices"] == uninterrupted["matrices"]
