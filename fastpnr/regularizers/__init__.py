@@ -1,12 +1,14 @@
 """Continual strategies registry: name -> (Regularizer class, config dataclass)."""
 from .base import DistillRegularizer, FrozenModelRegularizer, Regularizer, RegularizerConfig
 from .cassle import CaSSLe, CaSSLeConfig
+from .pfr import PFR, PFRConfig
 from .pnr import PNR, PNRConfig
 
 REGULARIZERS = {
     "finetune": (Regularizer, RegularizerConfig),
     "pnr": (PNR, PNRConfig),
     "cassle": (CaSSLe, CaSSLeConfig),
+    "pfr": (PFR, PFRConfig),
 }
 
 
@@ -15,4 +17,4 @@ def build_regularizer(cfg, method) -> Regularizer:
 
 
 __all__ = ["REGULARIZERS", "Regularizer", "RegularizerConfig", "FrozenModelRegularizer", "DistillRegularizer",
-           "PNR", "CaSSLe", "build_regularizer"]
+           "PNR", "CaSSLe", "PFR", "build_regularizer"]

@@ -23,7 +23,7 @@ def _method_extra(method: str, reg: str) -> dict:
         extra["method.queue_size"] = 64
     if method in ("byol", "simsiam") or "gsg" in method:
         extra["method.pred_hidden"] = 32
-    if reg != "finetune":
+    if reg in ("cassle", "pnr"):
         extra["regularizer.distill_hidden"] = 32
     return extra
 
@@ -32,7 +32,7 @@ def quiet(*_a, **_k):
     pass
 
 
-@pytest.mark.parametrize("reg", ["finetune", "cassle", "pnr"])
+@pytest.mark.parametrize("reg", ["finetune", "cassle", "pnr", "pfr"])
 @pytest.mark.parametrize("method", BASE_METHODS)
 def test_every_method_and_strategy_runs_two_tasks(data_root, tmp_path, method, reg):
     cfg = build_config("smoke", tiny_overrides(data_root, method=method, regularizer=reg, **_method_extra(method, reg)))
@@ -95,9 +95,10 @@ def assert_resumed_equals_full(out, full_dir, full: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_interrupted_and_resumed_run_equals_uninterrupted(data_root, tmp_path):
-    ov = tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32, "optim.epochs": 2,
-                                                          "train.online_probe": "full"})
+@pytest.mark.parametrize("reg", ["pnr", "pfr"])
+def test_interrupted_and_resumed_run_equals_uninterrupted(data_root, tmp_path, reg):
+    ov = tiny_overrides(data_root, regularizer=reg, **_method_extra("simclr", reg), **{"optim.epochs": 2,
+                                                                                     "train.online_probe": "full"})
     full = ContinualRun(build_config("smoke", ov), tmp_path / "full", log=quiet).fit()
     for stop in (1, 3):  # mid-task (after epoch 1 of task 0) and mid-task 1
         out = tmp_path / f"stop{stop}"
