@@ -408,6 +408,8 @@ class ContinualRun:
                 trainer.scaler.load_state_dict(ckpt["scaler"])
             set_rng_state(ckpt["rng"])
         loader = self._loader(self.task_train[task], self.method.num_views, view_configs, seed=cfg.train.seed * 1000 + task)
+        from .replay import with_replay  # regularizer.replay (ER, LUMP): the buffer batch joins or mixes into each batch
+        loader = with_replay(loader, self.regularizer, cfg.train.seed * 1000 + task, self.steps[0], E, cfg.optim.batch_size)
         probe_loader = None
         if cfg.train.online_probe == "full":
             probe_loader = self._loader(self.eval_train, 1, [view_configs[-1]], seed=cfg.train.seed * 1000 + 500 + task)

@@ -3,12 +3,15 @@ from .base import DistillRegularizer, FrozenModelRegularizer, Regularizer, Regul
 from .cassle import CaSSLe, CaSSLeConfig
 from .pfr import PFR, PFRConfig
 from .pnr import PNR, PNRConfig
+from .replay import ERConfig, LUMPConfig
 
 REGULARIZERS = {
     "finetune": (Regularizer, RegularizerConfig),
     "pnr": (PNR, PNRConfig),
     "cassle": (CaSSLe, CaSSLeConfig),
     "pfr": (PFR, PFRConfig),
+    "er": (Regularizer, ERConfig),
+    "lump": (Regularizer, LUMPConfig),
 }
 
 

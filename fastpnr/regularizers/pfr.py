@@ -29,6 +29,7 @@ class PFRConfig(RegularizerConfig):
     projector_hidden: Optional[int] = None  # hidden width of the temporal projector h; None: d/2 (pfr.py L26-31)
 
     def __post_init__(self):
+        super().__post_init__()
         require(self.weight >= 0, "regularizer.weight", self.weight, ">= 0")
         require(self.frozen_bn in FROZEN_BN_MODES, "regularizer.frozen_bn", self.frozen_bn, FROZEN_BN_MODES)
         require(self.projector_hidden is None or self.projector_hidden >= 1, "regularizer.projector_hidden",

@@ -25,6 +25,8 @@ def _method_extra(method: str, reg: str) -> dict:
         extra["method.pred_hidden"] = 32
     if reg in ("cassle", "pnr"):
         extra["regularizer.distill_hidden"] = 32
+    if reg in ("er", "lump"):
+        extra["regularizer.buffer_size"] = 16  # a tiny task 0 streams 2 steps x 16 images per epoch
     return extra
 
 
@@ -48,6 +50,26 @@ def test_every_method_and_strategy_runs_two_tasks(data_root, tmp_path, method, r
         diff = sum((p - frozen[n]).abs().sum().item() for n, p in run.method.backbone.named_parameters())
         assert diff > 0
         assert all(not p.requires_grad for p in run.regularizer.frozen.parameters())
+
+
+@pytest.mark.parametrize("method,reg,replay", [("simclr", "er", None), ("byol", "lump", None), ("barlow", "cassle", "er"),
+                                               ("simclr", "pnr", "er"), ("vicreg", "pfr", "lump")])
+def test_replay_alone_and_with_a_frozen_model_strategy_runs_two_tasks(data_root, tmp_path, method, reg, replay):
+    """ER and LUMP, and replay added to CaSSLe, PNR and PFR: the buffer streams every trained image of both tasks
+    (2 tasks x 2 steps x 16) and holds indices of their training images only."""
+    extra = {**_method_extra(method, reg), "regularizer.buffer_size": 16}
+    if replay:
+        extra["regularizer.replay"] = replay
+    run = ContinualRun(build_config("smoke", tiny_overrides(data_root, method=method, regularizer=reg, **extra)), tmp_path,
+                       log=quiet)
+    metrics = run.fit()
+    assert len(metrics["accuracy_matrix"]) == 2
+    buf = run.regularizer.replay_buffer
+    assert buf.seen_host == int(buf.seen) == 2 * 2 * 16 and buf.filled() == 16
+    trained = set(np.concatenate(run.task_train).tolist())
+    assert set(buf.slots.tolist()) <= trained
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["regularizer"]
+    assert torch.equal(ckpt["replay_buffer.slots"], buf.slots)
 
 
 def test_run_folder_holds_metrics_csv_png_tensorboard_and_tasks(data_root, tmp_path):
@@ -95,7 +117,7 @@ def assert_resumed_equals_full(out, full_dir, full: dict) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("reg", ["pnr", "pfr"])
+@pytest.mark.parametrize("reg", ["pnr", "pfr", "er", "lump"])
 def test_interrupted_and_resumed_run_equals_uninterrupted(data_root, tmp_path, reg):
     ov = tiny_overrides(data_root, regularizer=reg, **_method_extra("simclr", reg), **{"optim.epochs": 2,
                                                                                      "train.online_probe": "full"})
