@@ -377,10 +377,10 @@ class ContinualRun:
 
     def _open_display(self, ckpt: dict | None) -> None:
         """The progress bar (or per-epoch lines; the run's log goes above the bar) and the TensorBoard scalars."""
-        T, E = self.cfg.data.num_tasks, self.cfg.optim.epochs
+        T = self.cfg.data.num_tasks
         self.last_task = min(T, self.cfg.train.max_tasks or T)  # train.max_tasks: a partial run stops after these
-        total = sum(s * E for s in self.steps[:self.last_task])
-        done = sum(self.steps[t] * E for t in range(self.start_task))
+        total = sum(s * self._task_epochs(t) for t, s in enumerate(self.steps[:self.last_task]))
+        done = sum(self.steps[t] * self._task_epochs(t) for t in range(self.start_task))
         done += self.steps[self.start_task] * self.start_epoch if self.start_task < T else 0
         self.progress = TrainProgress(total, done, self.cfg.train.progress and self.dist.is_main, log=self._sink)
         self.log = self.progress.log
@@ -392,30 +392,37 @@ class ContinualRun:
                 opened.close()
         self.progress, self.writer, self.log = None, None, self._sink
 
+    def _task_phases(self, task: int) -> list[tuple[str, int]]:
+        """(name, epochs) of task ``task``'s training phases: one of optim.epochs, or the regularizer's (POCON)."""
+        return self.regularizer.phases(task, self.cfg.optim.epochs)
+
+    def _task_epochs(self, task: int) -> int:
+        return sum(n for _, n in self._task_phases(task))
+
     def _train_task(self, task: int, ckpt: dict | None) -> None:
-        """Task ``task``'s epochs (from the checkpoint's epoch when resuming), then the checkpoint before evaluation."""
-        cfg, E = self.cfg, self.cfg.optim.epochs
+        """Task ``task``'s epochs (from the checkpoint's epoch when resuming), phase by phase (each with a fresh
+        optimizer and schedule; the checkpoint's epoch counts across them), then the checkpoint before evaluation."""
+        cfg, E = self.cfg, self._task_epochs(task)
         first_epoch = ckpt["next_epoch"] if ckpt is not None else 0
         view_configs = self._view_configs()
         if first_epoch == 0:
             self.regularizer.begin_task(self.method, task)
-        groups = self.method.param_groups(cfg.optim) + self.regularizer.param_groups(cfg.optim)
-        optimizer = build_optimizer(groups, cfg.optim)  # fresh per task, as the anchors
-        trainer = Trainer(self.method, self.regularizer, optimizer, cfg.train, self.device, log=self.log, dist=self.dist)
         if ckpt is not None:
-            if first_epoch > 0:
-                optimizer.load_state_dict(ckpt["optimizer"])
-                trainer.scaler.load_state_dict(ckpt["scaler"])
             set_rng_state(ckpt["rng"])
         loader = self._loader(self.task_train[task], self.method.num_views, view_configs, seed=cfg.train.seed * 1000 + task)
         from .replay import with_replay  # regularizer.replay (ER, LUMP): the buffer batch joins or mixes into each batch
-        loader = with_replay(loader, self.regularizer, cfg.train.seed * 1000 + task, self.steps[0], E, cfg.optim.batch_size)
+        loader = with_replay(loader, self.regularizer, cfg.train.seed * 1000 + task, self.steps[0], self._task_epochs(0),
+                             cfg.optim.batch_size)
         probe_loader = None
         if cfg.train.online_probe == "full":
             probe_loader = self._loader(self.eval_train, 1, [view_configs[-1]], seed=cfg.train.seed * 1000 + 500 + task)
-        task_start, task_images = time.perf_counter(), 0
-        for epoch in range(first_epoch, E):
-            task_images += self._train_epoch(task, epoch, trainer, loader, probe_loader)
+        task_start, task_images, start = time.perf_counter(), 0, 0
+        for name, n in self._task_phases(task):
+            if first_epoch < start + n:
+                trainer = self._phase_trainer(task, name, ckpt if first_epoch > start else None)
+                for epoch in range(max(first_epoch, start), start + n):
+                    task_images += self._train_epoch(task, epoch, trainer, loader, probe_loader, (start, n, E))
+            start += n
         elapsed = time.perf_counter() - task_start
         self.metrics["task_time_s"].append(elapsed)
         self.metrics["images_per_second"].append(task_images / max(elapsed, 1e-9))
@@ -425,16 +432,34 @@ class ContinualRun:
         if self._stops["eval"] == task:
             raise _Interrupted()
 
-    def _train_epoch(self, task: int, epoch: int, trainer, loader, probe_loader) -> int:
-        """One epoch: steps, TensorBoard scalars, progress, checkpoint. Returns the number of images trained on."""
-        cfg, T, E, steps = self.cfg, self.cfg.data.num_tasks, self.cfg.optim.epochs, self.steps[task]
-        set_lr(trainer.optimizer, epoch, E, cfg.optim)
+    def _phase_trainer(self, task: int, phase: str, ckpt: dict | None) -> Trainer:
+        """The phase's Trainer with a fresh optimizer (as the anchors, every task); ``ckpt``: resuming inside the
+        phase (its optimizer and scaler state), else the phase starts here (``begin_phase``)."""
+        cfg = self.cfg
+        if ckpt is None:
+            self.regularizer.begin_phase(self.method, task, phase)
+        method, regularizer = self.regularizer.phase_modules(self.method, phase)
+        groups = method.param_groups(cfg.optim) + regularizer.param_groups(cfg.optim)
+        optimizer = build_optimizer(groups, cfg.optim)
+        trainer = Trainer(method, regularizer, optimizer, cfg.train, self.device, log=self.log, dist=self.dist)
+        if ckpt is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            trainer.scaler.load_state_dict(ckpt["scaler"])
+        return trainer
+
+    def _train_epoch(self, task: int, epoch: int, trainer, loader, probe_loader, phase: tuple[int, int, int]) -> int:
+        """One epoch: steps, TensorBoard scalars, progress, checkpoint. Returns the number of images trained on.
+        ``phase``: (its first epoch in the task, its epochs, the task's epochs); schedules run over the phase."""
+        cfg, T, steps = self.cfg, self.cfg.data.num_tasks, self.steps[task]
+        start, n, E = phase
+        set_lr(trainer.optimizer, epoch - start, n, cfg.optim)
         loader.set_epoch(epoch)
         probe_iter = _cycle(probe_loader, epoch) if probe_loader is not None else None
         self.progress.start_epoch(task, T, epoch, E)
         t0 = time.perf_counter()
-        means = trainer.train_epoch(loader, probe_iter, epoch, epoch * steps, steps * E, steps,
-                                    progress=self.progress.bar, on_log=self._scalar_logger(epoch * steps))
+        at = (epoch - start) * steps  # the step in the phase: the EMA tau schedule runs over the phase's steps
+        means = trainer.train_epoch(loader, probe_iter, epoch, at, steps * n, steps,
+                                    progress=self.progress.bar, on_log=self._scalar_logger(at))
         self.global_step += steps
         images = steps * cfg.optim.batch_size
         self.progress.end_epoch(task, T, epoch, E, steps, images, time.perf_counter() - t0, means)

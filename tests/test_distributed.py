@@ -148,13 +148,13 @@ def test_two_ranks_equal_one_process(data_root, tmp_path, method):
 
 
 STRATEGY_EXTRA = {"pnr": {"regularizer.distill_hidden": 32}, "cassle": {"regularizer.distill_hidden": 32}, "pfr": {},
-                  "er": {"regularizer.buffer_size": 16}, "lump": {"regularizer.buffer_size": 16}}
+                  "er": {"regularizer.buffer_size": 16}, "lump": {"regularizer.buffer_size": 16}, "pocon": {}}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method,reg", [("mocov2plus", "pnr"), ("simclr", "cassle"), ("barlow", "pnr"),
                                         ("vicreg", "pnr"), ("byol_gsg", "pnr"), ("barlow", "pfr"), ("simclr", "er"),
-                                        ("byol", "lump")])
+                                        ("byol", "lump"), ("barlow", "pocon")])
 def test_two_ranks_equal_one_process_over_the_first_steps(data_root, tmp_path, method, reg):
     """The other methods (and CaSSLe), 2 tasks x 2 steps: a semantic difference shows at once (before GSG permuted
     the global batch: 1.5e-2 at step 1). 20 steps would cost a minute each, and Barlow Twins', VICReg's and

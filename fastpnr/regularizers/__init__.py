@@ -3,6 +3,7 @@ from .base import DistillRegularizer, FrozenModelRegularizer, Regularizer, Regul
 from .cassle import CaSSLe, CaSSLeConfig
 from .pfr import PFR, PFRConfig
 from .pnr import PNR, PNRConfig
+from .pocon import POCON, POCONConfig
 from .replay import ERConfig, LUMPConfig
 
 REGULARIZERS = {
@@ -12,6 +13,7 @@ REGULARIZERS = {
     "pfr": (PFR, PFRConfig),
     "er": (Regularizer, ERConfig),
     "lump": (Regularizer, LUMPConfig),
+    "pocon": (POCON, POCONConfig),
 }
 
 
@@ -20,4 +22,4 @@ def build_regularizer(cfg, method) -> Regularizer:
 
 
 __all__ = ["REGULARIZERS", "Regularizer", "RegularizerConfig", "FrozenModelRegularizer", "DistillRegularizer",
-           "PNR", "CaSSLe", "PFR", "build_regularizer"]
+           "PNR", "CaSSLe", "PFR", "POCON", "build_regularizer"]

@@ -64,6 +64,19 @@ class Regularizer(nn.Module):
     def begin_task(self, method, task: int) -> None:
         self.task.fill_(task)
 
+    # -- phases inside a task (POCON); one phase "train" of optim.epochs by default ---------------------
+    def phases(self, task: int, epochs: int) -> list[tuple[str, int]]:
+        """(name, epochs) of task ``task``'s training phases, in order (``epochs``: optim.epochs). Each phase has its
+        own optimizer and learning-rate schedule; a checkpoint's epoch counts the task's epochs across phases."""
+        return [("train", epochs)]
+
+    def begin_phase(self, method, task: int, phase: str) -> None:
+        """Called when phase ``phase`` of task ``task`` starts (not when a run resumes inside it), after begin_task."""
+
+    def phase_modules(self, method, phase: str):
+        """(the Method the phase's steps train, the Regularizer they use): ``(method, self)`` by default."""
+        return method, self
+
     def frozen_forward(self, views: list[torch.Tensor]) -> dict:
         return {}
 
