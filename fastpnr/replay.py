@@ -90,9 +90,10 @@ class ReplayLoader:
     def __init__(self, loader, buffer, mode: str, replay_batch: int, seed: int, dist, alpha: float):
         from loaders.gpu_aug import augment_batch, draw_rows
 
-        require(getattr(loader, "resident", None) == "device", "regularizer.replay", mode,
-                "none here: replay needs the training images resident on the device (data.loader gpu; these images "
-                "exceed half the free device memory)")
+        if getattr(loader, "resident", None) != "device":
+            raise ConfigError(f"regularizer.replay={mode!r} needs the training images resident on the device; these "
+                              "exceed half its free memory (the gpu loader keeps them on the host): lower "
+                              "data.image_size, or use regularizer.replay none")
         self.loader, self.buffer, self.mode, self.replay_batch = loader, buffer, mode, replay_batch
         self.seed, self.dist, self.alpha = int(seed), dist, float(alpha)
         self.shard = dist.shard(replay_batch) if dist.enabled else None  # one line when the world size does not divide R
