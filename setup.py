@@ -31,6 +31,8 @@ setup(
         "ffcv": ["ffcv==1.0.2", "opencv-python-headless"],
         "dali": ["nvidia-dali-cuda130"],
         "profile": ["tensorboard>=2.15", "torch-tb-profiler>=0.4.3"],
+        "yaml": ["pyyaml>=6"],                # fastpnr train --config FILE.yaml (JSON needs nothing)
+        "wandb": ["wandb>=0.17", "pyyaml>=6"],  # --train.wandb PROJECT
     },
     entry_points={"console_scripts": ["fastpnr=fastpnr.cli:main"]},
 )

@@ -17,6 +17,7 @@ COMMANDS = {
     "bench_loaders": "loader throughput benchmark",
     "bench_kernels": "fused InfoNCE kernel benchmark",
     "profile": "torch.profiler trace of training steps",
+    "export": "write a trained model's backbone (task{t}.pt) as a torchvision-layout ResNet state_dict",
 }
 
 
@@ -42,6 +43,15 @@ def run_fire(main, argv=None, name: str = "fastpnr"):
 
 
 def _module(command: str):
+    # A source checkout (its setup.py beside the fastpnr package; e.g. PYTHONPATH=<checkout>): that checkout's
+    # scripts/, never the ones an editable install of another checkout maps to fastpnr.scripts.
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if (root / "setup.py").is_file() and (root / "scripts" / f"{command}.py").is_file():
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        return importlib.import_module(f"scripts.{command}")
     try:
         return importlib.import_module(f"fastpnr.scripts.{command}")
     except ModuleNotFoundError:

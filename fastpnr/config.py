@@ -8,6 +8,8 @@ once with one line naming the field, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
@@ -22,6 +24,7 @@ PROTOCOLS = ("linear", "knn", "online", "official")
 OPTIMIZERS = ("lars", "sgd")
 PROBES = ("full", "task", "off")
 FROZEN_BN = ("eval", "train")
+WANDB_MODES = ("auto", "online", "offline")
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,11 @@ class TrainConfig:
     max_tasks: Optional[int] = None         # stop after the first N tasks (a partial run; --resume --train.max_tasks M goes on)
     progress: bool = True                 # progress bar while training, decoding progress
     threads: Optional[int] = None           # CPU threads
+    wandb: str = ""                         # Weights & Biases project to log to (pip install fastpnr[wandb]); empty: off
+    wandb_entity: Optional[str] = None      # W&B entity (user or team); None: the account's default entity
+    wandb_group: Optional[str] = None       # W&B run group (a study sets its folder name); None: no group
+    wandb_name: Optional[str] = None        # W&B run name; None: the run folder's name
+    wandb_mode: str = "auto"                # auto: online with a W&B login (WANDB_API_KEY, ~/.netrc, WANDB_MODE), else offline
 
     def __post_init__(self):
         require(self.precision in PRECISIONS, "train.precision", self.precision, PRECISIONS)
@@ -160,6 +168,7 @@ class TrainConfig:
         require(self.graph_warmup >= 1, "train.graph_warmup", self.graph_warmup, ">= 1")
         require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "train.steps_per_epoch", self.steps_per_epoch, "None or >= 1")
         require(self.max_tasks is None or self.max_tasks >= 1, "train.max_tasks", self.max_tasks, "None or an integer >= 1")
+        require(self.wandb_mode in WANDB_MODES, "train.wandb_mode", self.wandb_mode, WANDB_MODES)
 
 
 @dataclass(frozen=True)
@@ -451,31 +460,144 @@ def normalize_overrides(overrides: dict) -> dict:
     return nested
 
 
-def build_config(preset: str = "smoke", overrides: Optional[dict] = None) -> RunConfig:
-    """Resolve a run configuration from a preset name and dotted overrides (see module docstring)."""
+def build_config(preset: str | None = "smoke", overrides: Optional[dict] = None,
+                 config_file: str | None = None) -> RunConfig:
+    """Resolve a run configuration from a preset name and dotted overrides (see module docstring).
+
+    ``config_file`` (``fastpnr train --config FILE``): a JSON or YAML file shaped like a run's ``config.json``, laid
+    over the preset (``preset=None``: over the dataclass defaults), under the overrides. Its keys are as strict as
+    the command line's; an error in a value the file set names the file."""
     from .methods import METHODS
     from .regularizers import REGULARIZERS
 
-    require(preset in PRESETS, "preset", preset, sorted(PRESETS))
-    base = {k: v for k, v in PRESETS[preset].items() if k not in ("description", "per_method")}
+    base, per_method_blocks = {}, {}
+    if preset is not None:
+        require(preset in PRESETS, "preset", preset, sorted(PRESETS))
+        base = {k: v for k, v in PRESETS[preset].items() if k not in ("description", "per_method")}
+        per_method_blocks = PRESETS[preset].get("per_method", {})
     user = normalize_overrides(overrides or {})
-    method_name = user.get("method", {}).get("name", base.get("method", {}).get("name", "simclr"))
-    require(method_name in METHODS, "method", method_name, sorted(METHODS))
-    per_method = PRESETS[preset].get("per_method", {}).get(method_name, {})
-    merged = _deep_merge(_deep_merge(base, per_method), user)
+    from_file = read_config_file(config_file) if config_file is not None else {}
+    method_name = user.get("method", {}).get("name", from_file.get("method", {}).get(
+        "name", base.get("method", {}).get("name", "simclr")))
+    if config_file is not None:
+        reg_name = user.get("regularizer", {}).get("name", from_file.get("regularizer", {}).get(
+            "name", base.get("regularizer", {}).get("name", "finetune")))
+        check_file_keys(from_file, config_file, method_name, reg_name)
+    try:
+        require(method_name in METHODS, "method", method_name, sorted(METHODS))
+        per_method = per_method_blocks.get(method_name, {})
+        merged = _deep_merge(_deep_merge(_deep_merge(base, per_method), from_file), user)
+        strict = _deep_merge(from_file, user)  # keys given by the user (file or command line) must exist
 
-    sections = {}
-    for name, cls in SECTIONS.items():
-        sections[name] = _make(cls, merged.get(name, {}), name, set(user.get(name, {})))
-    method_cls, method_cfg_cls = METHODS[method_name]
-    method_values = dict(merged.get("method", {}), name=method_name)
-    method_cfg = _make(method_cfg_cls, method_values, "method", set(user.get("method", {})))
+        sections = {}
+        for name, cls in SECTIONS.items():
+            sections[name] = _make(cls, merged.get(name, {}), name, set(strict.get(name, {})))
+        method_cls, method_cfg_cls = METHODS[method_name]
+        method_values = dict(merged.get("method", {}), name=method_name)
+        method_cfg = _make(method_cfg_cls, method_values, "method", set(strict.get("method", {})))
 
-    reg_values = dict(merged.get("regularizer", {}))
-    reg_name = reg_values.get("name", "finetune")
-    require(reg_name in REGULARIZERS, "regularizer", reg_name, sorted(REGULARIZERS))
-    reg_cfg = _make(REGULARIZERS[reg_name][1], reg_values, "regularizer", set(user.get("regularizer", {})))
-    return validate_combinations(RunConfig(method=method_cfg, regularizer=reg_cfg, out=merged.get("out"), **sections))
+        reg_values = dict(merged.get("regularizer", {}))
+        reg_name = reg_values.get("name", "finetune")
+        require(reg_name in REGULARIZERS, "regularizer", reg_name, sorted(REGULARIZERS))
+        reg_cfg = _make(REGULARIZERS[reg_name][1], reg_values, "regularizer", set(strict.get("regularizer", {})))
+        cfg = validate_combinations(RunConfig(method=method_cfg, regularizer=reg_cfg, out=merged.get("out"), **sections))
+    except ConfigError as e:
+        raise _blame_file(e, config_file, from_file, user) from None
+    check_extras(cfg)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------- config files
+CONFIG_FORMATS = {".json": "JSON", ".yaml": "YAML", ".yml": "YAML"}
+FILE_KEYS = (*SECTIONS, "method", "regularizer", "out")
+
+
+def read_config_file(path: str) -> dict:
+    """The nested dict of a JSON or YAML configuration file (a run's ``config.json`` is one). A file that is missing,
+    does not parse or is not a mapping is one line naming the file (and the line where parsing stopped)."""
+    from pathlib import Path
+
+    p = Path(path)
+    kind = CONFIG_FORMATS.get(p.suffix.lower())
+    require(kind is not None, "--config", str(path), f"a file ending in {', '.join(CONFIG_FORMATS)}")
+    if not p.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    text = p.read_text()
+    if kind == "JSON":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--config {path}: line {e.lineno} does not parse as JSON ({e.msg})") from None
+    else:
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"--config {path}: YAML files need PyYAML: install fastpnr[yaml] (pip install pyyaml), "
+                              "or give the configuration as JSON") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+            where = f"line {mark.line + 1}" if mark is not None else "the file"
+            what = getattr(e, "problem", None) or type(e).__name__
+            raise ConfigError(f"--config {path}: {where} does not parse as YAML ({what})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: holds a {type(data).__name__}; allowed: a mapping of sections "
+                          f"({', '.join(FILE_KEYS)}), as in a run's config.json")
+    return data
+
+
+def check_file_keys(data: dict, path: str, method_name: str, reg_name: str) -> None:
+    """Every key of a configuration file is a section and a field of it (the method's and regularizer's fields are
+    those of ``method_name`` / ``reg_name``, the names the run resolves to), else one line naming file and key."""
+    from .methods import METHODS
+    from .regularizers import REGULARIZERS
+
+    for key, value in data.items():
+        if key not in FILE_KEYS:
+            raise ConfigError(f"--config {path}: key {key!r} is not known; allowed at the top: {', '.join(FILE_KEYS)}")
+        if key == "out":
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"--config {path}: {key} holds {value!r}; allowed: a mapping of {key}'s fields")
+        if key in SECTIONS:
+            cls, owner = SECTIONS[key], f"section {key}"
+        elif key == "method":
+            cls, owner = (METHODS[method_name][1] if method_name in METHODS else None), f"method {method_name}"
+        else:
+            cls, owner = (REGULARIZERS[reg_name][1] if reg_name in REGULARIZERS else None), f"regularizer {reg_name}"
+        if cls is None:
+            continue  # the unknown name itself is reported by build_config
+        names = sorted(f.name for f in fields(cls) if f.init)
+        for name in value:
+            if name not in names:
+                raise ConfigError(f"--config {path}: key {key}.{name} is not a field of {owner}; allowed: "
+                                  f"{', '.join(names)}")
+
+
+def _blame_file(error: ConfigError, path: str | None, from_file: dict, user: dict) -> ConfigError:
+    """``error`` prefixed with the file's name when the field it names was set by the file (not the command line)."""
+    if path is None:
+        return error
+    match = re.match(r"([A-Za-z_]+(?:\.[A-Za-z_]+)?)[=\s]", str(error))
+    field_name = match.group(1) if match else ""
+    if field_name in ("method", "regularizer"):
+        field_name += ".name"
+    section, _, name = field_name.partition(".")
+    in_file = name in from_file.get(section, {}) if isinstance(from_file.get(section), dict) else False
+    on_command_line = name in user.get(section, {})
+    return ConfigError(f"--config {path}: {error}") if in_file and not on_command_line else error
+
+
+def check_extras(cfg: RunConfig) -> None:
+    """Optional packages a new or resumed run asks for are installed (checked without importing them)."""
+    import importlib.util
+
+    if cfg.train.wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(f"train.wandb={cfg.train.wandb!r} needs Weights & Biases: install fastpnr[wandb] "
+                          "(pip install wandb), or leave train.wandb empty")
 
 
 def config_from_dict(d: dict) -> RunConfig:
@@ -492,7 +614,9 @@ def config_from_dict(d: dict) -> RunConfig:
 
 def config_with_overrides(d: dict, overrides: dict) -> RunConfig:
     """A saved configuration (``RunConfig.to_dict``) with dotted ``overrides`` applied (``--resume DIR --train.x v``)."""
-    return config_from_dict(_deep_merge(d, normalize_overrides(overrides)))
+    cfg = config_from_dict(_deep_merge(d, normalize_overrides(overrides)))
+    check_extras(cfg)
+    return cfg
 
 
 def validate_combinations(cfg: RunConfig) -> RunConfig:

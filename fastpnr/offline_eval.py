@@ -1,7 +1,7 @@
 """Offline evaluation of a saved model (``task{t}.pt`` or ``checkpoint.pt``): linear probe or kNN per task.
 
-Both go through the run's own evaluation path (``ContinualRun._protocol_rows``) with the run's configuration and
-seed rule (``evaluation.eval_seed``), so with no options the result is the run's figure for that task; the output
+Both go through the run's own evaluation path (``protocols.Evaluator.rows`` on the run's ``task_data.TaskData``)
+with the run's configuration and seed rule (``evaluation.eval_seed``), so with no options the result is the run's figure for that task; the output
 carries ``matches_run`` and the run's figure beside its own (read from ``metrics.json`` in the run folder).
 
 Two linear modes:
@@ -29,9 +29,11 @@ import torch
 from . import evaluation as ev
 from .checkpoint import load_checkpoint
 from .config import config_from_dict
-from .continual import ContinualRun
 from .errors import ConfigError, require
 from .methods import build_method
+from .protocols import Evaluator
+from .runtime import setup_process
+from .task_data import TaskData
 
 MODES = ("features", "official", "augmented")
 # command-line option -> eval config field, per linear mode (the others are shared: train_fraction, label_fraction)
@@ -65,14 +67,24 @@ def _load_run(checkpoint: str, data_dir: str | None, device: str, eval_overrides
     d["eval"].update(eval_overrides)
     cfg = config_from_dict(d)
     folder = Path(checkpoint).parent if Path(checkpoint).is_file() else Path(checkpoint)
-    return ckpt, cfg, ContinualRun(cfg, folder, log=lambda *a: None), changed
+    return ckpt, cfg, folder, changed
+
+
+class _Offline:
+    """What one offline evaluation works on: the run's configuration and folder, its data, its evaluator."""
+
+    def __init__(self, cfg, folder: Path):
+        self.cfg, self.out = cfg, folder
+        self.device, dist = setup_process(cfg)  # the run's device, threads and determinism: the run's numbers
+        self.data = TaskData(cfg, dist=dist, device=self.device, log=lambda *a: None)  # nothing written
+        self.evaluator = Evaluator(cfg, self.data, dist)
 
 
 def _prepare(checkpoint, data_dir, device, eval_overrides, progress=False):
-    ckpt, cfg, run, changed = _load_run(checkpoint, data_dir, device, eval_overrides, progress)
-    run._load_data(write_tasks=False)
+    ckpt, cfg, folder, changed = _load_run(checkpoint, data_dir, device, eval_overrides, progress)
+    run = _Offline(cfg, folder)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-    method = build_method(cfg.method, cfg.model, run.num_classes).to(run.device, memory_format=memory_format)  # as the run
+    method = build_method(cfg.method, cfg.model, run.data.num_classes).to(run.device, memory_format=memory_format)  # as the run
     method.load_state_dict(ckpt["method"])
     return ckpt, cfg, run, method, changed
 
@@ -126,45 +138,46 @@ def _report(run, ckpt, protocol: str, mode: str, fits, changed: dict, extra: dic
               "test_accuracy_std": s["test_accuracy_std"], "per_task_accuracy": s["row"],
               "per_task_accuracy_std": s["row_std"], "fits": len(fits),
               "seeds": [ev.eval_seed(run.cfg.train.seed, task, r) for r in range(len(fits))],
-              "train_images": int(len(run._probe_train_indices())), "label_fraction": run.cfg.eval.label_fraction}
+              "train_images": int(len(run.data.probe_train_indices())), "label_fraction": run.cfg.eval.label_fraction}
     if run.cfg.data.scenario == "domain":  # task j is domain j: the same numbers by domain name
-        result["per_domain_accuracy"] = {t.domains[0]: a for t, a in zip(run.tasks, s["row"])}
+        result["per_domain_accuracy"] = {t.domains[0]: a for t, a in zip(run.data.tasks, s["row"])}
     result.update(extra or {})
     result.update(_against_run(run, protocol, task, s, changed))
     print(json.dumps(result))
     return result
 
 
-def _domain_subsets(run) -> list[tuple[str, np.ndarray, torch.Tensor]]:
+def _domain_subsets(data: TaskData) -> list[tuple[str, np.ndarray, torch.Tensor]]:
     """(domain, its labelled train images (dataset indices), positions in the test rows) per task."""
-    if run.cfg.data.scenario != "domain":
-        raise ConfigError(f"per_domain=True is invalid for data.scenario={run.cfg.data.scenario!r}; allowed: "
+    if data.cfg.data.scenario != "domain":
+        raise ConfigError(f"per_domain=True is invalid for data.scenario={data.cfg.data.scenario!r}; allowed: "
                           "domain-incremental runs only")
-    train_idx = run._probe_train_indices()
-    ids = run.train_set.domain_ids[train_idx]
+    train_idx = data.probe_train_indices()
+    ids = data.train_set.domain_ids[train_idx]
     out = []
-    for t, part in zip(run.tasks, run.test_parts):
-        rows = np.flatnonzero(ids == run.train_set.domains.index(t.domains[0]))
+    for t, part in zip(data.tasks, data.test_parts):
+        rows = np.flatnonzero(ids == data.train_set.domains.index(t.domains[0]))
         if len(rows) < 2:
             raise ConfigError(f"--train_fraction leaves {len(rows)} labelled {t.domains[0]!r} images; allowed: a "
                               "fraction that keeps at least 2 per domain with --per_domain")
-        out.append((t.domains[0], train_idx[rows], torch.as_tensor(part, device=run.device)))
+        out.append((t.domains[0], train_idx[rows], torch.as_tensor(part, device=data.device)))
     return out
 
 
-def _per_domain_runs(run, method, mode: str, task: int) -> dict:
+def _per_domain_runs(evaluator: Evaluator, method, mode: str, task: int) -> dict:
     """{domain: accuracy on its test images of a probe trained on its train images only} (mean over the fits)."""
-    extract = run._feature_extractor(method)
-    test_x = extract(run.test_set, run.test_indices)
-    test_y = torch.as_tensor(run.test_set.labels[run.test_indices], device=run.device)
-    e, runs = run.cfg.eval, {}
-    for domain, subset, part in _domain_subsets(run):
+    data = evaluator.data
+    extract = evaluator.feature_extractor(method)
+    test_x = extract(data.test_set, data.test_indices)
+    test_y = torch.as_tensor(data.test_set.labels[data.test_indices], device=data.device)
+    e, runs = data.cfg.eval, {}
+    for domain, subset, part in _domain_subsets(data):
         if mode == "features":
-            train_x = extract(run.train_set, subset)
-            train_y = torch.as_tensor(run.train_set.labels[subset], device=run.device)
-            predict = [run._fit_linear(train_x, train_y, task, r) for r in range(e.linear_seeds)]
+            train_x = extract(data.train_set, subset)
+            train_y = torch.as_tensor(data.train_set.labels[subset], device=data.device)
+            predict = [evaluator.fit_linear(train_x, train_y, task, r) for r in range(e.linear_seeds)]
         else:
-            predict = [run._fit_official(method, subset, task, r) for r in range(e.official_seeds)]
+            predict = [evaluator.fit_official(method, subset, task, r) for r in range(e.official_seeds)]
         with torch.no_grad():
             runs[domain] = float(np.mean([ev.accuracy(p(test_x[part]), test_y[part]) for p in predict]))
     return runs
@@ -182,10 +195,10 @@ def linear_eval(checkpoint: str, data_dir: str | None = None, mode: str = "featu
                                        "seeds": seeds, "train_fraction": train_fraction, "label_fraction": label_fraction})
     ckpt, cfg, run, method, changed = _prepare(checkpoint, data_dir, device, overrides, progress)
     protocol, task = PROTOCOL_OF_MODE[mode], _last_trained_task(ckpt)
-    extra = {"per_domain_runs": _per_domain_runs(run, method, mode, task)} if per_domain else {}
+    extra = {"per_domain_runs": _per_domain_runs(run.evaluator, method, mode, task)} if per_domain else {}
     if mode == "official":
         extra["lr"] = cfg.eval.official_lr or ev.OFFICIAL_LINEAR_LR.get(cfg.method.name)
-    fits = run._protocol_rows(task, method=method, protocols=(protocol,))[protocol]
+    fits = run.evaluator.rows(task, method, protocols=(protocol,))[protocol]
     result = _report(run, ckpt, protocol, mode, fits, changed, extra)
     if out:
         Path(out).write_text(json.dumps(result, indent=2))
@@ -200,7 +213,7 @@ def knn_eval(checkpoint: str, data_dir: str | None = None, k: int | None = None,
     overrides = _eval_overrides("knn", {"k": k, "temperature": temperature, "train_fraction": train_fraction,
                                         "label_fraction": label_fraction})
     ckpt, cfg, run, method, changed = _prepare(checkpoint, data_dir, device, overrides)
-    fits = run._protocol_rows(_last_trained_task(ckpt), method=method, protocols=("knn",))["knn"]
+    fits = run.evaluator.rows(_last_trained_task(ckpt), method, protocols=("knn",))["knn"]
     result = _report(run, ckpt, "knn", "knn", fits, changed)
     if out:
         Path(out).write_text(json.dumps(result, indent=2))

@@ -7,32 +7,71 @@ repeat.
   checkpoint's in a setting that can change the numbers stops the resume (``config_changes``) unless allowed.
 - ``ScalarLog`` writes the TensorBoard scalars and remembers the last step written per tag; that goes into every
   checkpoint, and a resume first drops from the event files what was written after the checkpoint
-  (``prune_events``), so that each (tag, step) appears once.
+  (``prune_events``), so that each (tag, step) appears once. With ``train.wandb`` it fans every scalar out to
+  Weights & Biases too (``wandb_log.WandbLog``), whose run id also goes into every checkpoint (``open_run_log``).
+
+A run folder (``--out``; ``RUN_FILES``):
+    config.json            the resolved configuration
+    tasks.json             task -> classes / domains / number of images; split seeds; skipped and corrupt files
+    tasks_indices.npz      task{t}: train indices trained on; test, test_task{t}, eval_train: the evaluation subsets
+    checkpoint.pt          everything needed to resume (written atomically at the start, after every epoch, when a
+                           task's training ends (before its evaluation) and after its evaluation)
+    task{t}.pt             the model after task t (for ``fastpnr linear`` / ``fastpnr knn``)
+    metrics.json           accuracy_matrix (T x T, percent), per-protocol matrices, average accuracy, forgetting, ...
+    accuracy_matrix.csv    and accuracy_matrix.png (heatmap)
+    tb/                    TensorBoard scalars
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 from pathlib import Path
+
+import numpy as np
 
 from .errors import ConfigError, DataError
 
 CHECKPOINT = "checkpoint.pt"
 TENSORBOARD = "tb"
 TASK_INDICES = "tasks_indices.npz"
-# Everything fastpnr writes into a run folder (continual.py's module docstring lists what each holds).
+# Everything fastpnr writes into a run folder (the module docstring lists what each holds).
+WANDB = "wandb"  # wandb_log.WANDB_FOLDER: the run's wandb files (train.wandb), unless WANDB_DIR is set
 RUN_FILES = ("config.json", "tasks.json", TASK_INDICES, CHECKPOINT, "metrics.json", "accuracy_matrix.csv",
-             "accuracy_matrix.png", TENSORBOARD)
+             "accuracy_matrix.png", TENSORBOARD, WANDB)
 TASK_MODEL = re.compile(r"task\d+\.pt")
-# Atomic writes cut short: checkpoint.atomic_save's ".checkpoint.pt.XXXX.tmp", continual._write_json's "x.json.tmp",
-# continual._write_task_indices's "tasks_indices.npz.tmp.npz".
+# Atomic writes cut short: checkpoint.atomic_save's ".checkpoint.pt.XXXX.tmp", write_json's "x.json.tmp",
+# task_data._write_task_indices's "tasks_indices.npz.tmp.npz".
 TEMPORARY = re.compile(r"\.(checkpoint|task\d+)\.pt\..+\.tmp|(config|tasks|metrics)\.json\.tmp|tasks_indices\.npz\.tmp\.npz")
 # A folder holding one of these holds a run.
 RUN_MARKERS = ("config.json", CHECKPOINT, "metrics.json", TENSORBOARD)
 # Settings a resume may change: they cannot change the numbers (display, host-read cadence, where data is found,
 # how many tasks this session runs).
-RESUME_SAFE = ("train.progress", "train.log_every", "train.max_tasks", "data.data_dir", "data.cache_dir", "out")
+RESUME_SAFE = ("train.progress", "train.log_every", "train.max_tasks", "data.data_dir", "data.cache_dir", "out",
+               "train.wandb", "train.wandb_entity", "train.wandb_group", "train.wandb_name", "train.wandb_mode")
+
+
+# ------------------------------------------------------------------------------------------------ files
+def write_json(path: Path, obj) -> None:
+    """``obj`` as indented JSON, atomically (temp file + rename); numpy scalars and arrays as numbers and lists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (np.ndarray,)):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    return str(o)
 
 
 # ------------------------------------------------------------------------------------------------ new runs
@@ -116,43 +155,77 @@ def check_resume_changes(changes: dict, allow: bool) -> dict:
 
 # ------------------------------------------------------------------------------------------------ TensorBoard
 class ScalarLog:
-    """A TensorBoard SummaryWriter that remembers the last step written per tag (``last_steps``, checkpointed).
+    """A TensorBoard SummaryWriter that remembers the last step written per tag (``last_steps``, checkpointed), and
+    sends each scalar to wandb as well when a ``wandb_log.WandbLog`` is given.
 
-    Any ``add_*(tag, value, global_step, ...)`` of SummaryWriter works and is tracked (scalars, images, figures)."""
+    Any ``add_*(tag, value, global_step, ...)`` of SummaryWriter works and is tracked (scalars, images, figures);
+    ``add_scalar`` is the one wandb gets. ``wandb_id``: the wandb run's id (kept from the checkpoint while wandb is
+    off, so that a later resume with wandb continues that run)."""
 
-    def __init__(self, path: Path, last_steps: dict | None = None):
-        from torch.utils.tensorboard import SummaryWriter
+    def __init__(self, path: Path, last_steps: dict | None = None, wandb=None, wandb_id: str | None = None,
+                 tensorboard: bool = True):
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(path))
+            self.writer = SummaryWriter(str(path))
         self.last_steps = dict(last_steps or {})
+        self.wandb = wandb
+        self.wandb_id = wandb.run_id if wandb is not None else wandb_id
 
     def __getattr__(self, name):
         if not name.startswith("add_"):
             raise AttributeError(name)
-        add = getattr(self.writer, name)
+        add = getattr(self.writer, name) if self.writer is not None else None
 
         def tracked(tag, value, global_step=None, *args, **kwargs):
-            add(tag, value, global_step, *args, **kwargs)
+            if add is not None:
+                add(tag, value, global_step, *args, **kwargs)
             step = int(global_step or 0)  # TensorBoard writes a missing step as 0
             self.last_steps[tag] = max(step, self.last_steps.get(tag, step))
+            if self.wandb is not None and name == "add_scalar":
+                self.wandb.scalar(tag, value, step)
         return tracked
 
+    def task_done(self, task: int, metrics: dict, heatmap: Path | None = None) -> None:
+        """After task ``task``'s metrics files are written: wandb gets the heatmap and the metrics (summary)."""
+        if self.wandb is not None:
+            self.wandb.task_done(task, metrics, heatmap)
+
     def flush(self) -> None:
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()
+        if self.wandb is not None:
+            self.wandb.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb is not None:
+            self.wandb.close()
 
 
-def open_scalar_log(path: Path, last_steps: dict | None = None) -> ScalarLog | None:
-    """A ScalarLog in ``path`` (on resume: after ``prune_events``), or None without tensorboard."""
+def open_scalar_log(path: Path, last_steps: dict | None = None, wandb=None, wandb_id: str | None = None) -> ScalarLog | None:
+    """A ScalarLog in ``path`` (on resume: after ``prune_events``), or None without tensorboard and wandb."""
     try:
         import tensorboard  # noqa: F401  (a core requirement; tolerated absent in odd environments)
     except ImportError:
-        return None
+        return None if wandb is None and wandb_id is None else ScalarLog(path, last_steps, wandb, wandb_id, False)
     if last_steps is not None and path.is_dir():
         prune_events(path, last_steps)
-    return ScalarLog(path, last_steps)
+    return ScalarLog(path, last_steps, wandb, wandb_id)
+
+
+def open_run_log(out: Path, cfg, ckpt: dict | None) -> ScalarLog | None:
+    """The run's scalar log: TensorBoard in ``out/tb`` and, with ``cfg.train.wandb``, a wandb run (the checkpoint's
+    run id on resume: the same wandb run continues)."""
+    wandb_id = ckpt.get("wandb_id") if ckpt else None
+    wandb = None
+    if cfg.train.wandb:
+        from .wandb_log import WandbLog
+
+        wandb = WandbLog(cfg, out, wandb_id)
+    return open_scalar_log(out / TENSORBOARD, ckpt.get("tensorboard_last_steps") if ckpt else None, wandb, wandb_id)
 
 
 def prune_events(path: Path, last_steps: dict) -> None:

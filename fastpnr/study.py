@@ -26,13 +26,15 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, FastPNRError, require
+from .study_cells import (CELL_FILE, CHECKPOINT, LOG_FILE, STUDY_FILE, Cell, CellState, _alive,  # noqa: F401
+                          _read_json, _tasks, error_line, eta_s, fmt_duration, git_commit, progress_line,
+                          read_state, regularizer_fields, strategy_options, write_json)
 
-STUDY_FILE, LOCK_FILE, CELL_FILE, LOG_FILE = "study.json", "study.lock", "cell.json", "train.log"
-CHECKPOINT = "checkpoint.pt"        # continual.CHECKPOINT; not imported: running cells needs no torch here
+LOCK_FILE = "study.lock"
 KEEP_ON_RESTART = (LOG_FILE, CELL_FILE)
 POLL_S = 0.2
 # Set per cell by the grid: a shared override of these would make every cell the same.
@@ -44,44 +46,6 @@ RUNTIME_OPTIONS = ("train.progress", "train.threads", "train.log_every", "data_d
 
 
 # ------------------------------------------------------------------------------------------------ the grid
-@dataclass(frozen=True)
-class Cell:
-    name: str
-    preset: str
-    method: str
-    regularizer: str
-    seed: int
-    scenario: str | None = None     # None: the preset's
-
-    @property
-    def key(self) -> tuple:
-        return (self.preset, self.scenario, self.method, self.regularizer, self.seed)
-
-    def overrides(self, shared: dict) -> dict:
-        ov = {**strategy_options(self.regularizer, shared), "method": self.method, "regularizer": self.regularizer,
-              "seed": self.seed}
-        return {**ov, "scenario": self.scenario} if self.scenario else ov
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "preset": self.preset, "scenario": self.scenario, "method": self.method,
-                "regularizer": self.regularizer, "seed": self.seed}
-
-
-def regularizer_fields(regularizer: str) -> set[str]:
-    from dataclasses import fields
-
-    from .regularizers import REGULARIZERS
-
-    return {f.name for f in fields(REGULARIZERS[regularizer][1])}
-
-
-def strategy_options(regularizer: str, shared: dict) -> dict:
-    """The shared options less the ``regularizer.*`` fields this strategy lacks (fine-tuning has none), so that one
-    command tunes PNR and CaSSLe beside fine-tuning. Method options stay strict: a wrong one fails its cells."""
-    have = regularizer_fields(regularizer)
-    return {k: v for k, v in shared.items() if not (k.startswith("regularizer.") and k.split(".", 1)[1] not in have)}
-
-
 def as_list(value, name: str, cast=str) -> list:
     """'a,b' / ('a', 'b') / 5 -> ['a', 'b'] / [5], order kept, repeats dropped; a bad item names ``--name``."""
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
@@ -213,99 +177,13 @@ def train_args(cell: Cell, folder: Path, shared: dict, slot: Slot, resume: bool)
         return ["train", "--resume", str(folder), *cli_args({**runtime, **kept})]
     if slot.threads and "train.threads" not in shared:
         runtime["train.threads"] = slot.threads
+    if shared.get("train.wandb") and not shared.get("train.wandb_group"):  # wandb: the cells grouped by study
+        runtime["train.wandb_group"] = folder.resolve().parent.name
     return ["train", "--preset", cell.preset, "--out", str(folder), *cli_args({**cell.overrides(shared), **runtime})]
 
 
 def cell_command(cell: Cell, folder: Path, shared: dict, slot: Slot, nproc: int, resume: bool) -> list[str]:
     return launcher(nproc, folder / "torchrun") + train_args(cell, folder, shared, slot, resume)
-
-
-# ------------------------------------------------------------------------------------------------ cell state
-@dataclass
-class CellState:
-    status: str                     # done | running | failed | interrupted | pending
-    tasks_done: int = 0
-    num_tasks: int | None = None
-    record: dict = field(default_factory=dict)
-
-    @property
-    def wall_s(self) -> float:
-        return sum(a.get("wall_s", 0.0) for a in self.record.get("attempts", []))
-
-    @property
-    def device_hours(self) -> float:
-        return sum(a.get("wall_s", 0.0) * a.get("devices", 1) for a in self.record.get("attempts", [])) / 3600
-
-    @property
-    def device_kind(self) -> str:
-        attempts = self.record.get("attempts", [])
-        return attempts[-1].get("kind", "cpu") if attempts else "cpu"
-
-    def running_for(self, now: float) -> float:
-        attempts = self.record.get("attempts", [])
-        return now - attempts[-1]["start"] if self.status == "running" and attempts else 0.0
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def write_json(path: Path, obj) -> None:
-    """Atomic: a reader (``--status``, another study) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-def _tasks(folder: Path) -> tuple[int, int | None]:
-    m = _read_json(folder / "metrics.json")
-    num = m.get("num_tasks") or _read_json(folder / "config.json").get("data", {}).get("num_tasks")
-    return len(m.get("accuracy_matrix", [])), num
-
-
-def _alive(record: dict) -> bool:
-    """Whether the process that ``record`` says runs the cell still does (another host: assume so)."""
-    pid = record.get("pid")
-    if not pid:
-        return False
-    if record.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def read_state(folder: Path) -> CellState:
-    record = _read_json(folder / CELL_FILE)
-    done, num = _tasks(folder)
-    if num and done >= num:
-        status = "done"
-    elif record.get("status") == "running" and _alive(record):
-        status = "running"
-    elif record.get("status") == "failed":
-        status = "failed"
-    elif (folder / CHECKPOINT).exists():
-        status = "interrupted"
-    else:
-        status = "pending"
-    return CellState(status, done, num, record)
-
-
-def error_line(folder: Path) -> str | None:
-    """The last ``error: ...`` line of the cell's log (else its last line: a traceback's exception)."""
-    try:
-        lines = [ln.strip() for ln in (folder / LOG_FILE).read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return None
-    errors = [ln for ln in lines if ln.startswith("error:")]
-    return errors[-1] if errors else (lines[-1] if lines else None)
 
 
 def close_orphan_attempt(attempts: list[dict], log: Path) -> list[dict]:
@@ -324,32 +202,6 @@ def clear_stale_run(folder: Path) -> None:
     for path in folder.iterdir():
         if path.name not in KEEP_ON_RESTART:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
-# ------------------------------------------------------------------------------------------------ progress
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def eta_s(states: list[CellState], slots: int, now: float) -> float | None:
-    """Seconds left: the mean wall time of finished cells for every cell still to run, shared by the slots."""
-    walls = [s.wall_s for s in states if s.status == "done" and s.wall_s > 0]
-    if not walls:
-        return None
-    per_cell = sum(walls) / len(walls)
-    left = sum(max(per_cell - s.running_for(now), 0.0) for s in states if s.status == "running")
-    left += per_cell * sum(s.status in ("pending", "interrupted") for s in states)
-    return left / max(slots, 1)
-
-
-def progress_line(states: list[CellState], slots: int, elapsed: float, now: float) -> str:
-    count = lambda *names: sum(s.status in names for s in states)
-    return (f"[study] {count('done')}/{len(states)} done, {count('running')} running, {count('failed')} failed, "
-            f"{count('pending', 'interrupted')} to run | {fmt_duration(elapsed)} elapsed | "
-            f"ETA {fmt_duration(eta_s(states, slots, now))}")
 
 
 # ------------------------------------------------------------------------------------------------ the study file
@@ -390,16 +242,6 @@ def acquire_lock(out: Path) -> Path:
                            f"allowed: wait for it (fastpnr study --status {out}), or delete {lock} if it is gone")
     write_json(lock, {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
     return lock
-
-
-def git_commit() -> str | None:
-    """The fastpnr checkout's commit (``-dirty`` with uncommitted changes); None outside a git checkout."""
-    try:
-        res = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() or None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec

@@ -14,7 +14,8 @@ from pathlib import Path
 from .compare import format_value, markdown, summarize
 from .errors import FastPNRError
 from .evaluation import mean_and_std
-from .study import Cell, CellState, error_line, git_commit, progress_line, read_state, write_json
+from .study_cells import (STUDY_FILE, Cell, CellState, _read_json, error_line, git_commit, progress_line,
+                          read_state, write_json)
 
 # (report.json key, column title, RunSummary field)
 METRICS = (("final_average_accuracy", "A_T", "final_avg_acc"),
@@ -285,8 +286,6 @@ def write_plots(out: Path, entries: list[dict]) -> list[str]:
 # ------------------------------------------------------------------------------------------------ the report
 def write_report(out: Path, cells: list[Cell], protocol: str | None = None) -> dict:
     """Write report.md, report.json and the PNGs of the study in ``out``; returns the report.json object."""
-    from .study import STUDY_FILE, _read_json
-
     study = _read_json(out / STUDY_FILE)
     states = [read_state(out / c.name) for c in cells]
     entries = []

@@ -2,6 +2,7 @@
 
     fastpnr train --preset smoke --data-dir ../shared/data --out runs/smoke
     fastpnr train --preset cifar100-5t --method byol --regularizer pnr --optim.lr 1.0 --out runs/byol
+    fastpnr train --config runs/smoke/config.json --out runs/again [--optim.lr 0.2]   # a run's config, again
     fastpnr train --resume runs/smoke [--train.progress false]
 """
 from __future__ import annotations
@@ -15,17 +16,17 @@ from fastpnr.errors import FastPNRError
 
 
 def main(preset: str | None = None, out: str | None = None, resume: str | None = None, overwrite: bool = False,
-         allow_config_change: bool = False, **overrides):
+         allow_config_change: bool = False, config: str | None = None, **overrides):
     """Continual SSL training; `fastpnr train --help` prints the options generated from the registries."""
     from fastpnr import distributed
 
     try:
-        return _train(preset, out, resume, overwrite, allow_config_change, overrides)
+        return _train(preset, out, resume, overwrite, allow_config_change, overrides, config)
     finally:
         distributed.shutdown()
 
 
-def _train(preset, out, resume, overwrite, allow_config_change, overrides):
+def _train(preset, out, resume, overwrite, allow_config_change, overrides, config=None):
     from fastpnr import distributed
     from fastpnr.config import build_config
     from fastpnr.continual import CHECKPOINT, ContinualRun, resume_run
@@ -36,9 +37,9 @@ def _train(preset, out, resume, overwrite, allow_config_change, overrides):
         raise FastPNRError("--out RUN_DIR is required under torchrun (every rank must name the same run folder)")
     if not resume and out and distributed.is_elastic_restart() and _written_by_this_launch(Path(out) / CHECKPOINT):
         # torchrun restarted the workers (--max-restarts): continue from the checkpoint, with its configuration
-        resume, out, preset, overrides = out, None, None, {}
+        resume, out, preset, overrides, config = out, None, None, {}, None
     if resume:
-        for flag, given in (("--preset", preset), ("--out", out), ("--overwrite", overwrite)):
+        for flag, given in (("--preset", preset), ("--out", out), ("--overwrite", overwrite), ("--config", config)):
             if given:
                 raise FastPNRError(f"{flag} cannot be combined with --resume (the run keeps its folder and "
                                    "configuration); allowed with --resume: --section.field VALUE overrides, "
@@ -46,9 +47,12 @@ def _train(preset, out, resume, overwrite, allow_config_change, overrides):
         return _done(resume_run(resume, overrides, allow_config_change=allow_config_change), resume_folder(resume))
     if allow_config_change:
         raise FastPNRError("--allow-config-change is only for --resume RUN_DIR; allowed for a new run: --out, --overwrite")
-    preset = preset or "smoke"
-    cfg = build_config(preset, overrides)
-    out = out or cfg.out or f"runs/{preset}-{cfg.method.name}-{cfg.regularizer.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if config is None:
+        preset = preset or "smoke"
+    # --config FILE: the file over the preset (none given: over the dataclass defaults), the options over both
+    cfg = build_config(preset, overrides, config_file=config)
+    name = preset or Path(config).stem
+    out = out or cfg.out or f"runs/{name}-{cfg.method.name}-{cfg.regularizer.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     metrics = ContinualRun(cfg, out, overwrite=overwrite).fit()
     return _done(metrics, out)
 
@@ -95,6 +99,7 @@ def summary_text() -> str:
     return f"""Continual self-supervised training (all tasks), with evaluation after every task.
 
     fastpnr train --preset NAME [--data-dir DIR] [--out RUN_DIR [--overwrite]] [--section.field VALUE ...]
+    fastpnr train --config FILE [--preset NAME] [--out RUN_DIR] [--section.field VALUE ...]
     fastpnr train --resume RUN_DIR [--train.progress false] [--allow-config-change]
 
     methods:      {', '.join(sorted(METHODS))}        (--method NAME)
@@ -114,6 +119,11 @@ def summary_text() -> str:
     folder holding a run stops unless --overwrite (deletes that run's files, nothing else). --resume takes the
     folder or its checkpoint.pt; only {', '.join(RESUME_SAFE)} may change, anything else needs
     --allow-config-change (recorded in metrics.json).
+    --config FILE: a JSON or YAML file shaped like a run's config.json (sections data, model, method, regularizer,
+    optim, train, eval, dist; any subset of fields); a run's own config.json trains that configuration again. It is
+    laid over --preset when one is given (else over the defaults below, not over smoke), and the --section.field
+    options over both; its keys and values are checked as the options are. YAML needs PyYAML (pip install pyyaml).
+    Not with --resume (a resumed run keeps its checkpoint's configuration).
     fastpnr train --help TOPIC: the fields of one section (data, model, method, regularizer, optim, train, eval),
     one method (e.g. byol) or one regularizer (e.g. pnr).
 

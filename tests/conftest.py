@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,6 +23,9 @@ os.environ["TMPDIR"] = tempfile.tempdir = str(SESSION_TMP)
 # Third-party temporaries that are removed by their owners at interpreter exit, after the session ends (DALI's
 # autograph writes the converted pipeline functions as __autograph_generated_file*.py, deleted at exit).
 _THIRD_PARTY = ("pymp-", "matplotlib-", "torchinductor_", "__autograph_generated_file")
+# wandb (the [wandb] extra's tests): tempfile.TemporaryDirectory("wandb-media" / "wandb-artifacts") made at import, and
+# its service's "wandb-<pid>-..." file; all removed at interpreter exit (checked: none left after a process ends).
+_THIRD_PARTY_WANDB = re.compile(r"tmp\w+wandb-(media|artifacts)|wandb-\d+-\d+-\d+")
 
 # One decode cache per test session (inside SESSION_TMP, removed with it), so the suite never depends on (or writes
 # to) the user's cache; a $FASTPNR_CACHE set by the user is used (and kept) instead.
@@ -50,7 +54,8 @@ def _threads_for_the_machine_load():
 
 def leftovers(folder: Path) -> list[str]:
     """Entries of the session's temporary folder that a test or the code under test left behind."""
-    return sorted(p.name for p in folder.iterdir() if p != _SESSION_CACHE and not p.name.startswith(_THIRD_PARTY))
+    return sorted(p.name for p in folder.iterdir() if p != _SESSION_CACHE and not p.name.startswith(_THIRD_PARTY)
+                  and not _THIRD_PARTY_WANDB.fullmatch(p.name))
 
 
 def pytest_sessionfinish(session, exitstatus):

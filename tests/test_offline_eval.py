@@ -12,6 +12,7 @@ from fastpnr.config import build_config
 from fastpnr.continual import ContinualRun
 from fastpnr.errors import ConfigError
 from fastpnr.offline_eval import _eval_overrides, knn_eval, linear_eval
+from fastpnr.task_data import TaskData
 from tests.conftest import tiny_overrides
 from tests.data.utils import two_class_folder_overrides
 
@@ -68,8 +69,7 @@ def test_offline_linear_and_knn_reproduce_the_run_exactly(official_run, data_roo
 
 
 def test_offline_label_fraction_is_stratified_per_class(official_run, data_root):
-    run = ContinualRun(build_config("smoke", tiny_overrides(data_root)), official_run, log=quiet)
-    run._load_data(write_tasks=False)
+    run = TaskData(build_config("smoke", tiny_overrides(data_root)), log=quiet)
     counts = np.bincount(run.train_set.labels[run.eval_train])
     expected = sum(max(1, int(round(c * 0.1))) for c in counts if c)
     r = linear_eval(str(official_run / "task1.pt"), label_fraction=0.1, seeds=1, progress=False)
@@ -89,10 +89,8 @@ def test_official_loader_gets_decoded_images_or_the_jpeg_bytes(tmp_path, monkeyp
         return _NoBatches()
 
     monkeypatch.setattr(loaders, "make_loader", fake_make_loader)
-    run = ContinualRun(build_config("smoke", two_class_folder_overrides(tmp_path, **{"data.loader": kind})), tmp_path / "r",
-                       log=quiet)
-    run._load_data(write_tasks=False)
-    run._official_loader(run.eval_train, seed=3)
+    run = TaskData(build_config("smoke", two_class_folder_overrides(tmp_path, **{"data.loader": kind})), log=quiet)
+    run.official_loader(run.eval_train, seed=3)
     assert seen["kind"] == kind and seen["batch_size"] == min(256, len(run.eval_train)) and seen["seed"] == 3
     first = int(run.eval_train[0])
     if kind == "dali":

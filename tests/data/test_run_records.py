@@ -1,4 +1,4 @@
-"""What a run records about its data (ContinualRun._load_data on tiny synthetic image folders, no training): skipped
+"""What a run records about its data (TaskData on tiny synthetic image folders, no training): skipped
 files and corrupt images named, the seeds of the split, the split itself in tasks_indices.npz."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fastpnr.config import build_config
-from fastpnr.continual import ContinualRun
+from fastpnr.task_data import TaskData
 from fastpnr.data import load_dataset
 from fastpnr.scenarios import data_splits
 from tests.data.utils import jpeg_bytes, write_tree
@@ -31,9 +31,8 @@ def _run(tmp_path, data_dir, log=None, **extra):
           "data.test_fraction": 1.0, "eval.train_fraction": 1.0, "data.cache_dir": str(tmp_path / "cache"),
           "train.progress": False, **extra}
     lines = []
-    run = ContinualRun(build_config("smoke", ov), tmp_path / "run", log=log or lines.append)
-    run.out.mkdir(parents=True, exist_ok=True)
-    run._load_data()
+    (tmp_path / "run").mkdir(parents=True, exist_ok=True)
+    run = TaskData(build_config("smoke", ov), tmp_path / "run", log=log or lines.append)
     return run, lines
 
 

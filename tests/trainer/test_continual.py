@@ -347,5 +347,5 @@ def test_continual_run_with_the_ffcv_and_dali_loaders(data_root, tmp_path, kind)
     assert len(metrics["accuracy_matrix"]) == 2
     if kind == "ffcv":
         assert list((tmp_path / "cache" / "betons").glob("*.beton"))
-        loader = run._loader(np.arange(64), 2, None, seed=0).loader  # unwrap the Prefetcher
+        loader = run.data.loader(np.arange(64), 2, None, seed=0).loader  # unwrap the Prefetcher
         assert (loader.order, loader.crop) == ("quasi_random", "decoder")
