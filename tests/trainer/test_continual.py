@@ -66,7 +66,7 @@ def test_replay_alone_and_with_a_frozen_model_strategy_runs_two_tasks(data_root,
     assert len(metrics["accuracy_matrix"]) == 2
     buf = run.regularizer.replay_buffer
     assert buf.seen_host == int(buf.seen) == 2 * 2 * 16 and buf.filled() == 16
-    trained = set(np.concatenate(run.task_train).tolist())
+    trained = set(np.concatenate(run.data.task_train).tolist())
     assert set(buf.slots.tolist()) <= trained
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["regularizer"]
     assert torch.equal(ckpt["replay_buffer.slots"], buf.slots)
