@@ -44,13 +44,40 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
         raise
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dict:
+    """A checkpoint (a run folder: its checkpoint.pt); a one-line DataError when it is missing or unreadable."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.exists():
         raise DataError(f"no checkpoint at {path}; pass a run folder written by `fastpnr train --out` or a .pt file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # truncated or not a checkpoint
-        raise DataError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+        return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+    except Exception as exc:  # truncated (an interrupted copy, a full disk) or not a checkpoint
+        raise unreadable_checkpoint(path, exc) from None
+
+
+def _task_number(p: Path) -> int:
+    digits = p.stem[len("task"):]
+    return int(digits) if digits.isdigit() else -1
+
+
+def load_failure(exc: Exception) -> str:
+    """torch.load's first sentence (its zip errors go on for five more), or the exception's type."""
+    return str(exc).splitlines()[0].split(". ")[0].strip().rstrip(".")[:160] if str(exc).strip() else type(exc).__name__
+
+
+def unreadable_checkpoint(path: Path, exc: Exception) -> DataError:
+    """One line: the file, that it is truncated or corrupt, torch's first words, and which copies may serve."""
+    size = path.stat().st_size if path.exists() else 0
+    cause = load_failure(exc)
+    tasks = sorted((p for p in path.parent.glob("task*.pt") if p != path and _task_number(p) >= 0),
+                   key=_task_number, reverse=True)
+    present = f" (here: {', '.join(p.name for p in tasks)})" if tasks else ""
+    if path.name.startswith("task"):
+        hint = (f"an earlier task{{t}}.pt{present} or the run's checkpoint.pt (the model at its last save) may serve "
+                "for evaluation, or an earlier copy of this file")
+    else:
+        hint = (f"to evaluate, task{{t}}.pt, the model after task t, may serve{present}; to resume, restore an "
+                "earlier copy of checkpoint.pt (--resume reads only it)")
+    return DataError(f"checkpoint {path} is truncated or corrupt ({size} bytes; torch.load: {cause}); {hint}")

@@ -38,8 +38,20 @@ def run_fire(main, argv=None, name: str = "fastpnr"):
     try:
         fire.Fire(main, command=argv, name=name)
     except FastPNRError as e:
+        report_error(e)
+        sys.exit(2)  # a plain exit: no Python traceback; under torchrun its summary reports exit code 2
+
+
+def report_error(e: Exception) -> None:
+    """``error: <e>`` on stderr; under torchrun once per launch (rank 0; ``distributed.report_error``)."""
+    import os
+
+    if "RANK" in os.environ and os.environ.get("WORLD_SIZE", "1") != "1":
+        from .distributed import report_error as report_once  # imports torch: only under a launcher
+
+        report_once(e)
+    else:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 def _module(command: str):

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from .errors import ConfigError, require
 
-PRECISIONS = ("bf16", "fp16", "fp32")
+PRECISIONS = ("bf16", "fp16", "fp32", "fp64")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")  # torch.compile modes; the step has its own graph
 SCENARIOS = ("class", "data", "domain")
@@ -133,7 +133,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     device: str = "auto"                    # auto = cuda when available
-    precision: str = "bf16"               # autocast dtype of the step (fp16: CUDA only, with a GradScaler)
+    precision: str = "bf16"               # autocast dtype of the step (fp16: CUDA only, with a GradScaler; fp64: float64 weights, exactness checks)
     matmul_precision: str = "high"          # float32 matmuls outside autocast on CUDA: high = TF32, highest = exact
     seed: int = 5                         # seed of the model init, loader batches and augmentations
     deterministic: bool = False           # deterministic algorithms (slower), cudnn.benchmark off
@@ -633,11 +633,12 @@ def validate_combinations(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def format_config(cfg: RunConfig) -> str:
+def format_config(cfg: RunConfig, out=None) -> str:
+    """One line per section; ``out``: the run folder really written (``--out``), shown instead of ``cfg.out``."""
     lines = []
     for sec, value in cfg.to_dict().items():
         if isinstance(value, dict):
             lines.append(f"{sec}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
         else:
-            lines.append(f"{sec}: {value}")
+            lines.append(f"{sec}: {out if sec == 'out' and out is not None else value}")
     return "\n".join(lines)

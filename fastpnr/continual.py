@@ -20,6 +20,7 @@ from .config import RunConfig, config_from_dict, config_with_overrides, format_c
 from .errors import FastPNRError, require
 from .methods import build_method
 from .optim import build_optimizer, set_lr
+from .precision import PARAM_DTYPES
 from .progress import TrainProgress
 from .protocols import Evaluator
 from .regularizers import build_regularizer
@@ -93,7 +94,7 @@ class ContinualRun:
         if ckpt is None:
             self.dist.main_only(check_new_run_folder)(self.out, self.overwrite)
         self.dist.main_only(self.out.mkdir)(parents=True, exist_ok=True)
-        self.log(format_config(cfg))
+        self.log(format_config(cfg, out=self.out.resolve()))  # the folder written, not cfg.out (None)
         self.log(f"processes: {self.dist.describe()}, per-rank batch {self.dist.local_batch(cfg.optim.batch_size)}")
         t0 = time.perf_counter()
         with self.dist.main_first():  # rank 0 fills the decode cache, the others read it
@@ -121,7 +122,7 @@ class ContinualRun:
         from loaders import require_available
 
         require(self.cfg.train.precision != "fp16" or self.device.type == "cuda", "train.precision", "fp16",
-                f"bf16 or fp32 on {self.device.type} (fp16 needs a CUDA device)")
+                f"bf16, fp32 or fp64 on {self.device.type} (fp16 needs a CUDA device)")
         require_available(self.cfg.data.loader)
         if not self.resume:
             return None
@@ -141,8 +142,9 @@ class ContinualRun:
             distributed.convert_batchnorm(self.method)
             distributed.convert_batchnorm(self.regularizer)
         self.method.dist = self.regularizer.dist = self.dist
-        self.method.to(self.device, memory_format=memory_format)
-        self.regularizer.to(self.device, memory_format=memory_format)
+        dtype = PARAM_DTYPES[cfg.train.precision]  # float32, or float64 (fp64); integer buffers keep theirs
+        self.method.to(self.device, dtype, memory_format=memory_format)
+        self.regularizer.to(self.device, dtype, memory_format=memory_format)
         if compile_backbone(self.method, cfg.train):
             self.log(f"[fastpnr] torch.compile of the backbone: mode {cfg.train.compile}, backend "
                      f"{cfg.train.compile_backend} (compiles on the first steps)")

@@ -34,6 +34,7 @@ import torch.distributed as tdist
 from torch import nn
 
 from .errors import ConfigError, FastPNRError
+from .precision import upcast
 
 HEARTBEAT_S = 2.0  # how often each rank stamps the store; a rank silent for 3 of these is reported as gone
 
@@ -57,6 +58,29 @@ def is_elastic_restart() -> bool:
 def launch_id() -> str | None:
     """The torchrun invocation's id (``--rdzv_id``; a fresh uuid with ``--standalone``), the same in its restarts."""
     return os.environ.get("TORCHELASTIC_RUN_ID")
+
+
+# A rank other than 0 that stops with a FastPNRError waits this long for torchrun to stop it: rank 0 raises the same
+# error (bad input is the same on every rank), prints it and exits, and torchrun then ends the other workers (within
+# its --monitor-interval, 0.1 s). Only an error rank 0 never raises (this rank's own) is printed, after the wait.
+ERROR_GRACE_S = 30.0
+
+
+def report_error(exc: Exception, stream=None, grace_s: float = ERROR_GRACE_S, sleep=time.sleep) -> None:
+    """Print ``error: <exc>`` once per launch: on rank 0 (or a single process) at once; on another rank only if
+    torchrun has not stopped it ``grace_s`` later (then prefixed with its rank), except a ``PeerFailure`` (another
+    rank stopped, possibly rank 0), which every rank that sees it prints at once.
+
+    Nothing goes into torchrun's error file (``TORCHELASTIC_ERROR_FILE``): its summary would then repeat the line
+    for every rank and add three lines of warnings about the file's format."""
+    import sys
+
+    stream = stream or sys.stderr
+    env = torchrun_env()
+    rank = env[0] if env is not None and env[1] > 1 else 0
+    if rank != 0 and not isinstance(exc, PeerFailure):  # a PeerFailure is this rank's own news (rank 0 may be gone)
+        sleep(grace_s)
+    print(f"error: {exc}" if rank == 0 else f"error: rank {rank}: {exc}", file=stream, flush=True)
 
 
 class Dist:
@@ -191,7 +215,7 @@ class ProcessGroup(Dist):
 
     def mean_logs(self, logs):
         names = sorted(logs)
-        values = torch.stack([logs[k].detach().float().reshape(()) for k in names])
+        values = torch.stack([logs[k].detach().double().reshape(()) for k in names])  # fp64 runs log fp64
         tdist.all_reduce(values)
         return dict(zip(names, (values / self.world_size).tolist()))
 
@@ -426,8 +450,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         dims = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
-        xf = x.float()
-        count = torch.full((1,), xf.numel() // xf.shape[1], dtype=torch.float32, device=x.device)
+        xf = upcast(x)
+        count = torch.full((1,), xf.numel() // xf.shape[1], dtype=xf.dtype, device=x.device)
         total = all_reduce_sum(torch.cat([xf.sum(dims), count]))
         n = total[-1]
         mean = total[:-1] / n

@@ -39,11 +39,12 @@ def extract_features(backbone, images, indices, batch_size, device, mean, std, s
     was_training = backbone.training
     backbone.eval()
     device_type = torch.device(device).type
+    dtype = next(backbone.parameters()).dtype  # float64 weights (train.precision fp64) take float64 images
     feats = []
     try:
         for x in eval_batches(images, indices, batch_size, device, mean, std, size):
             with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                feats.append(backbone(x).float())
+                feats.append(backbone(x.to(dtype)).float())
     finally:
         backbone.train(was_training)
     return torch.cat(feats) if feats else torch.zeros(0, getattr(backbone, "feat_dim", 1), device=device)
@@ -281,7 +282,7 @@ def train_official_head(backbone, loader, feat_dim: int, num_classes: int, epoch
             for views, labels, _ in loader:
                 with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                                                      enabled=autocast_dtype is not None):
-                    feats = backbone(views[0])
+                    feats = backbone(views[0].to(next(backbone.parameters()).dtype))  # fp64 weights: fp64 images
                 loss = F.cross_entropy(head(feats.float()), labels)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import atomic_save
+from .checkpoint import atomic_save, load_failure
 from .errors import DataError
 
 FORMAT, VERSION = "fastpnr-backbone", 1
@@ -46,8 +46,8 @@ def _read(path: str | os.PathLike) -> dict:
         except pickle.UnpicklingError:  # checkpoint.pt also holds numpy RNG states
             obj = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one line
-        raise DataError(f"{p} is not a PyTorch file fastpnr can read ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                        f"{GIVE}") from None
+        raise DataError(f"{p} is not a PyTorch file fastpnr can read: truncated or corrupt ({p.stat().st_size} bytes; "
+                        f"torch.load: {load_failure(e)}); {GIVE}") from None
     if not isinstance(obj, dict):
         raise DataError(f"{p} holds a {type(obj).__name__}, not a fastpnr model; {GIVE}")
     return obj

@@ -31,6 +31,7 @@ from .checkpoint import load_checkpoint
 from .config import config_from_dict
 from .errors import ConfigError, require
 from .methods import build_method
+from .precision import PARAM_DTYPES
 from .protocols import Evaluator
 from .runtime import setup_process
 from .task_data import TaskData
@@ -84,7 +85,8 @@ def _prepare(checkpoint, data_dir, device, eval_overrides, progress=False):
     ckpt, cfg, folder, changed = _load_run(checkpoint, data_dir, device, eval_overrides, progress)
     run = _Offline(cfg, folder)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-    method = build_method(cfg.method, cfg.model, run.data.num_classes).to(run.device, memory_format=memory_format)  # as the run
+    method = build_method(cfg.method, cfg.model, run.data.num_classes).to(  # as the run (fp64: float64 weights)
+        run.device, PARAM_DTYPES[cfg.train.precision], memory_format=memory_format)
     method.load_state_dict(ckpt["method"])
     return ckpt, cfg, run, method, changed
 

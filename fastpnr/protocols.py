@@ -18,7 +18,7 @@ from . import distributed
 from . import evaluation as ev
 from .errors import require
 from .task_data import TaskData, image_array
-from .trainer import AUTOCAST_DTYPES
+from .precision import AUTOCAST_DTYPES
 
 def loop_protocols(cfg, method) -> tuple:
     """The protocols the loop evaluates after each task: linear, kNN, the online probes where train.online_probe
@@ -65,11 +65,11 @@ class Evaluator:
                                             temperature=cfg.eval.knn_temperature)]
         if "online" in protocols:
             with torch.no_grad():
-                logits["online"] = [method.classifier(test_x)]
+                logits["online"] = [method.classifier(test_x.to(method.classifier.weight.dtype))]  # fp64 heads
         if "momentum_online" in protocols:  # the anchors' momentum_val_acc1: the EMA backbone's own probe
             ema_x = self.feature_extractor(method, method.momentum_backbone)(data.test_set, data.test_indices)
             with torch.no_grad():
-                logits["momentum_online"] = [method.momentum_classifier(ema_x)]
+                logits["momentum_online"] = [method.momentum_classifier(ema_x.to(method.classifier.weight.dtype))]
         if "official" in protocols:
             self.status("official linear protocol")
             heads = [self.fit_official(method, train_idx, task, r) for r in range(cfg.eval.official_seeds)]

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 
 from .distributed import SINGLE
 from .errors import FastPNRError
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+from .precision import AUTOCAST_DTYPES, PARAM_DTYPES, upcast
 
 
 class NonFiniteLossError(FastPNRError):
@@ -54,8 +53,9 @@ class Trainer:
         self.cfg = train_cfg
         self.device = device
         self.autocast_dtype = AUTOCAST_DTYPES[train_cfg.precision]
+        self.param_dtype = PARAM_DTYPES[train_cfg.precision]  # the loaders' float32 views are cast to it (fp64)
         if train_cfg.precision == "fp16" and device.type != "cuda":
-            raise FastPNRError("train.precision='fp16' needs a CUDA device; allowed on CPU: bf16, fp32")
+            raise FastPNRError("train.precision='fp16' needs a CUDA device; allowed on CPU: bf16, fp32, fp64")
         self.scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
         if device.type == "cuda":
             # float32 matmuls left outside autocast (the InfoNCE of normalized fp32 embeddings, the probe) use TF32
@@ -167,6 +167,9 @@ class Trainer:
                 probe = next(probe_iter)
             elif self.cfg.online_probe == "task":
                 probe = (None, labels)
+            if self.param_dtype != torch.float32:  # fp64: the loaders make float32 views
+                views = [v.to(self.param_dtype) for v in views]
+                probe = probe if probe is None or probe[0] is None else (probe[0].to(self.param_dtype), probe[1])
             logs = self.run_step(views, labels, probe, step_offset + i, total_steps)
             done = i + 1
             if done % self.cfg.log_every == 0 or done == steps:
@@ -201,10 +204,10 @@ def _probe_losses(method, out, probe_batch):
     else:  # "full" probe: the anchors' extra batch from the whole labelled train set
         with torch.no_grad():
             feats = method.backbone(probe_x)
-    probe = F.cross_entropy(method.online_logits(feats).float(), probe_y)
+    probe = F.cross_entropy(upcast(method.online_logits(feats)), probe_y)  # fp64 runs: in fp64
     logs = {"probe": probe.detach()}
     if method.momentum_classifier is not None:
-        momentum = F.cross_entropy(method.momentum_online_logits(out, probe_x).float(), probe_y)
+        momentum = F.cross_entropy(upcast(method.momentum_online_logits(out, probe_x)), probe_y)
         probe = probe + momentum
         logs["momentum_probe"] = momentum.detach()
     return probe, logs

@@ -60,18 +60,20 @@ def _train(preset, out, resume, overwrite, allow_config_change, overrides, confi
 def _written_by_this_launch(checkpoint: Path) -> bool:
     """Whether this torchrun invocation wrote ``checkpoint`` (so a restarted worker continues its own run, never one
     that was in --out before: a first attempt refused on such a folder stays refused)."""
-    import torch
-
     from fastpnr import distributed
+    from fastpnr.checkpoint import load_checkpoint
 
     if not checkpoint.is_file():
         return False
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    ckpt = load_checkpoint(checkpoint, mmap=True)  # a truncated file: one line naming it
     return ckpt.get("launch_id") is not None and ckpt.get("launch_id") == distributed.launch_id()
 
 
 def _done(metrics, out):
-    print(f"run folder: {Path(out).resolve()} (metrics.json, accuracy_matrix.csv/png, tb/)")
+    from fastpnr import distributed
+
+    if (distributed.torchrun_env() or (0,))[0] == 0:  # torchrun: rank 0 speaks
+        print(f"run folder: {Path(out).resolve()} (metrics.json, accuracy_matrix.csv/png, tb/)")
 
 
 def help_text(topic: str | None = None) -> str:

@@ -86,3 +86,43 @@ def test_out_on_a_run_folder_is_refused_and_resume_refuses_result_changing_setti
     task = _run("train", "--resume", str(tmp_path / "task0.pt"))
     assert task.returncode == 2 and "not a resumable checkpoint" in task.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_under_torchrun_only_rank_0_prints_an_error_and_the_run_folder(monkeypatch, capsys):
+    """Bad input is the same on every rank: rank 0 prints it at once; another rank waits for torchrun to stop it
+    (when rank 0 exits) and speaks only if it was not stopped, naming itself. The final `run folder:` line: rank 0."""
+    import importlib
+    import io
+
+    from fastpnr.distributed import report_error
+    from fastpnr.errors import ConfigError
+
+    train = importlib.import_module("scripts.train")
+    err = ConfigError("optim.batch_size=4096 is invalid")
+    for rank, expect in (("0", "error: optim.batch_size=4096 is invalid\n"),
+                         ("1", "error: rank 1: optim.batch_size=4096 is invalid\n")):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        waits, stream = [], io.StringIO()
+        report_error(err, stream=stream, sleep=waits.append)
+        assert stream.getvalue() == expect and waits == ([] if rank == "0" else [30.0])
+        train._done({}, "run-folder")
+        assert ("run folder:" in capsys.readouterr().out) == (rank == "0")
+    from fastpnr.distributed import PeerFailure
+
+    stream = io.StringIO()  # news of a stopped rank (maybe rank 0) is this rank's own: no wait
+    report_error(PeerFailure("rank 0 stopped"), stream=stream, sleep=lambda s: (_ for _ in ()).throw(AssertionError))
+    assert stream.getvalue() == "error: rank 1: rank 0 stopped\n"
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    stream = io.StringIO()
+    report_error(err, stream=stream, sleep=lambda s: (_ for _ in ()).throw(AssertionError("one process waited")))
+    assert stream.getvalue() == "error: optim.batch_size=4096 is invalid\n"
+
+
+def test_the_printed_config_shows_the_run_folder_given_with_out(tmp_path):
+    from fastpnr.config import build_config, format_config
+
+    cfg = build_config("smoke", {})
+    assert cfg.out is None and "out: None" in format_config(cfg)
+    assert f"out: {tmp_path}" in format_config(cfg, out=tmp_path).splitlines()

@@ -82,15 +82,15 @@ def _train(rank, overrides, out, stop_after_epochs=None, resume=False):
 
 
 def equivalence_overrides(data_root, **extra) -> dict:
-    """Tiny, exact: fp32, deterministic, 2 tasks x 10 steps = 20 steps (10 with PNR active).
+    """Tiny, exact: float64, deterministic, 2 tasks x 10 steps = 20 steps (10 with PNR active).
 
-    The learning rate is low on purpose: the gradients of 2 ranks equal one process's to ~1e-5 of their norm (sums
-    in another order), and such rounding differences grow with every step at a learning rate that moves the weights
-    (width-16 ResNet-18, 16 px, batch 16, measured relative loss differences at step 1 / step 20: SimCLR-PNR 8e-8 /
-    9e-5 at lr 3e-4, 8e-8 / 3e-7 at lr 1e-4; BYOL-PNR 1e-7 / 6e-4 at 3e-4, 1e-7 / 7e-5 at 1e-4). A low learning rate
-    keeps them small, so the test sees the implementation, not the chaos of the dynamics. A semantic difference
-    shows from the first step (before GSG permuted the global batch: 1.5e-2 at step 1)."""
-    return rank_overrides(data_root, **{"train.precision": "fp32", "train.deterministic": True,
+    float64 (train.precision fp64), so that the test sees the implementation, not rounding: 2 ranks sum the batch
+    in another order than one process, and in float32 such differences (~1e-7 at step 1) grow with every step (the
+    dynamics are chaotic: relative loss differences at step 20 were 7e-5 to 2e-4 for BYOL-PNR at lr 1e-4, and a
+    ReLU input within rounding of zero flips its gradient), so no tolerance below the signal was sound. In float64
+    the rounding is ~1e-16 and stays far below the tolerances after 20 steps (see ``assert_same_run``). A semantic
+    difference shows from the first step (before GSG permuted the global batch: 1.5e-2 at step 1)."""
+    return rank_overrides(data_root, **{"train.precision": "fp64", "train.deterministic": True,
                                         "train.steps_per_epoch": 10, "data.train_fraction": 0.008, "optim.lr": 0.0001,
                                         "optim.classifier_lr": 0.003, **extra})
 
@@ -104,32 +104,38 @@ def rank_overrides(data_root, **extra) -> dict:
                                         "eval.linear_seeds": 1, **extra})
 
 
-def step_losses(run: Path) -> np.ndarray:
+def step_losses(run: Path, term: str = "loss") -> np.ndarray:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
-    return np.array([e.value for e in acc.Scalars("train/loss")])
+    return np.array([e.value for e in acc.Scalars(f"train/{term}")])
 
 
 def final_weights(run: Path, num_tasks: int = 2) -> dict:
     return torch.load(run / f"task{num_tasks - 1}.pt", weights_only=False)["method"]
 
 
-def assert_same_run(a: Path, b: Path, rtol: float = 1e-4, min_steps: int = 20):
-    la, lb = step_losses(a), step_losses(b)
-    assert len(la) == len(lb) >= min_steps
-    np.testing.assert_allclose(lb, la, rtol=rtol)
+# TensorBoard stores scalars as float32: two float64 losses that differ by ~1e-14 round to the same float32 or to
+# neighbours, at most one float32 ulp apart (2**-23 of the value); two ulps of room.
+TB_LOSS_RTOL = 2.0 ** -22
+# float64 weights after 20 steps: 2 ranks vs one process differed by at most 2e-13 of their size, one process at 2
+# vs 1 torch threads by 3e-13 (BYOL-PNR, equivalence_overrides, measured 2026-12-03 on 2 loaded cores); 1e-9 leaves
+# 3000x room, while float32 rounding alone moved them by 1e-4 (a semantic difference: 1e-2 from the first step).
+WEIGHT_TOL = dict(rtol=1e-9, atol=1e-9)
+
+
+def assert_same_run(a: Path, b: Path, min_steps: int = 20):
+    """Runs ``a`` and ``b`` (train.precision fp64) have the same step losses, final weights and accuracy matrix."""
+    for term in ("loss", "probe"):  # the total, and the online probe's term in it (trained in fp64 too)
+        la, lb = step_losses(a, term), step_losses(b, term)
+        assert len(la) == len(lb) >= min_steps
+        np.testing.assert_allclose(lb, la, rtol=TB_LOSS_RTOL, atol=0, err_msg=term)
     wa, wb = final_weights(a), final_weights(b)
     assert wa.keys() == wb.keys()
-    # Weights (and BN running stats) agree to ~1e-4, but not their updates: the first step's gradients of the blocks below layer4.1 differ
-    # by ~2e-3 of their norm with real 16-px images (5e-5 with random inputs, 1e-5 in layer4.1 and the heads).
-    # The cause is ReLU kinks, not the distributed code: in ONE process the same batch in another row order changes
-    # the fp32 gradients of layer1-2 by 1e-2 of their norm (fp32 vs fp64 in the same order: 4e-6; fp64 in either
-    # order: 1e-14), traced to a single input of layer2.1's last ReLU at -6e-8 in fp64 that the fp32 rounding of the
-    # other summation order moved to +6e-6, so its gradient flowed where it should not (measured 2026-12-03).
+    assert all(v.dtype == torch.float64 for v in wa.values() if v.is_floating_point())  # the run was float64
     for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=2e-4, msg=lambda m, k=k: f"{k}: {m}")
+        torch.testing.assert_close(wb[k], wa[k], **WEIGHT_TOL, msg=lambda m, k=k: f"{k}: {m}")
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
     assert ma["accuracy_matrix"] == mb["accuracy_matrix"]
 
@@ -141,7 +147,7 @@ EXTRA = {"mocov2plus": {"method.queue_size": 64}, "byol": {"method.pred_hidden":
 
 @pytest.mark.parametrize("method", ["simclr", "byol"])
 def test_two_ranks_equal_one_process(data_root, tmp_path, method):
-    """The acceptance property: 20 steps of a PNR run, losses within 1e-4, the same weights and accuracy matrix."""
+    """The acceptance property: 20 steps of a PNR run (float64), the same losses, weights and accuracy matrix."""
     ov = equivalence_overrides(data_root, method=method, regularizer="pnr",
                                **{"regularizer.distill_hidden": 32, **EXTRA.get(method, {})})
     _assert_two_ranks_equal_one_process(ov, tmp_path)
@@ -156,11 +162,8 @@ STRATEGY_EXTRA = {"pnr": {"regularizer.distill_hidden": 32}, "cassle": {"regular
                                         ("vicreg", "pnr"), ("byol_gsg", "pnr"), ("barlow", "pfr"), ("simclr", "er"),
                                         ("byol", "lump"), ("barlow", "pocon")])
 def test_two_ranks_equal_one_process_over_the_first_steps(data_root, tmp_path, method, reg):
-    """The other methods (and CaSSLe), 2 tasks x 2 steps: a semantic difference shows at once (before GSG permuted
-    the global batch: 1.5e-2 at step 1). 20 steps would cost a minute each, and Barlow Twins', VICReg's and
-    BYOL-GSG's rounding differences grow by 3-5 orders of magnitude over 20 steps even at lr 1e-4 (relative loss
-    difference measured at step 1 / 6 / 20: Barlow 7e-7 / 8e-6 / 2e-2, VICReg 9e-8 / 6e-6 / 2e-3, BYOL-GSG 1e-7 /
-    8e-7 / 6e-5; MoCo-PNR and SimCLR-CaSSLe stay below 1e-4 over 20 steps, as measured once)."""
+    """The other methods (and CaSSLe), 2 tasks x 2 steps (float64): a semantic difference shows at once (before GSG
+    permuted the global batch: 1.5e-2 at step 1); 20 steps would cost a minute each."""
     ov = equivalence_overrides(data_root, method=method, regularizer=reg,
                                **{**STRATEGY_EXTRA[reg], "train.steps_per_epoch": 2, **EXTRA.get(method, {})})
     _assert_two_ranks_equal_one_process(ov, tmp_path, min_steps=4)
@@ -202,9 +205,9 @@ def _gather_grads(rank, world, out):
     from fastpnr.losses import simclr_loss
 
     dist = from_env(torch.device("cpu"))
-    model = _tiny_model()
+    model = _tiny_model().double()
     convert_batchnorm(model)
-    x1, x2 = _tiny_batch()
+    x1, x2 = (x.double() for x in _tiny_batch())
     rows = dist.shard(x1.shape[0])
     a1, a2 = x1[rows].clone().requires_grad_(), x2[rows].clone().requires_grad_()
     z1, z2 = dist.loss_batch(model(a1), model(a2))
@@ -239,20 +242,23 @@ def test_gather_with_grad_and_global_batchnorm_match_one_process(tmp_path):
 
     out = tmp_path / "ranks.pt"
     assert run_ranks(2, _gather_grads, 2, str(out), report_dir=tmp_path, timeout=300) == [0, 0], errors(tmp_path)
-    model = _tiny_model()  # the one-process reference: plain BatchNorm over the whole batch
-    x1, x2 = (x.clone().requires_grad_() for x in _tiny_batch())
+    model = _tiny_model().double()  # the one-process reference: plain BatchNorm over the whole batch
+    x1, x2 = (x.double().requires_grad_() for x in _tiny_batch())
     ref = simclr_loss(model(x1), model(x2), temperature=0.5)
     ref.backward()
     got = torch.load(out, weights_only=False)
-    torch.testing.assert_close(got["loss"], ref.detach())
+    # float64: the ranks sum the rows in another order, ~1e-16 per sum over a few sums of 8 rows; 1e-10 leaves
+    # 1e5 room (float32 needed 1e-5: its rounding is 1e-7), while BatchNorm over a rank's own rows is off by 1e-1.
+    tol = dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got["loss"], ref.detach(), **tol)
     for g, p in zip(got["grads"], model.parameters()):
-        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(got["running_var"], model[1].running_var)
+        torch.testing.assert_close(g, p.grad, **tol)
+    torch.testing.assert_close(got["running_var"], model[1].running_var, **tol)
     # each rank's inputs get W x the reference gradient of its rows (every rank computed the whole loss)
     for r in range(2):
         inputs = torch.load(f"{out}.inputs{r}", weights_only=False)
-        torch.testing.assert_close(inputs["a1"], 2 * x1.grad[4 * r:4 * (r + 1)], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(inputs["a2"], 2 * x2.grad[4 * r:4 * (r + 1)], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(inputs["a1"], 2 * x1.grad[4 * r:4 * (r + 1)], **tol)
+        torch.testing.assert_close(inputs["a2"], 2 * x2.grad[4 * r:4 * (r + 1)], **tol)
 
 
 def _pnr_step(dist, backend):
@@ -416,6 +422,31 @@ def test_torchrun_max_restarts_resumes_from_the_checkpoint(data_root, tmp_path):
     assert marker.exists()  # the first attempt did lose rank 1
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["accuracy_matrix"]) == 2 and metrics["world_size"] == [2, 2]
+
+
+@pytest.mark.slow
+def test_torchrun_bad_input_is_one_error_line_from_rank_0(data_root, tmp_path):
+    """2 ranks, a batch larger than the task: one `error:` line (rank 0's), no worker traceback, exit code not 0.
+    torchrun's own ChildFailedError summary follows (its process raises it; a worker cannot silence it)."""
+    import subprocess
+    import sys
+
+    ov = rank_overrides(data_root, **{"optim.batch_size": 4096})
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            f"--log-dir={tmp_path / 'torchrun'}", "-m", "scripts.train", "--out", str(run), *[a for k, v in ov.items() for a in (f"--{k}", str(v))]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env,
+                         cwd=Path(__file__).parents[1])
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode != 0 and len(errors) == 1, out.stderr[-3000:]
+    assert errors[0].startswith("error: optim.batch_size=4096 is invalid") and "rank 1" not in out.stderr
+    assert "exitcode  : 2" in out.stderr  # rank 0's plain exit, the root cause in torchrun's summary
+    worker_frames = [line for line in out.stderr.splitlines() if line.strip().startswith("File ") and "fastpnr" in line
+                     and "torch/distributed" not in line]
+    assert not worker_frames, out.stderr[-3000:]  # no Python traceback from the ranks
+    assert f"out: {run.resolve()}" in out.stdout.splitlines() and "run folder:" not in out.stdout
 
 
 def test_a_restarted_worker_resumes_only_a_checkpoint_of_its_own_launch(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import multiprocessing as mp
 import os
+import re
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from itertools import islice
 from typing import Iterator, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from fastpnr.errors import DataError
 
@@ -82,6 +83,26 @@ def resize_array(images: np.ndarray, size: tuple[int, int] | Resize) -> np.ndarr
     return np.stack([np.asarray(resize_image(Image.fromarray(x), size)) for x in images])
 
 
+# The leading bytes of the formats a user most likely meant, to say "a damaged JPEG" rather than "not an image".
+SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"BM": "BMP", b"RIFF": "WebP"}
+
+
+def decode_failure(error: Exception, data: bytes) -> str:
+    """What is wrong with ``data`` that failed to decode with ``error``, in words (no Python object repr)."""
+    size = f"{len(data)} bytes"
+    fmt = next((name for sig, name in SIGNATURES.items() if data.startswith(sig)), None)
+    text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the file", str(error))
+    if not data:
+        return "an empty file (0 bytes)"
+    if isinstance(error, UnidentifiedImageError):
+        if fmt:
+            return f"a {fmt} file whose header is damaged or cut short ({size}); not decodable"
+        return f"not a decodable image ({size}; not JPEG, PNG or another format PIL reads)"
+    if isinstance(error, OSError) and "truncated" in text.lower():
+        return f"truncated: the {fmt or 'image'} data ends before the image does ({size})"
+    return f"{fmt + ' ' if fmt else ''}image data that does not decode ({size}): {type(error).__name__}: {text}"
+
+
 def _decode_chunk(blobs: list[bytes], size) -> tuple[list[np.ndarray | None], list[tuple[int, str]]]:
     """Worker task: decoded arrays (None where it failed) and [(position in chunk, reason)]."""
     out, errors = [], []
@@ -91,7 +112,7 @@ def _decode_chunk(blobs: list[bytes], size) -> tuple[list[np.ndarray | None], li
                 out.append(decode_image(data, size))
             except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
                 out.append(None)
-                errors.append((i, f"{type(e).__name__}: {e}"))
+                errors.append((i, decode_failure(e, data)))
     return out, errors
 
 

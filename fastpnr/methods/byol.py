@@ -7,6 +7,7 @@ import torch
 
 from ..losses import byol_loss
 from ..models import mlp
+from ..precision import upcast
 from .base import Method, MethodConfig, check_tau
 
 
@@ -43,7 +44,7 @@ class BYOL(Method):
         return out
 
     def ssl_loss(self, out):
-        (p1, p2), (k1, k2) = [x.float() for x in out["p"]], [x.float() for x in out["k"]]
+        (p1, p2), (k1, k2) = [upcast(x) for x in out["p"]], [upcast(x) for x in out["k"]]
         # The anchors sum the two directions (not average).
         loss = byol_loss(p1, k2.detach()) + byol_loss(p2, k1.detach())
         return loss, {"byol": loss.detach()}

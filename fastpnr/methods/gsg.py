@@ -27,6 +27,7 @@ import torch
 
 from ..errors import FastPNRError
 from ..losses import gsg_loss
+from ..precision import upcast
 from .base import Method, check_tau
 from .simsiam import SimSiamConfig, simsiam_heads, static_predictor_groups
 
@@ -84,8 +85,8 @@ class _GSG(Method):
         return out["z"][:2]  # the first image's two online projections
 
     def ssl_loss(self, out):
-        p = [x.float() for x in out["p"]]
-        k = [x.float() for x in out["k"]]
+        p = [upcast(x) for x in out["p"]]
+        k = [upcast(x) for x in out["k"]]
         loss = gsg_loss(*p, *k)
         return loss, {self.cfg.name: loss.detach()}
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError, require
 from ..losses import moco_loss
 from ..models import mlp
+from ..precision import upcast
 from .base import LOSS_BACKENDS, Method, MethodConfig, check_tau
 
 
@@ -47,10 +48,10 @@ class MoCoV2Plus(Method):
 
     def forward_views(self, views):
         out = super().forward_views(views)
-        out["q"] = [F.normalize(z.float(), dim=-1) for z in out["z"]]
+        out["q"] = [F.normalize(upcast(z), dim=-1) for z in out["z"]]
         with torch.no_grad():
             out["momentum_feats"] = [self.momentum_backbone(v) for v in views]
-            out["k"] = [F.normalize(self.momentum_projector(f).float(), dim=-1) for f in out["momentum_feats"]]
+            out["k"] = [F.normalize(upcast(self.momentum_projector(f)), dim=-1) for f in out["momentum_feats"]]
         # The loss must see the queue as it was before this step's enqueue.
         out["queue"] = self.queue.clone()
         return out

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from ..errors import require
 from ..losses import simclr_loss
 from ..models import mlp
+from ..precision import upcast
 from .base import LOSS_BACKENDS, Method, MethodConfig
 
 
@@ -25,6 +26,6 @@ class SimCLR(Method):
         self.projector = mlp(self.feat_dim, self.cfg.proj_hidden, self.cfg.proj_out, bn=False)
 
     def ssl_loss(self, out):
-        z1, z2 = self.dist.loss_batch(*(z.float() for z in out["z"]))  # negatives from the global batch
+        z1, z2 = self.dist.loss_batch(*(upcast(z) for z in out["z"]))  # negatives from the global batch
         loss = simclr_loss(z1, z2, temperature=self.cfg.temperature, backend=self.cfg.loss_backend)
         return loss, {"simclr": loss.detach()}

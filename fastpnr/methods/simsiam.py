@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from ..losses import simsiam_loss
 from ..models import mlp
+from ..precision import upcast
 from .base import Method, MethodConfig
 
 
@@ -41,7 +42,7 @@ class SimSiam(Method):
         return out
 
     def ssl_loss(self, out):
-        (p1, p2), (z1, z2) = [x.float() for x in out["p"]], [x.float() for x in out["z"]]
+        (p1, p2), (z1, z2) = [upcast(x) for x in out["p"]], [upcast(x) for x in out["z"]]
         loss = 0.5 * (simsiam_loss(p1, z2.detach()) + simsiam_loss(p2, z1.detach()))
         return loss, {"simsiam": loss.detach()}
 

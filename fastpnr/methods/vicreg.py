@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from ..errors import require
 from ..losses import vicreg_loss
 from ..models import mlp
+from ..precision import upcast
 from .base import Method, MethodConfig
 
 
@@ -28,7 +29,7 @@ class VICReg(Method):
         self.projector = mlp(self.feat_dim, self.cfg.proj_hidden, self.cfg.proj_out, layers=3)
 
     def ssl_loss(self, out):
-        z1, z2 = self.dist.loss_batch(*(z.float() for z in out["z"]))  # global variance and covariance
+        z1, z2 = self.dist.loss_batch(*(upcast(z) for z in out["z"]))  # global variance and covariance
         c = self.cfg
         loss = vicreg_loss(z1, z2, sim_weight=c.sim_weight, var_weight=c.var_weight, cov_weight=c.cov_weight)
         return loss, {"vicreg": loss.detach()}

@@ -18,6 +18,7 @@ from typing import Optional
 
 from ..errors import require
 from ..losses import contrastive_distill, decorrelative_distill, predictive_distill, predictive_mse_distill
+from ..precision import upcast
 from .base import DistillRegularizer, FrozenModelConfig
 
 DEFAULT_WEIGHT = {"vicreg": 25.0}
@@ -44,8 +45,8 @@ class CaSSLe(DistillRegularizer):
         self.distill_weight = self.weight
 
     def penalty(self, method, out, frozen_out):
-        f1, f2 = (f.float() for f in frozen_out["z"])
-        u1, u2 = (u.float() for u in self.predict(method, out))
+        f1, f2 = (upcast(f) for f in frozen_out["z"])
+        u1, u2 = (upcast(u) for u in self.predict(method, out))
         if self.kind in ("simclr", "mocov2plus", "barlow"):  # batch-coupled: the global batch
             u1, u2, f1, f2 = self.dist.loss_batch(u1, u2, f1, f2)
         if self.kind in ("simclr", "mocov2plus"):

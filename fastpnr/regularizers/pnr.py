@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError, require
 from ..losses import (pnr_barlow_regularizer, pnr_byol_regularizer, pnr_moco_loss, pnr_simclr_loss,
                       pnr_vicreg_regularizer)
+from ..precision import upcast
 from .base import DistillRegularizer, FrozenModelConfig
 
 # (pos_weight = distill_lamb, neg_weight = negative_lamb) defaults as shipped for CIFAR-100 (anchors §2.6).
@@ -59,11 +60,11 @@ class PNR(DistillRegularizer):
             self.register_buffer("frozen_queue_ptr", torch.zeros((), dtype=torch.long))
 
     def penalty(self, method, out, frozen_out):
-        f1, f2 = (f.float() for f in frozen_out["z"])
-        u1, u2 = (u.float() for u in self.predict(method, out))
+        f1, f2 = (upcast(f) for f in frozen_out["z"])
+        u1, u2 = (upcast(u) for u in self.predict(method, out))
         if self.kind == "simclr":
             # the global batch: its frozen embeddings are pseudo-negatives too
-            z1, z2, u1, u2, f1, f2 = self.dist.loss_batch(*(z.float() for z in out["z"]), u1, u2, f1, f2)
+            z1, z2, u1, u2, f1, f2 = self.dist.loss_batch(*(upcast(z) for z in out["z"]), u1, u2, f1, f2)
             loss = pnr_simclr_loss(z1, z2, u1, u2, f1, f2, temperature=self.cfg.distill_temperature,
                                    backend=method.cfg.loss_backend)
             return loss, {"pnr_simclr": loss.detach()}

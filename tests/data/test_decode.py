@@ -24,6 +24,7 @@ def test_truncated_jpeg_names_archive_and_member(tmp_path, monkeypatch):
         load_dataset("imagefolder", "train", tmp_path, cache_dir=tmp_path / "cache")
     msg = str(e.value)
     assert f"corrupt image 'train/cls1/003.jpg' in {archive}" in msg and "skip" in msg and "\n" not in msg
+    assert "truncated: the JPEG data ends before the image does" in msg and msg.count("003.jpg") == 1
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored
 
 
@@ -49,3 +50,28 @@ def test_worker_pool_path_matches_inline(tmp_path, monkeypatch):
                           progress=True)
     assert np.array_equal(inline.images, pooled.images) and inline.members == pooled.members
     assert pooled.num_corrupt == 1 and len(pooled) == 40
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("data, says", [
+    (b"hello, not an image", "not a decodable image (19 bytes; not JPEG, PNG or another format PIL reads)"),
+    (_png_bytes()[:60], "truncated: the PNG data ends before the image does (60 bytes)"),
+    (jpeg_bytes(0)[:20], "a JPEG file whose header is damaged or cut short (20 bytes)")])
+def test_an_undecodable_file_is_named_once_and_said_what_is_wrong_without_a_python_repr(tmp_path, data, says):
+    files = {f"cls{i % 2}/{i:03d}.jpg": jpeg_bytes(i) for i in range(4)}
+    files["cls0/bad.jpg"] = data
+    archive = write_tar(tmp_path / "train.tar", "train", files, mode="w")
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", "train", tmp_path, cache_dir=tmp_path / "cache")
+    msg = str(e.value)
+    assert msg.startswith(f"corrupt image 'train/cls0/bad.jpg' in {archive}: {says}")
+    assert "object at 0x" not in msg and "BytesIO" not in msg and msg.count("bad.jpg") == 1 and "\n" not in msg

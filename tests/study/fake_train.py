@@ -15,6 +15,20 @@ def option(args, name):
     return args[args.index(name) + 1] if name in args else None
 
 
+def rendezvous(name: str, timeout_s: float = 60.0) -> None:
+    """With $FAKE_RENDEZVOUS_DIR and $FAKE_RENDEZVOUS_N: announce this cell there, then wait until N cells have
+    (or timeout_s), so that cells run side by side whenever the runner starts them side by side, however loaded the
+    machine (a plain sleep raced the other cell's interpreter start)."""
+    where, n = os.environ.get("FAKE_RENDEZVOUS_DIR"), int(os.environ.get("FAKE_RENDEZVOUS_N", "0"))
+    if not where or n < 2:
+        return
+    Path(where).mkdir(parents=True, exist_ok=True)
+    (Path(where) / name).write_text("started")
+    deadline = time.time() + timeout_s
+    while len(list(Path(where).iterdir())) < n and time.time() < deadline:
+        time.sleep(0.01)
+
+
 def main(args):
     folder = Path(option(args, "--resume") or option(args, "--out"))
     cfg = json.loads((folder / "config.json").read_text()) if "--resume" in args else {
@@ -24,6 +38,7 @@ def main(args):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(cfg))
     start = time.time()
+    rendezvous(folder.name)
     time.sleep(0.3)
     (folder / "fake.json").write_text(json.dumps({"start": start, "end": time.time(), "args": args,
                                                   "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -128,6 +127,8 @@ def test_eta_from_the_mean_wall_time_of_finished_cells():
 # ------------------------------------------------------------------------------------------------ the runner (stand-in trainer)
 def test_grid_on_two_gpu_slots_failed_cell_reported_others_finish(fake_train, tmp_path, capsys):
     fake_train.setenv("FAKE_FAIL_METHOD", "byol")
+    fake_train.setenv("FAKE_RENDEZVOUS_DIR", str(tmp_path / "rendezvous"))  # the first two cells wait for each other
+    fake_train.setenv("FAKE_RENDEZVOUS_N", "2")
     out = tmp_path / "s"
     fastpnr(_cli("--methods", "simclr,byol", "--regularizers", "finetune,pnr", "--seeds", "5,6", "--out", out,
                  "--gpus", "0,1", "--optim.epochs", 3))
@@ -235,9 +236,7 @@ def test_real_two_cell_study_writes_the_report_and_rerun_is_a_no_op(real_study, 
         raise AssertionError("a finished study started a cell")
 
     monkeypatch.setattr(study.StudyRunner, "_start", no_process)
-    t0 = time.perf_counter()
-    fastpnr(_real_args(data_root, real_study, "finetune,pnr"))
-    assert time.perf_counter() - t0 < 60  # seconds (imports); a cell takes far longer
+    fastpnr(_real_args(data_root, real_study, "finetune,pnr"))  # no_process: a started cell fails the test (no clock)
     assert "2 done, 0 to run" in capsys.readouterr().out
     assert (real_study / "report.json").stat().st_mtime_ns == written
 

@@ -115,6 +115,26 @@ def test_resume_accepts_a_run_folder_or_its_checkpoint_and_explains_a_task_model
         resume_folder(tmp_path / "none")
 
 
+def test_a_truncated_checkpoint_is_named_as_truncated_with_the_copies_that_may_serve(tmp_path, capsys):
+    from fastpnr.cli import main as fastpnr
+
+    for name in ("checkpoint.pt", "task0.pt", "task1.pt"):
+        torch.save({"config": build_config("smoke", {}).to_dict(), "method": {"w": torch.randn(64, 64)}}, tmp_path / name)
+    whole = (tmp_path / "checkpoint.pt").read_bytes()
+    (tmp_path / "checkpoint.pt").write_bytes(whole[: len(whole) // 2])  # an interrupted copy
+    with pytest.raises(DataError) as e:
+        resume_run(tmp_path, log=quiet)
+    msg = _one_line(e)
+    assert msg.startswith(f"checkpoint {tmp_path / 'checkpoint.pt'} is truncated or corrupt ({len(whole) // 2} bytes")
+    assert "task{t}.pt, the model after task t, may serve (here: task1.pt, task0.pt)" in msg
+    assert "earlier copy of checkpoint.pt" in msg and len(msg) < 400  # not torch's paragraph
+    (tmp_path / "task1.pt").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        fastpnr(["linear", str(tmp_path / "task1.pt")])
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "task1.pt is truncated or corrupt (0 bytes" in err and "here: task0.pt" in err
+
+
 def test_resume_config_changes_only_the_safe_ones_pass_unless_allowed():
     old = build_config("smoke", {}).to_dict()
     new = build_config("smoke", {"train.progress": False, "train.log_every": 3, "data.data_dir": "/elsewhere",
