@@ -625,8 +625,11 @@ def validate_combinations(cfg: RunConfig) -> RunConfig:
     from .methods import METHODS
     from .regularizers import REGULARIZERS
 
+    from .replay import check_replay_config
+
     METHODS[cfg.method.name][0].check_run_config(cfg)
     REGULARIZERS[cfg.regularizer.name][0].check_run_config(cfg)
+    check_replay_config(cfg)
     return cfg
 
 

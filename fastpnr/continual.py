@@ -24,6 +24,7 @@ from .precision import PARAM_DTYPES
 from .progress import TrainProgress, task_label
 from .protocols import Evaluator
 from .regularizers import build_regularizer
+from .replay import with_replay
 from .run_folder import (CHECKPOINT, NewRunFiles, check_new_run_folder, check_resume_changes, config_changes,
                          open_run_log, resume_folder, write_json)
 from .runtime import seed_everything, setup_process
@@ -178,10 +179,10 @@ class ContinualRun:
 
     def _open_display(self, ckpt: dict | None) -> None:
         """The progress bar (or per-epoch lines; the run's log goes above the bar) and the TensorBoard scalars."""
-        T, E = self.cfg.data.num_tasks, self.cfg.optim.epochs
+        T = self.cfg.data.num_tasks
         self.last_task = min(T, self.cfg.train.max_tasks or T)  # train.max_tasks: a partial run stops after these
-        total = sum(s * E for s in self.steps[:self.last_task])
-        done = sum(self.steps[t] * E for t in range(self.start_task))
+        total = sum(s * self._task_epochs(t) for t, s in enumerate(self.steps[:self.last_task]))
+        done = sum(self.steps[t] * self._task_epochs(t) for t in range(self.start_task))
         done += self.steps[self.start_task] * self.start_epoch if self.start_task < T else 0
         self.progress = TrainProgress(total, done, self.cfg.train.progress and self.dist.is_main, log=self._sink)
         self.log = self.progress.log
@@ -193,35 +194,45 @@ class ContinualRun:
                 opened.close()
         self.progress, self.writer, self.log = None, None, self._sink
 
-    # ------------------------------------------------------------------------------------------------ task, epoch
+    # ------------------------------------------------------------------------------------------ task, phase, epoch
+    def _task_phases(self, task: int) -> list[tuple[str, int]]:
+        """(name, epochs) of task ``task``'s training phases: one of optim.epochs, or the regularizer's (POCON)."""
+        return self.regularizer.phases(task, self.cfg.optim.epochs)
+
+    def _task_epochs(self, task: int) -> int:
+        return sum(n for _, n in self._task_phases(task))
+
     def _train_task(self, task: int, ckpt: dict | None) -> None:
-        """Task ``task``'s epochs (from the checkpoint's epoch when resuming), then the checkpoint before evaluation.
-        One training phase per task: the optimizer, trainer and loaders are the phase's (fresh per task, as the
-        anchors), the checkpoint's ``next_epoch`` counts inside it."""
-        cfg, E, data = self.cfg, self.cfg.optim.epochs, self.data
+        """Task ``task``: its phases in order (each with a fresh optimizer and schedule, as the anchors fresh per
+        task), from the checkpoint's ``next_epoch`` when resuming (it counts across the phases), then the checkpoint
+        before evaluation. The loaders are the task's: regularizer.replay (ER, LUMP) wraps the training loader."""
+        cfg, E, data = self.cfg, self._task_epochs(task), self.data
         first_epoch = ckpt["next_epoch"] if ckpt is not None else 0
         first_step = ckpt.get("next_step", 0) if ckpt is not None else 0  # > 0: a signal stopped that epoch
         view_configs = data.view_configs(self.method.num_views)
         if first_epoch == 0 and first_step == 0:
             self.regularizer.begin_task(self.method, task)
-        groups = self.method.param_groups(cfg.optim) + self.regularizer.param_groups(cfg.optim)
-        optimizer = build_optimizer(groups, cfg.optim)
-        trainer = Trainer(self.method, self.regularizer, optimizer, cfg.train, self.device, log=self.log, dist=self.dist)
         if ckpt is not None:
-            if first_epoch > 0 or first_step > 0:
-                optimizer.load_state_dict(ckpt["optimizer"])
-                trainer.scaler.load_state_dict(ckpt["scaler"])
             set_rng_state(ckpt["rng"])
-        loader = data.loader(data.task_train[task], self.method.num_views, view_configs, seed=cfg.train.seed * 1000 + task)
+        seed = cfg.train.seed * 1000 + task
+        loader = data.loader(data.task_train[task], self.method.num_views, view_configs, seed=seed)
+        loader = with_replay(loader, self.regularizer, seed, self.steps[0], self._task_epochs(0), cfg.optim.batch_size)
         probe_loader = None
         if cfg.train.online_probe == "full":
             probe_loader = data.loader(data.eval_train, 1, [view_configs[-1]], seed=cfg.train.seed * 1000 + 500 + task)
         # this task's time so far: its earlier attempts' (a kill mid-task), from the checkpoint, then this one's
         earlier = ckpt.get("task_clock") if ckpt is not None and (first_epoch > 0 or first_step > 0) else None
         self.task_clock = run_metrics.TaskClock.resumed(task, earlier)
-        for epoch in range(first_epoch, E):
-            resume_at = (first_step, lambda: set_rng_state(ckpt["rng"])) if epoch == first_epoch and first_step else (0, None)
-            self._train_epoch(task, epoch, trainer, loader, probe_loader, *resume_at)
+        start = 0
+        for name, n in self._task_phases(task):  # phase = (its first epoch in the task, its epochs, the task's)
+            if first_epoch < start + n:
+                inside = first_epoch > start or (first_epoch == start and first_step > 0)  # resumed inside the phase
+                trainer = self._phase_trainer(task, name, ckpt if inside else None)
+                for epoch in range(max(first_epoch, start), start + n):
+                    resume_at = ((first_step, lambda: set_rng_state(ckpt["rng"])) if epoch == first_epoch and first_step
+                                 else (0, None))
+                    self._train_epoch(task, epoch, trainer, loader, probe_loader, (start, n, E), *resume_at)
+            start += n
         run_metrics.record_task_time(self.metrics, self.task_clock.state())
         self.task_clock = None  # the task's time is in the metrics now
         self.metrics.setdefault("world_size", []).append(self.dist.world_size)  # of each task's training
@@ -230,23 +241,41 @@ class ContinualRun:
         if self._stops["eval"] == task:
             raise _Interrupted()
 
-    def _train_epoch(self, task: int, epoch: int, trainer, loader, probe_loader, start_step=0, on_skipped=None) -> None:
+    def _phase_trainer(self, task: int, phase: str, ckpt: dict | None) -> Trainer:
+        """The phase's Trainer with a fresh optimizer; ``ckpt``: resuming inside the phase (its optimizer and scaler
+        state), else the phase starts here (``begin_phase``). The phase's modules: POCON trains its expert first."""
+        cfg = self.cfg
+        if ckpt is None:
+            self.regularizer.begin_phase(self.method, task, phase)
+        method, regularizer = self.regularizer.phase_modules(self.method, phase)
+        groups = method.param_groups(cfg.optim) + regularizer.param_groups(cfg.optim)
+        optimizer = build_optimizer(groups, cfg.optim)
+        trainer = Trainer(method, regularizer, optimizer, cfg.train, self.device, log=self.log, dist=self.dist)
+        if ckpt is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            trainer.scaler.load_state_dict(ckpt["scaler"])
+        return trainer
+
+    def _train_epoch(self, task: int, epoch: int, trainer, loader, probe_loader, phase: tuple[int, int, int],
+                     start_step=0, on_skipped=None) -> None:
         """One epoch (from ``start_step`` when resumed inside it): steps, TensorBoard scalars, progress, the task's
-        clock, checkpoint. A stop signal: the checkpoint after the step in flight, then exit."""
-        cfg, T, E, steps = self.cfg, self.cfg.data.num_tasks, self.cfg.optim.epochs, self.steps[task]
-        set_lr(trainer.optimizer, epoch, E, cfg.optim)
+        clock, checkpoint. ``phase``: (its first epoch in the task, its epochs, the task's epochs); schedules run over
+        the phase. A stop signal: the checkpoint after the step in flight, then exit."""
+        cfg, T, steps = self.cfg, self.cfg.data.num_tasks, self.steps[task]
+        start, n, E = phase
+        set_lr(trainer.optimizer, epoch - start, n, cfg.optim)
         loader.set_epoch(epoch)
         probe_iter = cycle(probe_loader, epoch) if probe_loader is not None else None
         self.progress.start_epoch(task, T, epoch, E)
-        t0, epoch_start = time.perf_counter(), epoch * steps
+        t0, epoch_start = time.perf_counter(), (epoch - start) * steps  # the step in the phase (EMA tau schedule)
 
-        def on_log(step_in_task, host, ips):  # the trainer's logged terms as scalars at their global step
-            at = self.global_step + step_in_task - epoch_start
+        def on_log(step_in_phase, host, ips):  # the trainer's logged terms as scalars at their global step
+            at = self.global_step + step_in_phase - epoch_start
             for k, v in host.items():
                 self._scalar(f"train/{k}", v, at)
             self._scalar("train/images_per_second", ips, at)
 
-        means, stopped_at = trainer.train_epoch(loader, probe_iter, epoch, epoch_start, steps * E, steps,
+        means, stopped_at = trainer.train_epoch(loader, probe_iter, epoch, epoch_start, steps * n, steps,
                                                 progress=self.progress.bar, on_log=on_log, start_step=start_step,
                                                 stop=self._signal, on_skipped=on_skipped)
         if stopped_at is not None:

@@ -5,6 +5,8 @@ from fastpnr.losses.cassle import contrastive_distill, decorrelative_distill, pr
 from fastpnr.losses.gsg import gsg_loss, gsg_pairing
 from fastpnr.losses.infonce import multi_block_infonce
 from fastpnr.losses.moco import moco_loss
+from fastpnr.losses.pfr import pfr_distill
+from fastpnr.losses.pocon import pocon_distill
 from fastpnr.losses.pnr_barlow import pnr_barlow_regularizer
 from fastpnr.losses.pnr_byol import pnr_byol_regularizer
 from fastpnr.losses.pnr_moco import pnr_moco_loss
@@ -25,6 +27,8 @@ __all__ = [
     "invariance_loss",
     "moco_loss",
     "multi_block_infonce",
+    "pfr_distill",
+    "pocon_distill",
     "pnr_barlow_regularizer",
     "pnr_byol_regularizer",
     "pnr_moco_loss",

@@ -48,6 +48,7 @@ class Method(nn.Module):
     def __init__(self, cfg: MethodConfig, model_cfg, num_classes: int):
         super().__init__()
         self.cfg = cfg
+        self.model_cfg, self.num_classes = model_cfg, num_classes  # a second network of the same kind (POCON's expert)
         self.backbone = build_backbone(model_cfg.backbone, cifar_stem=model_cfg.cifar_stem,
                                        stem_padding=model_cfg.stem_padding, zero_init_residual=model_cfg.zero_init_residual,
                                        width=model_cfg.width)

@@ -1,12 +1,19 @@
 """Continual strategies registry: name -> (Regularizer class, config dataclass)."""
 from .base import DistillRegularizer, FrozenModelRegularizer, Regularizer, RegularizerConfig
 from .cassle import CaSSLe, CaSSLeConfig
+from .pfr import PFR, PFRConfig
 from .pnr import PNR, PNRConfig
+from .pocon import POCON, POCONConfig
+from .replay import ERConfig, LUMPConfig
 
 REGULARIZERS = {
     "finetune": (Regularizer, RegularizerConfig),
     "pnr": (PNR, PNRConfig),
     "cassle": (CaSSLe, CaSSLeConfig),
+    "pfr": (PFR, PFRConfig),
+    "er": (Regularizer, ERConfig),
+    "lump": (Regularizer, LUMPConfig),
+    "pocon": (POCON, POCONConfig),
 }
 
 
@@ -15,4 +22,4 @@ def build_regularizer(cfg, method) -> Regularizer:
 
 
 __all__ = ["REGULARIZERS", "Regularizer", "RegularizerConfig", "FrozenModelRegularizer", "DistillRegularizer",
-           "PNR", "CaSSLe", "build_regularizer"]
+           "PNR", "CaSSLe", "PFR", "POCON", "build_regularizer"]

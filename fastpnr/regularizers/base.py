@@ -9,19 +9,36 @@ active. The trainer knows nothing else about a regularizer.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
 from ..distributed import SINGLE
 from ..errors import require
+from ..reservoir import ReservoirBuffer
 
 FROZEN_BN_MODES = ("eval", "train")
+
+
+REPLAY_MODES = ("none", "er", "lump")
 
 
 @dataclass(frozen=True)
 class RegularizerConfig:
     name: str = "finetune"                # continual strategy (a REGULARIZERS registry entry; set with --regularizer)
+    replay: str = "none"                  # replay of a reservoir buffer: none, er (a buffer batch joins each batch), lump (views mixed with one)
+    buffer_size: int = 256                # replay buffer: images kept (as dataset indices); 256 as UCL configs/*.yaml L12
+    replay_batch: Optional[int] = None    # buffer images per step; None: optim.batch_size (UCL buffer.get_data(batch_size))
+    mix_alpha: float = 0.4                # LUMP: mixing weight lambda ~ Beta(alpha, alpha), one per batch (UCL configs L29)
+
+    def __post_init__(self):
+        require(self.replay in REPLAY_MODES, "regularizer.replay", self.replay, REPLAY_MODES)
+        require(isinstance(self.buffer_size, int) and self.buffer_size >= 1, "regularizer.buffer_size",
+                self.buffer_size, "an int >= 1")
+        require(self.replay_batch is None or self.replay_batch >= 1, "regularizer.replay_batch", self.replay_batch,
+                "None (the batch size) or an int >= 1")
+        require(self.mix_alpha > 0, "regularizer.mix_alpha", self.mix_alpha, "> 0")
 
 
 class Regularizer(nn.Module):
@@ -36,6 +53,8 @@ class Regularizer(nn.Module):
         self.cfg = cfg
         self.register_buffer("task", torch.zeros((), dtype=torch.long))
         self.frozen = None
+        # Replay (regularizer.replay, any strategy): the reservoir of dataset indices, checkpointed with the rest.
+        self.replay_buffer = ReservoirBuffer(cfg.buffer_size) if cfg.replay != "none" else None
 
     @property
     def active(self) -> bool:
@@ -44,6 +63,19 @@ class Regularizer(nn.Module):
 
     def begin_task(self, method, task: int) -> None:
         self.task.fill_(task)
+
+    # -- phases inside a task (POCON); one phase "train" of optim.epochs by default ---------------------
+    def phases(self, task: int, epochs: int) -> list[tuple[str, int]]:
+        """(name, epochs) of task ``task``'s training phases, in order (``epochs``: optim.epochs). Each phase has its
+        own optimizer and learning-rate schedule; a checkpoint's epoch counts the task's epochs across phases."""
+        return [("train", epochs)]
+
+    def begin_phase(self, method, task: int, phase: str) -> None:
+        """Called when phase ``phase`` of task ``task`` starts (not when a run resumes inside it), after begin_task."""
+
+    def phase_modules(self, method, phase: str):
+        """(the Method the phase's steps train, the Regularizer they use): ``(method, self)`` by default."""
+        return method, self
 
     def frozen_forward(self, views: list[torch.Tensor]) -> dict:
         return {}
@@ -69,6 +101,7 @@ class FrozenModelConfig(RegularizerConfig):
     distill_hidden: int = 2048            # hidden width of the distillation predictor
 
     def __post_init__(self):
+        super().__post_init__()
         require(self.frozen_bn in FROZEN_BN_MODES, "regularizer.frozen_bn", self.frozen_bn, FROZEN_BN_MODES)
         require(self.distill_hidden >= 1, "regularizer.distill_hidden", self.distill_hidden, ">= 1")
 

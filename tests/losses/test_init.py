@@ -23,6 +23,8 @@ FIXED = {
     "predictive_mse_distill": ["u1", "u2", "f1", "f2"],
     "decorrelative_distill": ["u1", "u2", "f1", "f2", "lamb", "scale"],
     "contrastive_distill": ["p1", "p2", "f1", "f2", "temperature"],
+    "pfr_distill": ["p1", "p2", "f1", "f2"],
+    "pocon_distill": ["p1", "p2", "t1", "t2"],
     "gsg_pairing": ["z11", "z12", "z21", "z22"],
     "gsg_loss": ["p11", "p12", "p21", "p22", "z11", "z12", "z21", "z22"],
 }

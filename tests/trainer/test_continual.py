@@ -23,8 +23,10 @@ def _method_extra(method: str, reg: str) -> dict:
         extra["method.queue_size"] = 64
     if method in ("byol", "simsiam") or "gsg" in method:
         extra["method.pred_hidden"] = 32
-    if reg != "finetune":
+    if reg in ("cassle", "pnr"):
         extra["regularizer.distill_hidden"] = 32
+    if reg in ("er", "lump"):
+        extra["regularizer.buffer_size"] = 16  # a tiny task 0 streams 2 steps x 16 images per epoch
     return extra
 
 
@@ -32,7 +34,7 @@ def quiet(*_a, **_k):
     pass
 
 
-@pytest.mark.parametrize("reg", ["finetune", "cassle", "pnr"])
+@pytest.mark.parametrize("reg", ["finetune", "cassle", "pnr", "pfr"])
 @pytest.mark.parametrize("method", BASE_METHODS)
 def test_every_method_and_strategy_runs_two_tasks(data_root, tmp_path, method, reg):
     cfg = build_config("smoke", tiny_overrides(data_root, method=method, regularizer=reg, **_method_extra(method, reg)))
@@ -48,6 +50,67 @@ def test_every_method_and_strategy_runs_two_tasks(data_root, tmp_path, method, r
         diff = sum((p - frozen[n]).abs().sum().item() for n, p in run.method.backbone.named_parameters())
         assert diff > 0
         assert all(not p.requires_grad for p in run.regularizer.frozen.parameters())
+
+
+@pytest.mark.parametrize("method,reg,replay", [("simclr", "er", None), ("byol", "lump", None), ("barlow", "cassle", "er"),
+                                               ("simclr", "pnr", "er"), ("vicreg", "pfr", "lump")])
+def test_replay_alone_and_with_a_frozen_model_strategy_runs_two_tasks(data_root, tmp_path, method, reg, replay):
+    """ER and LUMP, and replay added to CaSSLe, PNR and PFR: the buffer streams every trained image of both tasks
+    (2 tasks x 2 steps x 16) and holds indices of their training images only."""
+    extra = {**_method_extra(method, reg), "regularizer.buffer_size": 16}
+    if replay:
+        extra["regularizer.replay"] = replay
+    run = ContinualRun(build_config("smoke", tiny_overrides(data_root, method=method, regularizer=reg, **extra)), tmp_path,
+                       log=quiet)
+    metrics = run.fit()
+    assert len(metrics["accuracy_matrix"]) == 2
+    buf = run.regularizer.replay_buffer
+    assert buf.seen_host == int(buf.seen) == 2 * 2 * 16 and buf.filled() == 16
+    trained = set(np.concatenate(run.data.task_train).tolist())
+    assert set(buf.slots.tolist()) <= trained
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["regularizer"]
+    assert torch.equal(ckpt["replay_buffer.slots"], buf.slots)
+
+
+@pytest.mark.parametrize("method", ["byol", "simclr"])
+def test_pocon_runs_two_tasks_with_an_expert_per_task(data_root, tmp_path, method):
+    cfg = build_config("smoke", tiny_overrides(data_root, method=method, regularizer="pocon", **_method_extra(method, "pocon")))
+    run = ContinualRun(cfg, tmp_path, log=quiet)
+    assert len(run.fit()["accuracy_matrix"]) == 2
+    reg = run.regularizer
+    assert reg._has_old_host and bool(reg.has_old)
+    # task 1: the expert started from the task-0 main backbone (= old_backbone) and trained on; the main network
+    # trained from it in the main phase: all three differ
+    params = lambda net: torch.cat([p.detach().flatten() for p in net.parameters()])  # noqa: E731
+    main, expert, old = params(run.method.backbone), params(reg.expert.backbone), params(reg.old_backbone)
+    assert not torch.equal(main, old) and not torch.equal(expert, old) and not torch.equal(main, expert)
+    assert all(not p.requires_grad for p in [*reg.old_backbone.parameters(), *reg.expert_frozen.parameters()])
+
+
+@pytest.mark.slow
+def test_pocon_phases_checkpoint_and_resume_at_boundaries_and_inside(data_root, tmp_path):
+    """POCON with optim.epochs 2: task 0 = 2 expert + 2 main epochs, task 1 = 2 + 1. The expert phase leaves the main
+    network untouched; kills at a phase boundary (after epoch 2, after epoch 6 = task 1's boundary) and inside the
+    main phase (after epoch 3) resume to the uninterrupted run's matrices and weights."""
+    ov = tiny_overrides(data_root, method="barlow", regularizer="pocon", **{"optim.epochs": 2})
+    lines = []
+    full = ContinualRun(build_config("smoke", ov), tmp_path / "full", log=lines.append).fit()
+    epochs = [s.split(" | ")[0] for s in lines if s.startswith("task ") and " epoch " in s]
+    assert epochs == [f"task 1/2 epoch {e}/4" for e in range(1, 5)] + [f"task 2/2 epoch {e}/3" for e in range(1, 4)]
+    for stop in (2, 3, 6):
+        out = tmp_path / f"stop{stop}"
+        ContinualRun(build_config("smoke", ov), out, log=quiet).fit(stop_after_epochs=stop)
+        ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+        assert (ckpt["next_task"], ckpt["next_epoch"]) == {2: (0, 2), 3: (0, 3), 6: (1, 2)}[stop]
+        if stop == 2:  # after task 0's expert phase the main network is still its initialization (ContinualRun._build)
+            from fastpnr.continual import seed_everything
+            from fastpnr.methods import build_method
+
+            cfg = build_config("smoke", ov)
+            seed_everything(cfg.train.seed)
+            init = build_method(cfg.method, cfg.model, num_classes=10).state_dict()
+            assert all(torch.equal(ckpt["method"][k], v) for k, v in init.items())
+        assert_resumed_equals_full(out, tmp_path / "full", full)
 
 
 def test_run_folder_holds_metrics_csv_png_tensorboard_and_tasks(data_root, tmp_path):
@@ -95,9 +158,10 @@ def assert_resumed_equals_full(out, full_dir, full: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_interrupted_and_resumed_run_equals_uninterrupted(data_root, tmp_path):
-    ov = tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32, "optim.epochs": 2,
-                                                          "train.online_probe": "full"})
+@pytest.mark.parametrize("reg", ["pnr", "pfr", "er", "lump"])
+def test_interrupted_and_resumed_run_equals_uninterrupted(data_root, tmp_path, reg):
+    ov = tiny_overrides(data_root, regularizer=reg, **_method_extra("simclr", reg), **{"optim.epochs": 2,
+                                                                                     "train.online_probe": "full"})
     full = ContinualRun(build_config("smoke", ov), tmp_path / "full", log=quiet).fit()
     for stop in (1, 3):  # mid-task (after epoch 1 of task 0) and mid-task 1
         out = tmp_path / f"stop{stop}"

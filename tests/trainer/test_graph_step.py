@@ -79,7 +79,8 @@ def _trajectory(trainer, optim_cfg, batches, rehearse=False):
 
 
 @pytest.mark.parametrize("method_name, reg_name, probe", [("simclr", "pnr", "task"), ("mocov2plus", "pnr", "full"),
-                                                          ("byol", "cassle", "off")])
+                                                          ("byol", "cassle", "off"), ("barlow", "pfr", "off"),
+                                                          ("barlow", "pocon", "off")])
 @pytest.mark.parametrize("rehearse", [False, True])
 def test_graph_step_matches_eager_trajectory(method_name, reg_name, probe, rehearse):
     eager, optim_cfg = _build(method_name, reg_name, cuda_graph=False, probe=probe)
