@@ -188,6 +188,7 @@ def test_a_run_that_fails_finishes_its_wandb_run_with_exit_code_1(tmp_path, no_l
 
 
 def test_overwrite_removes_the_wandb_folder_and_a_resume_may_change_the_wandb_fields(tmp_path):
+    _needs_wandb()  # the resume check validates train.wandb, which needs the package
     from fastpnr.run_folder import check_new_run_folder, check_resume_changes, config_changes
 
     (tmp_path / "config.json").write_text("{}")
