@@ -11,25 +11,22 @@ import os
 import time
 from pathlib import Path
 
-import torch
 
 from . import distributed, preempt
 from . import run_metrics
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .config import RunConfig, config_from_dict, config_with_overrides, format_config
 from .errors import FastPNRError, require
-from .methods import build_method
-from .optim import build_optimizer, set_lr
-from .precision import PARAM_DTYPES
-from .progress import TrainProgress, task_label
+from .optim import set_lr
+from .progress import TrainProgress, position_label, task_label
 from .protocols import Evaluator
-from .regularizers import build_regularizer
+from .regularizers import task_epochs, task_phases
 from .replay import with_replay
 from .run_folder import (CHECKPOINT, NewRunFiles, check_new_run_folder, check_resume_changes, config_changes,
                          open_run_log, resume_folder, write_json)
-from .runtime import seed_everything, setup_process
+from .runtime import build_models, setup_process
 from .task_data import TaskData, cycle
-from .trainer import Trainer, compile_backbone
+from .trainer import phase_trainer
 
 
 class ContinualRun:
@@ -146,21 +143,10 @@ class ContinualRun:
 
     def _build(self) -> None:
         """The method (backbone, heads, EMA networks) and the strategy (frozen model, distillers) on the device."""
-        cfg = self.cfg
-        seed_everything(cfg.train.seed)
-        self.method = build_method(cfg.method, cfg.model, self.data.num_classes)
-        self.regularizer = build_regularizer(cfg.regularizer, self.method)
-        memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-        if self.dist.enabled and cfg.dist.sync_batchnorm:  # the online, EMA and frozen models: global-batch BN
-            distributed.convert_batchnorm(self.method)
-            distributed.convert_batchnorm(self.regularizer)
-        self.method.dist = self.regularizer.dist = self.dist
-        dtype = PARAM_DTYPES[cfg.train.precision]  # float32, or float64 (fp64); integer buffers keep theirs
-        self.method.to(self.device, dtype, memory_format=memory_format)
-        self.regularizer.to(self.device, dtype, memory_format=memory_format)
-        if compile_backbone(self.method, cfg.train):
-            self.log(f"[fastpnr] torch.compile of the backbone: mode {cfg.train.compile}, backend "
-                     f"{cfg.train.compile_backend} (compiles on the first steps)")
+        self.method, self.regularizer, compiled = build_models(self.cfg, self.data.num_classes, self.device, self.dist)
+        if compiled:
+            self.log(f"[fastpnr] torch.compile of the backbone: mode {self.cfg.train.compile}, backend "
+                     f"{self.cfg.train.compile_backend} (compiles on the first steps)")
 
     def _restore(self, ckpt: dict) -> None:
         self.method.load_state_dict(ckpt["method"])
@@ -172,10 +158,9 @@ class ContinualRun:
             self.metrics.setdefault("resume_config_changes", []).append(
                 {"task": self.start_task, "epoch": self.start_epoch, "phase": phase,
                  "changes": {k: [old, new] for k, (old, new) in self._config_changes.items()}})
-        T, E = self.cfg.data.num_tasks, self.cfg.optim.epochs
-        self.log(f"resumed from {self.out / CHECKPOINT}: {task_label(self.start_task, T)}, "
-                 + ("its evaluation" if phase == "evaluate" else f"epoch {self.start_epoch + 1}/{E}")
-                 + (f", step {ckpt['next_step']}" if ckpt.get("next_step") else ""))
+        T, t = self.cfg.data.num_tasks, self.start_task
+        self.log(f"resumed from {self.out / CHECKPOINT}: " + (f"{task_label(t, T)}, its evaluation" if phase == "evaluate"
+                 else position_label(t, T, self.start_epoch, self._task_epochs(t), ckpt.get("next_step", 0))))
 
     def _open_display(self, ckpt: dict | None) -> None:
         """The progress bar (or per-epoch lines; the run's log goes above the bar) and the TensorBoard scalars."""
@@ -197,10 +182,10 @@ class ContinualRun:
     # ------------------------------------------------------------------------------------------ task, phase, epoch
     def _task_phases(self, task: int) -> list[tuple[str, int]]:
         """(name, epochs) of task ``task``'s training phases: one of optim.epochs, or the regularizer's (POCON)."""
-        return self.regularizer.phases(task, self.cfg.optim.epochs)
+        return task_phases(self.cfg.regularizer, task, self.cfg.optim.epochs)
 
     def _task_epochs(self, task: int) -> int:
-        return sum(n for _, n in self._task_phases(task))
+        return task_epochs(self.cfg.regularizer, task, self.cfg.optim.epochs)
 
     def _train_task(self, task: int, ckpt: dict | None) -> None:
         """Task ``task``: its phases in order (each with a fresh optimizer and schedule, as the anchors fresh per
@@ -227,7 +212,8 @@ class ContinualRun:
         for name, n in self._task_phases(task):  # phase = (its first epoch in the task, its epochs, the task's)
             if first_epoch < start + n:
                 inside = first_epoch > start or (first_epoch == start and first_step > 0)  # resumed inside the phase
-                trainer = self._phase_trainer(task, name, ckpt if inside else None)
+                trainer = phase_trainer(self.method, self.regularizer, task, name, cfg, self.device, self.dist, self.log,
+                                            ckpt if inside else None)
                 for epoch in range(max(first_epoch, start), start + n):
                     resume_at = ((first_step, lambda: set_rng_state(ckpt["rng"])) if epoch == first_epoch and first_step
                                  else (0, None))
@@ -240,21 +226,6 @@ class ContinualRun:
         self._save(task, E, phase="evaluate")  # a kill during the evaluation keeps the task's training
         if self._stops["eval"] == task:
             raise _Interrupted()
-
-    def _phase_trainer(self, task: int, phase: str, ckpt: dict | None) -> Trainer:
-        """The phase's Trainer with a fresh optimizer; ``ckpt``: resuming inside the phase (its optimizer and scaler
-        state), else the phase starts here (``begin_phase``). The phase's modules: POCON trains its expert first."""
-        cfg = self.cfg
-        if ckpt is None:
-            self.regularizer.begin_phase(self.method, task, phase)
-        method, regularizer = self.regularizer.phase_modules(self.method, phase)
-        groups = method.param_groups(cfg.optim) + regularizer.param_groups(cfg.optim)
-        optimizer = build_optimizer(groups, cfg.optim)
-        trainer = Trainer(method, regularizer, optimizer, cfg.train, self.device, log=self.log, dist=self.dist)
-        if ckpt is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            trainer.scaler.load_state_dict(ckpt["scaler"])
-        return trainer
 
     def _train_epoch(self, task: int, epoch: int, trainer, loader, probe_loader, phase: tuple[int, int, int],
                      start_step=0, on_skipped=None) -> None:
@@ -298,7 +269,8 @@ class ContinualRun:
         import signal as signals
 
         name = signals.Signals(self._signal.signum).name if self._signal.signum else "a signal on another rank"
-        self.log(f"stopped by {name}: checkpoint at task {task} epoch {epoch} step {step}; resume with --resume {self.out}")
+        where = position_label(task, self.cfg.data.num_tasks, epoch, self._task_epochs(task), step)
+        self.log(f"stopped by {name}: checkpoint at {where}; resume with --resume {self.out}")
         raise preempt.CheckpointedOnSignal(self._signal.signum or 0)
 
     def _scalar(self, tag: str, value, step: int) -> None:

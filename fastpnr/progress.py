@@ -18,6 +18,12 @@ def task_label(task: int, num_tasks: int) -> str:
     return f"task {task} ({task + 1}/{num_tasks})"
 
 
+def position_label(task: int, num_tasks: int, epoch: int, num_epochs: int, step: int = 0) -> str:
+    """"task 1 (2/2) epoch 1/3, after step 5": where a checkpoint stands (``epoch`` from 0; ``step``: the steps
+    already done in that epoch, 0 at its start). The bar, the signal stop and the resume print the same label."""
+    return f"{task_label(task, num_tasks)} epoch {epoch + 1}/{num_epochs}" + (f", after step {step}" if step else "")
+
+
 class TrainProgress:
     """The progress display of a run of ``total_steps`` training steps, ``done_steps`` of them already done."""
 
@@ -40,7 +46,7 @@ class TrainProgress:
 
     def start_epoch(self, task: int, num_tasks: int, epoch: int, epochs: int) -> None:
         if self.bar is not None:
-            self.bar.set_description(f"{task_label(task, num_tasks)} epoch {epoch + 1}/{epochs}")
+            self.bar.set_description(position_label(task, num_tasks, epoch, epochs))
 
     def end_epoch(self, task: int, num_tasks: int, epoch: int, epochs: int, steps: int, images: int, seconds: float,
                   means: dict) -> None:
@@ -53,7 +59,7 @@ class TrainProgress:
         eta = (self.total - self.done) * self.train_seconds / max(self.train_steps, 1)
         loss = f"loss {means['loss']:.4f}" if "loss" in means else "loss n/a"
         ips = images / max(seconds, 1e-9)
-        self.sink(f"{task_label(task, num_tasks)} epoch {epoch + 1}/{epochs} | {loss} | "
+        self.sink(f"{position_label(task, num_tasks, epoch, epochs)} | {loss} | "
                   f"{ips:.{0 if ips >= 10 else 2}f} img/s | elapsed {_clock(time.perf_counter() - self.started)} | "
                   f"train ETA {_clock(eta)}")
 

@@ -1,5 +1,6 @@
 """The process's torch settings for a run, shared by the loop and the offline tools: the device, the process group
-(torchrun), CPU threads, determinism, the global seed. The same settings give the same numbers in both."""
+(torchrun), CPU threads, determinism, the global seed (the same settings give the same numbers in both); and the
+run's models on the device (``build_models``)."""
 from __future__ import annotations
 
 import random
@@ -9,6 +10,7 @@ import torch
 
 from . import distributed
 from .errors import ConfigError
+from .precision import PARAM_DTYPES
 
 
 def resolve_device(name: str) -> torch.device:
@@ -40,3 +42,24 @@ def setup_process(cfg, dist=None) -> tuple[torch.device, distributed.Dist]:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
     return device, dist
+
+
+def build_models(cfg, num_classes: int, device: torch.device, dist):
+    """(method, regularizer, compiled) of a run, seeded by ``train.seed``, on ``device`` in the weights' dtype of
+    ``train.precision`` (integer buffers keep theirs) and ``model.channels_last``; global-batch BatchNorm under
+    torchrun with ``dist.sync_batchnorm``; ``compiled``: ``train.compile`` compiled the backbone."""
+    from .methods import build_method
+    from .regularizers import build_regularizer
+    from .trainer import compile_backbone
+
+    seed_everything(cfg.train.seed)
+    method = build_method(cfg.method, cfg.model, num_classes)
+    regularizer = build_regularizer(cfg.regularizer, method)
+    if dist.enabled and cfg.dist.sync_batchnorm:  # the online, EMA and frozen models: global-batch BN
+        distributed.convert_batchnorm(method)
+        distributed.convert_batchnorm(regularizer)
+    method.dist = regularizer.dist = dist
+    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    for module in (method, regularizer):
+        module.to(device, PARAM_DTYPES[cfg.train.precision], memory_format=memory_format)
+    return method, regularizer, compile_backbone(method, cfg.train)

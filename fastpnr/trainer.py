@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .collapse import collapse_measures
 from .distributed import SINGLE
 from .errors import FastPNRError
+from .optim import build_optimizer
 from .precision import AUTOCAST_DTYPES, PARAM_DTYPES, upcast
 
 
@@ -239,3 +240,18 @@ def _probe_losses(method, out, probe_batch):
 
 def _finite(x: float) -> bool:
     return x == x and x not in (float("inf"), float("-inf"))
+
+
+def phase_trainer(method, regularizer, task: int, phase: str, cfg, device, dist, log, ckpt: dict | None) -> Trainer:
+    """The Trainer of phase ``phase`` of task ``task`` with a fresh optimizer; ``ckpt``: resuming inside the phase (its
+    optimizer and scaler state), else the phase starts here (``begin_phase``). The phase's modules come from the
+    regularizer (POCON trains its expert first)."""
+    if ckpt is None:
+        regularizer.begin_phase(method, task, phase)
+    method, regularizer = regularizer.phase_modules(method, phase)
+    optimizer = build_optimizer(method.param_groups(cfg.optim) + regularizer.param_groups(cfg.optim), cfg.optim)
+    trainer = Trainer(method, regularizer, optimizer, cfg.train, device, log=log, dist=dist)
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        trainer.scaler.load_state_dict(ckpt["scaler"])
+    return trainer

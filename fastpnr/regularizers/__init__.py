@@ -21,5 +21,16 @@ def build_regularizer(cfg, method) -> Regularizer:
     return REGULARIZERS[cfg.name][0](cfg, method)
 
 
+def task_phases(cfg, task: int, epochs: int) -> list[tuple[str, int]]:
+    """(name, epochs) of task ``task``'s training phases under regularizer config ``cfg`` (``epochs``: optim.epochs)."""
+    return REGULARIZERS[cfg.name][0].phases(cfg, task, epochs)
+
+
+def task_epochs(cfg, task: int, epochs: int) -> int:
+    """Task ``task``'s epochs over all its phases."""
+    return sum(n for _, n in task_phases(cfg, task, epochs))
+
+
 __all__ = ["REGULARIZERS", "Regularizer", "RegularizerConfig", "FrozenModelRegularizer", "DistillRegularizer",
-           "PNR", "CaSSLe", "PFR", "POCON", "build_regularizer"]
+           "PNR", "CaSSLe", "PFR", "POCON", "build_regularizer", "task_phases",
+           "task_epochs"]

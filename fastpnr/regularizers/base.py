@@ -65,9 +65,11 @@ class Regularizer(nn.Module):
         self.task.fill_(task)
 
     # -- phases inside a task (POCON); one phase "train" of optim.epochs by default ---------------------
-    def phases(self, task: int, epochs: int) -> list[tuple[str, int]]:
-        """(name, epochs) of task ``task``'s training phases, in order (``epochs``: optim.epochs). Each phase has its
-        own optimizer and learning-rate schedule; a checkpoint's epoch counts the task's epochs across phases."""
+    @classmethod
+    def phases(cls, cfg, task: int, epochs: int) -> list[tuple[str, int]]:
+        """(name, epochs) of task ``task``'s training phases, in order (``epochs``: optim.epochs), from the config
+        alone (the progress bar counts them before the model is built). Each phase has its own optimizer and
+        learning-rate schedule; a checkpoint's epoch counts the task's epochs across phases."""
         return [("train", epochs)]
 
     def begin_phase(self, method, task: int, phase: str) -> None:

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from ..errors import require
+from ..precision import upcast
 from ..losses import pfr_distill
 from .base import FROZEN_BN_MODES, FrozenModelRegularizer, RegularizerConfig
 
@@ -55,7 +56,7 @@ class PFR(FrozenModelRegularizer):
                  "lr": optim_cfg.effective_lr(optim_cfg.lr), "weight_decay": optim_cfg.weight_decay}]
 
     def penalty(self, method, out, frozen_out):
-        f1, f2 = (f.float() for f in frozen_out["feats"])
-        p1, p2 = (self.temporal_projector(f).float() for f in out["feats"][:2])
+        f1, f2 = (upcast(f) for f in frozen_out["feats"])
+        p1, p2 = (upcast(self.temporal_projector(f)) for f in out["feats"][:2])
         loss = self.weight * pfr_distill(p1, p2, f1, f2)
         return loss, {"pfr": loss.detach()}

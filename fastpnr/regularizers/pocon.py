@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import require
+from ..precision import upcast
 from ..losses import pocon_distill
 from .base import Regularizer, RegularizerConfig
 
@@ -109,8 +110,9 @@ class POCON(Regularizer):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._has_old_host = bool(self.has_old)
 
-    def phases(self, task: int, epochs: int):
-        return pocon_phase_epochs(self.cfg, task, epochs)
+    @classmethod
+    def phases(cls, cfg, task: int, epochs: int):
+        return pocon_phase_epochs(cfg, task, epochs)
 
     @torch.no_grad()
     def begin_phase(self, method, task: int, phase: str) -> None:
@@ -157,16 +159,16 @@ class POCON(Regularizer):
         return out
 
     def penalty(self, method, out, frozen_out):
-        f1, f2 = (f.float() for f in out["feats"][:2])
-        e1, e2 = (e.float() for e in frozen_out["expert"])
-        h1, h2 = self.expert_head(f1).float(), self.expert_head(f2).float()
+        f1, f2 = (upcast(f) for f in out["feats"][:2])
+        e1, e2 = (upcast(e) for e in frozen_out["expert"])
+        h1, h2 = upcast(self.expert_head(f1)), upcast(self.expert_head(f2))
         h1, h2, e1, e2 = self.dist.loss_batch(h1, h2, e1, e2)  # a norm over the whole (global) batch
         adapt = self.cfg.expert_weight * pocon_distill(h1, h2, e1, e2)
         logs = {"pocon_adapt": adapt.detach()}
         loss = adapt
         if "old" in frozen_out:
-            o1, o2 = (o.float() for o in frozen_out["old"])
-            r1, r2 = self.retro_head(f1).float(), self.retro_head(f2).float()
+            o1, o2 = (upcast(o) for o in frozen_out["old"])
+            r1, r2 = upcast(self.retro_head(f1)), upcast(self.retro_head(f2))
             r1, r2, o1, o2 = self.dist.loss_batch(r1, r2, o1, o2)
             retro = self.cfg.retro_weight * pocon_distill(r1, r2, o1, o2)
             logs["pocon_retro"] = retro.detach()

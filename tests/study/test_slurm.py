@@ -244,7 +244,8 @@ def _requeue_mid_task(on_slurm, data_root, out, monkeypatch, stop, reference: Pa
     # one process exits EXIT_CHECKPOINTED; torchrun reports its workers' exit as its own failure (1)
     assert first["returncode"] == (slurm.EXIT_CHECKPOINTED if "--nproc_per_cell" not in extra else 1)
     log = (folder / "train.log").read_text()
-    assert f"stopped by SIG{'TERM' if stop == 'requeue' else 'USR2'}: checkpoint at task 1 epoch 0 step 1" in log
-    assert "resumed from" in log and "task 1, epoch 0, step 1" in log
+    where = "task 1 (2/2) epoch 1/1, after step 1"  # step 3 of 4: task 1's only epoch (2 steps), its first step done
+    assert f"stopped by SIG{'TERM' if stop == 'requeue' else 'USR2'}: checkpoint at {where}; resume with" in log
+    assert any(line.startswith("resumed from ") and line.endswith(f"checkpoint.pt: {where}") for line in log.splitlines())
     assert _matrices(folder) == _matrices(reference)
     assert _submitted(out) == {"simclr-finetune-s5": [job]}  # the same job, requeued: nothing was submitted again

@@ -261,6 +261,9 @@ def test_real_cell_killed_mid_task_resumes_to_the_uninterrupted_metrics(real_stu
     fastpnr(_real_args(data_root, out, "finetune"))
     state = study.read_state(out / "simclr-finetune-s5")
     assert state.status == "done" and [a["mode"] for a in state.record["attempts"]] == ["fresh", "resume"]
+    log = (folder / "train.log").read_text().splitlines()
+    assert any(line.startswith("resumed from ") and line.endswith("checkpoint.pt: task 0 (1/2) epoch 1/1, after step 1")
+               for line in log)
     resumed = json.loads((out / "simclr-finetune-s5" / "metrics.json").read_text())
     uninterrupted = json.loads((real_study / "simclr-finetune-s5" / "metrics.json").read_text())
     assert resumed["matrices"] == uninterrupted["matrices"]
@@ -296,13 +299,16 @@ def test_real_cell_signalled_mid_epoch_checkpoints_at_the_step_and_resumes_to_th
     state = study.read_state(folder)
     assert state.status == "interrupted" and state.record["attempts"][0]["returncode"] == preempt.EXIT_CHECKPOINTED
     assert state.record["error"] == "stopped by a signal after its checkpoint"
-    assert "stopped by SIGTERM: checkpoint at task 0 epoch 0 step 1" in (folder / "train.log").read_text()
+    assert "stopped by SIGTERM: checkpoint at task 0 (1/2) epoch 1/1, after step 1; resume" in (folder / "train.log").read_text()
     ckpt = torch.load(folder / study.CHECKPOINT, weights_only=False)
     assert (ckpt["next_task"], ckpt["next_epoch"], ckpt["next_step"]) == (0, 0, 1)
     monkeypatch.undo()
     fastpnr(_real_args(data_root, out, "finetune"))
     state = study.read_state(folder)
     assert state.status == "done" and [a["mode"] for a in state.record["attempts"]] == ["fresh", "resume"]
+    log = (folder / "train.log").read_text().splitlines()
+    assert any(line.startswith("resumed from ") and line.endswith("checkpoint.pt: task 0 (1/2) epoch 1/1, after step 1")
+               for line in log)
     resumed = json.loads((folder / "metrics.json").read_text())
     uninterrupted = json.loads((real_study / "simclr-finetune-s5" / "metrics.json").read_text())
     assert resumed["matrices"] == uninterrupted["matrices"]

@@ -103,7 +103,7 @@ def test_pocon_phases_checkpoint_and_resume_at_boundaries_and_inside(data_root, 
         ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
         assert (ckpt["next_task"], ckpt["next_epoch"]) == {2: (0, 2), 3: (0, 3), 6: (1, 2)}[stop]
         if stop == 2:  # after task 0's expert phase the main network is still its initialization (ContinualRun._build)
-            from fastpnr.continual import seed_everything
+            from fastpnr.runtime import seed_everything
             from fastpnr.methods import build_method
 
             cfg = build_config("smoke", ov)
