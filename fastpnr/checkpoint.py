@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
 from .errors import DataError
 
 
@@ -25,6 +26,24 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def loop_state(cfg, where: dict, method, regularizer, optimizer, trainer, metrics: dict, global_step: int, writer,
+               task_clock) -> dict:
+    """The continual loop's checkpoint (format 2). ``where``: ``next_task``, ``next_epoch``, ``phase`` ("train": that
+    epoch trains next, from its step ``next_step`` > 0 when a signal stopped it there; "evaluate": the task is trained
+    and its evaluation comes next). The state is the same on every rank; the RNG states are this process's."""
+    return {
+        "format": 2, "config": cfg.to_dict(), **where,
+        "method": method.state_dict(), "regularizer": regularizer.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scaler": trainer.scaler.state_dict() if trainer is not None else None,
+        "rng": rng_state(), "metrics": metrics, "global_step": global_step,
+        "tensorboard_last_steps": dict(writer.last_steps) if writer is not None else None,
+        "wandb_id": writer.wandb_id if writer is not None else None,  # train.wandb: a resume continues that run
+        "launch_id": distributed.launch_id(),  # the torchrun invocation that wrote it (its elastic restarts resume)
+        "task_clock": task_clock.state() if task_clock is not None else None,  # the task's time trained so far
+    }
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:

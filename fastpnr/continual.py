@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 
-from . import distributed, preempt
+from . import preempt
 from . import run_metrics
-from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from .checkpoint import atomic_save, load_checkpoint, loop_state, set_rng_state
 from .config import RunConfig, config_from_dict, config_with_overrides, format_config
 from .errors import FastPNRError, require
 from .optim import set_lr
@@ -317,27 +317,15 @@ class ContinualRun:
             self.progress.status(f"{getattr(self, '_eval_label', 'evaluating')}: {what}")
 
     # ------------------------------------------------------------------------------------------------ checkpoint
-    def _state(self, next_task, next_epoch, optimizer, trainer, phase, next_step=0) -> dict:
-        return {
-            "format": 2, "config": self.cfg.to_dict(), "next_task": next_task, "next_epoch": next_epoch, "phase": phase,
-            "next_step": next_step,  # > 0: stopped by a signal inside epoch next_epoch, after this many steps
-            "method": self.method.state_dict(), "regularizer": self.regularizer.state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "scaler": trainer.scaler.state_dict() if trainer is not None else None,
-            "rng": rng_state(), "metrics": self.metrics, "global_step": self.global_step,
-            "tensorboard_last_steps": dict(self.writer.last_steps) if self.writer is not None else None,
-            "wandb_id": self.writer.wandb_id if self.writer is not None else None,  # train.wandb: resume continues it
-            "launch_id": distributed.launch_id(),  # the torchrun invocation that wrote it (its elastic restarts resume)
-            "task_clock": self.task_clock.state() if self.task_clock is not None else None,  # time trained so far
-        }
-
     def _save(self, next_task, next_epoch, optimizer=None, trainer=None, phase="train", next_step=0):
         """Checkpoint. phase "train": task ``next_task`` trains from epoch ``next_epoch`` (its step ``next_step``);
         "evaluate": task ``next_task`` is trained and its evaluation comes next."""
         if self.writer is not None:
             self.writer.flush()  # the event files hold every scalar the checkpoint counts
         # the state is the same on every rank; the file is rank 0's (its RNG states, which every rank resumes with)
-        self.save_file(self._state(next_task, next_epoch, optimizer, trainer, phase, next_step), self.out / CHECKPOINT)
+        where = {"next_task": next_task, "next_epoch": next_epoch, "phase": phase, "next_step": next_step}
+        self.save_file(loop_state(self.cfg, where, self.method, self.regularizer, optimizer, trainer, self.metrics,
+                                  self.global_step, self.writer, self.task_clock), self.out / CHECKPOINT)
 
 
 class _Interrupted(Exception):
