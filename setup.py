@@ -26,7 +26,7 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "dev": ["pytest>=8", "triton>=3.6"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "triton>=3.6"],
         "triton": ["triton>=3.6"],
         "ffcv": ["ffcv==1.0.2", "opencv-python-headless"],
         "dali": ["nvidia-dali-cuda130"],

@@ -347,6 +347,7 @@ def first_batch(kind, source, seed, views, epoch=0, **kw):
         torch.set_num_threads(threads)  # FFCV sets torch's thread count to its num_workers
 
 
+@pytest.mark.slow
 def test_ffcv_device_crop_equals_gpu_loader(cifar, beton):
     """crop="device" decodes the raw stored pixels and runs the same `augment_batch` on a generator seeded from
     (seed, epoch, AUGMENTATION), as the gpu loader does: with the same order (shuffle=False: both sequential) the
@@ -364,7 +365,7 @@ def test_ffcv_device_crop_equals_gpu_loader(cifar, beton):
         assert all(torch.equal(f, g) for f, g in zip(f_views, g_views)), f"epoch {epoch}: FFCV's views differ"
 
 
-@pytest.mark.parametrize("kind", ["gpu", "ffcv", "dali"])
+@pytest.mark.parametrize("kind", ["gpu", pytest.param("ffcv", marks=pytest.mark.slow), "dali"])
 def test_fixed_seed_reproduces_the_batch(cifar, kind, request):
     """Two fresh loaders with the same (seed, epoch) give the same first batch (order and both anchors' views,
     bit for bit); another seed gives another batch. Real CIFAR images, shuffled."""
