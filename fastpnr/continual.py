@@ -52,13 +52,8 @@ class ContinualRun:
         """Run (or resume) all tasks. Simulated kills (tests): ``stop_after_epochs`` after that many epochs;
         ``stop_before_eval`` after task ``t``'s training and its checkpoint, before its evaluation.
         Under torchrun, a collective that fails because another rank stopped raises one line naming that rank."""
-        try:
+        with self.dist.peer_failures_named():
             return self._fit(stop_after_epochs, stop_before_eval)
-        except Exception as e:  # noqa: BLE001 - re-raised, as a PeerFailure when a peer is gone
-            failure = self.dist.failure(e)
-            if failure is e:
-                raise
-            raise failure from None
 
     def _fit(self, stop_after_epochs: int | None, stop_before_eval: int | None) -> dict:
         self._stops, self._epochs_run = {"epochs": stop_after_epochs, "eval": stop_before_eval}, 0
@@ -112,7 +107,8 @@ class ContinualRun:
         self.evaluator = Evaluator(cfg, self.data, self.dist, status=self._status)
         self.steps = [self.data.steps_per_epoch(t) for t in range(len(self.data.task_train))]
         self.write_json(self.out / "config.json", cfg.to_dict())  # from here on the folder holds a run
-        self._build()
+        # the method (backbone, heads, EMA networks) and the strategy (frozen model, distillers) on the device
+        self.method, self.regularizer = build_models(cfg, self.data.num_classes, self.device, self.dist, self.log)
         self.metrics, self.global_step, self.start_task, self.start_epoch = run_metrics.new_metrics(), 0, 0, 0
         if ckpt is not None:
             self._restore(ckpt)
@@ -141,23 +137,13 @@ class ContinualRun:
         self._config_changes = check_resume_changes(config_changes(old, self.cfg.to_dict()), self.allow_config_change)
         return ckpt
 
-    def _build(self) -> None:
-        """The method (backbone, heads, EMA networks) and the strategy (frozen model, distillers) on the device."""
-        self.method, self.regularizer, compiled = build_models(self.cfg, self.data.num_classes, self.device, self.dist)
-        if compiled:
-            self.log(f"[fastpnr] torch.compile of the backbone: mode {self.cfg.train.compile}, backend "
-                     f"{self.cfg.train.compile_backend} (compiles on the first steps)")
-
     def _restore(self, ckpt: dict) -> None:
         self.method.load_state_dict(ckpt["method"])
         self.regularizer.load_state_dict(ckpt["regularizer"])
         self.metrics, self.global_step = ckpt["metrics"], ckpt["global_step"]
         self.start_task, self.start_epoch = ckpt["next_task"], ckpt["next_epoch"]
         phase = ckpt.get("phase", "train")
-        if self._config_changes:  # allowed by --allow-config-change: on record
-            self.metrics.setdefault("resume_config_changes", []).append(
-                {"task": self.start_task, "epoch": self.start_epoch, "phase": phase,
-                 "changes": {k: [old, new] for k, (old, new) in self._config_changes.items()}})
+        run_metrics.record_config_changes(self.metrics, self.start_task, self.start_epoch, phase, self._config_changes)
         T, t = self.cfg.data.num_tasks, self.start_task
         self.log(f"resumed from {self.out / CHECKPOINT}: " + (f"{task_label(t, T)}, its evaluation" if phase == "evaluate"
                  else position_label(t, T, self.start_epoch, self._task_epochs(t), ckpt.get("next_step", 0))))
@@ -180,11 +166,8 @@ class ContinualRun:
         self.progress, self.writer, self.log = None, None, self._sink
 
     # ------------------------------------------------------------------------------------------ task, phase, epoch
-    def _task_phases(self, task: int) -> list[tuple[str, int]]:
-        """(name, epochs) of task ``task``'s training phases: one of optim.epochs, or the regularizer's (POCON)."""
-        return task_phases(self.cfg.regularizer, task, self.cfg.optim.epochs)
-
     def _task_epochs(self, task: int) -> int:
+        """The epochs of task ``task``: optim.epochs, or the sum over the regularizer's phases (POCON)."""
         return task_epochs(self.cfg.regularizer, task, self.cfg.optim.epochs)
 
     def _train_task(self, task: int, ckpt: dict | None) -> None:
@@ -194,35 +177,30 @@ class ContinualRun:
         cfg, E, data = self.cfg, self._task_epochs(task), self.data
         first_epoch = ckpt["next_epoch"] if ckpt is not None else 0
         first_step = ckpt.get("next_step", 0) if ckpt is not None else 0  # > 0: a signal stopped that epoch
-        view_configs = data.view_configs(self.method.num_views)
         if first_epoch == 0 and first_step == 0:
             self.regularizer.begin_task(self.method, task)
         if ckpt is not None:
             set_rng_state(ckpt["rng"])
-        seed = cfg.train.seed * 1000 + task
-        loader = data.loader(data.task_train[task], self.method.num_views, view_configs, seed=seed)
-        loader = with_replay(loader, self.regularizer, seed, self.steps[0], self._task_epochs(0), cfg.optim.batch_size)
-        probe_loader = None
-        if cfg.train.online_probe == "full":
-            probe_loader = data.loader(data.eval_train, 1, [view_configs[-1]], seed=cfg.train.seed * 1000 + 500 + task)
+        loader, probe_loader = data.task_loaders(task, self.method.num_views)
+        loader = with_replay(loader, self.regularizer, data.task_seed(task), self.steps[0], self._task_epochs(0),
+                             cfg.optim.batch_size)
         # this task's time so far: its earlier attempts' (a kill mid-task), from the checkpoint, then this one's
         earlier = ckpt.get("task_clock") if ckpt is not None and (first_epoch > 0 or first_step > 0) else None
         self.task_clock = run_metrics.TaskClock.resumed(task, earlier)
         start = 0
-        for name, n in self._task_phases(task):  # phase = (its first epoch in the task, its epochs, the task's)
+        for name, n in task_phases(cfg.regularizer, task, cfg.optim.epochs):  # (name, epochs): one, or POCON's
             if first_epoch < start + n:
                 inside = first_epoch > start or (first_epoch == start and first_step > 0)  # resumed inside the phase
                 trainer = phase_trainer(self.method, self.regularizer, task, name, cfg, self.device, self.dist, self.log,
-                                            ckpt if inside else None)
+                                        ckpt if inside else None)
                 for epoch in range(max(first_epoch, start), start + n):
                     resume_at = ((first_step, lambda: set_rng_state(ckpt["rng"])) if epoch == first_epoch and first_step
                                  else (0, None))
                     self._train_epoch(task, epoch, trainer, loader, probe_loader, (start, n, E), *resume_at)
             start += n
-        run_metrics.record_task_time(self.metrics, self.task_clock.state())
+        run_metrics.record_task_training(self.metrics, self.task_clock.state(), self.dist.world_size,
+                                         self.dist.local_batch(cfg.optim.batch_size))
         self.task_clock = None  # the task's time is in the metrics now
-        self.metrics.setdefault("world_size", []).append(self.dist.world_size)  # of each task's training
-        self.metrics.setdefault("per_rank_batch_size", []).append(self.dist.local_batch(cfg.optim.batch_size))
         self._save(task, E, phase="evaluate")  # a kill during the evaluation keeps the task's training
         if self._stops["eval"] == task:
             raise _Interrupted()
@@ -266,11 +244,8 @@ class ContinualRun:
 
     def _stopped_by_signal(self, task: int, epoch: int, step: int):
         """After the checkpoint of a signal stop: say where it stopped, exit with ``preempt.EXIT_CHECKPOINTED``."""
-        import signal as signals
-
-        name = signals.Signals(self._signal.signum).name if self._signal.signum else "a signal on another rank"
         where = position_label(task, self.cfg.data.num_tasks, epoch, self._task_epochs(task), step)
-        self.log(f"stopped by {name}: checkpoint at {where}; resume with --resume {self.out}")
+        self.log(self._signal.stop_line(where, self.out))
         raise preempt.CheckpointedOnSignal(self._signal.signum or 0)
 
     def _scalar(self, tag: str, value, step: int) -> None:

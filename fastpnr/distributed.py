@@ -160,6 +160,17 @@ class Dist:
         """What to raise for ``exc`` (a peer failure becomes one line naming the rank)."""
         return exc
 
+    @contextmanager
+    def peer_failures_named(self):
+        """The body's exception, re-raised as one line naming the rank when a peer that stopped caused it."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - re-raised, as a PeerFailure when a peer is gone
+            failure = self.failure(e)
+            if failure is e:
+                raise
+            raise failure from None
+
     def close(self) -> None:
         pass
 

@@ -35,6 +35,11 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signum is not None
 
+    def stop_line(self, where: str, out) -> str:
+        """The line after the checkpoint of a signal stop: the signal, where the checkpoint stands, how to resume."""
+        name = signal.Signals(self.signum).name if self.signum else "a signal on another rank"
+        return f"stopped by {name}: checkpoint at {where}; resume with --resume {out}"
+
     def _handle(self, signum, frame):
         if self.signum is not None:  # the second signal: the default action (terminate) now
             signal.signal(signum, signal.SIG_DFL)

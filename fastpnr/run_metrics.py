@@ -42,15 +42,25 @@ class TaskClock:
         return {"task": self.task, "seconds": [*self.earlier, time.perf_counter() - self.started], "images": self.images}
 
 
-def record_task_time(m: dict, clock: dict) -> None:
+def record_task_training(m: dict, clock: dict, world_size: int, per_rank_batch_size: int) -> None:
     """A trained task's time (``TaskClock.state``): task_time_s = the sum over its attempts, task_time_s_by_attempt
-    the attempts' seconds, images_per_second = its images over that sum. (A run begun before per-attempt times were
-    kept has one attempt on record for each earlier task.)"""
+    the attempts' seconds, images_per_second = its images over that sum (a run begun before per-attempt times were
+    kept has one attempt on record for each earlier task); the processes it trained on and their batch."""
     by_attempt = m.setdefault("task_time_s_by_attempt", [[s] for s in m["task_time_s"]])
     total = sum(clock["seconds"])
     by_attempt.append(list(clock["seconds"]))
     m["task_time_s"].append(total)
     m["images_per_second"].append(clock["images"] / max(total, 1e-9))
+    m.setdefault("world_size", []).append(world_size)
+    m.setdefault("per_rank_batch_size", []).append(per_rank_batch_size)
+
+
+def record_config_changes(m: dict, task: int, epoch: int, phase: str, changes: dict) -> None:
+    """A resume's changes of settings that change the numbers (allowed by --allow-config-change), on record:
+    metrics.json ``resume_config_changes``, one entry per such resume."""
+    if changes:
+        m.setdefault("resume_config_changes", []).append(
+            {"task": task, "epoch": epoch, "phase": phase, "changes": {k: [old, new] for k, (old, new) in changes.items()}})
 
 
 def record_random_init(m: dict, rows: dict, protocol: str) -> float:

@@ -44,10 +44,10 @@ def setup_process(cfg, dist=None) -> tuple[torch.device, distributed.Dist]:
     return device, dist
 
 
-def build_models(cfg, num_classes: int, device: torch.device, dist):
-    """(method, regularizer, compiled) of a run, seeded by ``train.seed``, on ``device`` in the weights' dtype of
+def build_models(cfg, num_classes: int, device: torch.device, dist, log=print):
+    """(method, regularizer) of a run, seeded by ``train.seed``, on ``device`` in the weights' dtype of
     ``train.precision`` (integer buffers keep theirs) and ``model.channels_last``; global-batch BatchNorm under
-    torchrun with ``dist.sync_batchnorm``; ``compiled``: ``train.compile`` compiled the backbone."""
+    torchrun with ``dist.sync_batchnorm``; ``train.compile`` compiles the backbone (and says so in ``log``)."""
     from .methods import build_method
     from .regularizers import build_regularizer
     from .trainer import compile_backbone
@@ -62,4 +62,7 @@ def build_models(cfg, num_classes: int, device: torch.device, dist):
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     for module in (method, regularizer):
         module.to(device, PARAM_DTYPES[cfg.train.precision], memory_format=memory_format)
-    return method, regularizer, compile_backbone(method, cfg.train)
+    if compile_backbone(method, cfg.train):
+        log(f"[fastpnr] torch.compile of the backbone: mode {cfg.train.compile}, backend {cfg.train.compile_backend} "
+            "(compiles on the first steps)")
+    return method, regularizer

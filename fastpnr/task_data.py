@@ -217,6 +217,19 @@ class TaskData:
                              shard=self.dist.shard(batch) if self.dist.enabled else None, **extra)
         return Prefetcher(loader, self.device, ahead=None if self.cfg.data.prefetch else False)
 
+    def task_loaders(self, task: int, num_views: int) -> tuple:
+        """(training loader, online-probe loader or None) of task ``task``, seeded by ``task_seed``: the task's images
+        in a method's ``num_views`` views; the probe's (``train.online_probe full``) is eval_train in the last view."""
+        views, seed = self.view_configs(num_views), self.task_seed(task)
+        loader = self.loader(self.task_train[task], num_views, views, seed=seed)
+        if self.cfg.train.online_probe != "full":
+            return loader, None
+        return loader, self.loader(self.eval_train, 1, [views[-1]], seed=seed + 500)
+
+    def task_seed(self, task: int) -> int:
+        """The seed of task ``task``'s draws (its loaders, its replay batches): ``train.seed`` * 1000 + task."""
+        return self.cfg.train.seed * 1000 + task
+
     def official_loader(self, subset, seed: int):
         """Augmented batches for the official probe on the run's loader: DALI reads the encoded JPEG bytes, every
         other kind the decoded images resident on the device (the gpu loader: whole-batch augmentation)."""
