@@ -4,16 +4,20 @@ A scheduler stops a job by signalling it first (Slurm: SIGTERM then SIGKILL afte
 before a time limit, submitit's preemption signal). ``fastpnr train`` catches both while it trains: the step in
 flight finishes, the loop writes its checkpoint (task, epoch, step in the epoch), and the process exits with
 ``EXIT_CHECKPOINTED``; ``--resume`` continues from that step. A second signal ends the process at once (the default
-action), so a step that never finishes cannot keep it alive.
+action), so a step that never finishes cannot keep it alive; a repeat within ``REPEAT_S`` of the first is the same stop
+delivered twice (Slurm signals every process of a job, and torchrun forwards the SIGTERM it got to its workers) and
+only the first counts.
 """
 from __future__ import annotations
 
 import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+REPEAT_S = 5.0  # a second signal this soon after the first is the same stop (scheduler + launcher), not "now"
 EXIT_CHECKPOINTED = 75  # EX_TEMPFAIL: stopped by a signal after writing the checkpoint; resume to continue
 
 
@@ -30,6 +34,7 @@ class StopRequest:
 
     def __init__(self):
         self.signum: int | None = None
+        self._first_at = 0.0  # time.monotonic() of the first signal
 
     @property
     def requested(self) -> bool:
@@ -41,26 +46,46 @@ class StopRequest:
         return f"stopped by {name}: checkpoint at {where}; resume with --resume {out}"
 
     def _handle(self, signum, frame):
-        if self.signum is not None:  # the second signal: the default action (terminate) now
+        if self.signum is None:
+            self.signum, self._first_at = signum, time.monotonic()
+        elif time.monotonic() - self._first_at >= REPEAT_S:  # a second stop: the default action (terminate) now
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
-            return
-        self.signum = signum
 
 
 NEVER = StopRequest()  # what the loop reads where no handler can be installed (another thread)
+_BEFORE: dict = {}  # while stop_on_signals is active: {signal: the handler it replaced}
+
+
+def _restore_in_forked_child() -> None:
+    """A child forked while the handlers are installed (the decode pool's workers) gets the handlers of before.
+    Otherwise it would inherit the stop handler and outlive the SIGTERM with which multiprocessing.Pool ends its
+    workers (Pool.terminate then waits for them forever)."""
+    for s, handler in _BEFORE.items():
+        try:
+            signal.signal(s, handler)
+        except ValueError:  # forked from another thread (Python allows signal.signal in the main thread only)
+            pass
+
+
+os.register_at_fork(after_in_child=_restore_in_forked_child)
 
 
 @contextmanager
 def stop_on_signals():
-    """Install the handlers for the body (main thread only; elsewhere a request that never comes), then restore."""
+    """Install the handlers for the body (main thread only; elsewhere a request that never comes), then restore.
+    Children forked inside the body start with the handlers of before (``_restore_in_forked_child``)."""
     if threading.current_thread() is not threading.main_thread():
         yield NEVER
         return
     request = StopRequest()
     previous = {s: signal.signal(s, request._handle) for s in STOP_SIGNALS}
+    outer = dict(_BEFORE)  # nested: a child gets the handlers of before the outermost
+    _BEFORE.update(outer or {s: h for s, h in previous.items() if h is not None})  # None: not set from Python
     try:
         yield request
     finally:
+        _BEFORE.clear()
+        _BEFORE.update(outer)
         for s, handler in previous.items():
             signal.signal(s, handler)
