@@ -14,8 +14,10 @@
 # Copy the figures you see into BENCHMARKS.md (device, command, batch, img/s, ratio) — only those.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# The interpreter: $GPU_SESSION_PYTHON, else the active venv's, else python3 on the PATH.
 PY=python3
 [ -n "${VIRTUAL_ENV:-}" ] && PY="$VIRTUAL_ENV/bin/python"
+[ -n "${GPU_SESSION_PYTHON:-}" ] && PY="$GPU_SESSION_PYTHON"
 case "${1:-}" in
   prepare|run|env) exec "$PY" -m scripts.gpu_session "$@" ;;
   --dry-run) shift; exec "$PY" -m scripts.gpu_session run --dry-run "$@" ;;

@@ -25,8 +25,10 @@ CUDA_TESTS = ["test_bfloat16_on_cuda", "test_tf32_on_cuda", "test_cuda_graph_cap
 
 
 def _sh(*args, env=None, timeout=300):
+    # The script runs this interpreter, not whichever python3 comes first on the PATH (a venv not activated).
+    env = {**os.environ, "GPU_SESSION_PYTHON": sys.executable, **(env or {})}
     return subprocess.run(["bash", str(ROOT / "scripts" / "gpu_session.sh"), *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env=env)
 
 
 def test_dry_run_prints_the_plan_in_priority_order_within_the_budget():
