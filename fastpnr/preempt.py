@@ -57,18 +57,40 @@ NEVER = StopRequest()  # what the loop reads where no handler can be installed (
 _BEFORE: dict = {}  # while stop_on_signals is active: {signal: the handler it replaced}
 
 
+_FORKING = threading.local()  # the signal mask of before the fork, for the thread that forks
+
+
+def _block_before_fork() -> None:
+    """Block the stop signals across the fork. A signal sent to a child in the instant after the fork, before its
+    handlers are restored, would meet the inherited stop handler, and Python drops a signal caught then: the child
+    outlived Pool.terminate's SIGTERM (a pool worker forked on a loaded machine, before it first ran). Blocked, the
+    signal waits in the child until the handlers of before are back, then takes their action."""
+    if _BEFORE:
+        _FORKING.mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BEFORE.keys())
+
+
+def _unblock_in_parent() -> None:
+    mask = getattr(_FORKING, "mask", None)
+    if mask is not None:
+        _FORKING.mask = None
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def _restore_in_forked_child() -> None:
     """A child forked while the handlers are installed (the decode pool's workers) gets the handlers of before.
     Otherwise it would inherit the stop handler and outlive the SIGTERM with which multiprocessing.Pool ends its
-    workers (Pool.terminate then waits for them forever)."""
+    workers (Pool.terminate then waits for them forever). Then the signals blocked across the fork are delivered."""
     for s, handler in _BEFORE.items():
         try:
             signal.signal(s, handler)
         except ValueError:  # forked from another thread (Python allows signal.signal in the main thread only)
             pass
+    _unblock_in_parent()  # the child's mask is the forking thread's: the same restore
 
 
-os.register_at_fork(after_in_child=_restore_in_forked_child)
+# Looked up at each fork (a test puts a signal into the window after the fork through these names).
+os.register_at_fork(before=lambda: _block_before_fork(), after_in_parent=lambda: _unblock_in_parent(),
+                    after_in_child=lambda: _restore_in_forked_child())
 
 
 @contextmanager

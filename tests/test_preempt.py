@@ -67,6 +67,29 @@ def test_a_pool_of_forked_workers_ends_inside_the_handlers():
             assert worker.exitcode is not None
 
 
+def test_a_signal_in_the_instant_after_the_fork_takes_the_default_action(monkeypatch):
+    """A SIGTERM that reaches a child before its handlers are restored (a pool worker that had not yet run when
+    Pool.terminate signalled it) waits, blocked, and then ends the child; caught by the inherited stop handler, it was
+    dropped and the child lived on."""
+    restore = preempt._restore_in_forked_child
+
+    def signal_in_the_window():
+        os.kill(os.getpid(), signal.SIGTERM)  # the child still has the parent's handlers here
+        restore()
+
+    monkeypatch.setattr(preempt, "_restore_in_forked_child", signal_in_the_window)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    with preempt.stop_on_signals() as request:
+        pid = os.fork()
+        if pid == 0:  # the child: a SIGTERM that was dropped lets it exit 0 after 10 s
+            time.sleep(10)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask  # the parent's mask is back after the fork
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
+    assert not request.requested
+
+
 def test_nested_and_restored():
     before = signal.getsignal(signal.SIGTERM)
     with preempt.stop_on_signals():
