@@ -69,7 +69,9 @@ def _block_before_fork() -> None:
         _FORKING.mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BEFORE.keys())
 
 
-def _unblock_in_parent() -> None:
+def _restore_mask() -> None:
+    """The forking thread's signal mask of before the fork: in the parent after it, and in the child (which has that
+    thread's mask) once its handlers are restored."""
     mask = getattr(_FORKING, "mask", None)
     if mask is not None:
         _FORKING.mask = None
@@ -85,11 +87,11 @@ def _restore_in_forked_child() -> None:
             signal.signal(s, handler)
         except ValueError:  # forked from another thread (Python allows signal.signal in the main thread only)
             pass
-    _unblock_in_parent()  # the child's mask is the forking thread's: the same restore
+    _restore_mask()
 
 
 # Looked up at each fork (a test puts a signal into the window after the fork through these names).
-os.register_at_fork(before=lambda: _block_before_fork(), after_in_parent=lambda: _unblock_in_parent(),
+os.register_at_fork(before=lambda: _block_before_fork(), after_in_parent=lambda: _restore_mask(),
                     after_in_child=lambda: _restore_in_forked_child())
 
 
