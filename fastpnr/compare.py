@@ -168,6 +168,29 @@ def write_table(rows: list[RunSummary], path) -> Path:
     return path
 
 
+MIN_SPAN = 20.0  # percentage points: the shortest y-axis of an accuracy plot (a 2-point gap stays a small one)
+
+
+def honest_ylim(values, include_zero: bool = False, bounds: tuple[float, float] = (0.0, 100.0),
+                min_span: float = MIN_SPAN) -> tuple[float, float]:
+    """y-limits for percentages: the values (and 0 with ``include_zero``) with a margin, widened about their middle
+    to at least ``min_span`` points and kept inside ``bounds``, so that a small difference is not drawn as a large one."""
+    vals = [float(v) for v in values if v is not None and not math.isnan(v)] + ([0.0] if include_zero else [])
+    if not vals:
+        return bounds
+    lo, hi = min(vals), max(vals)
+    pad = 0.08 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    if hi - lo < min_span:
+        mid = (lo + hi) / 2
+        lo, hi = mid - min_span / 2, mid + min_span / 2
+    if lo < bounds[0]:
+        lo, hi = bounds[0], max(hi, bounds[0] + min_span)
+    if hi > bounds[1]:
+        lo, hi = min(lo, bounds[1] - min_span), bounds[1]
+    return max(lo, bounds[0]), min(hi, bounds[1])
+
+
 def plot_curves(rows: list[RunSummary], path) -> Path:
     """A PNG: test accuracy after each task, one line per run (error bars: std over the probe fits)."""
     import matplotlib
@@ -184,6 +207,7 @@ def plot_curves(rows: list[RunSummary], path) -> Path:
                     label=f"{r.run} ({r.method}+{r.regularizer})")
     longest = max((len(r.curve) for r in rows), default=0)
     ax.set_xticks(range(longest))
+    ax.set_ylim(*honest_ylim([v for r in rows for v in r.curve]))
     ax.set_xlabel("after task")
     ax.set_ylabel(f"test accuracy (%), {rows[0].protocol if len(rows) else ''}")
     ax.grid(alpha=0.3)

@@ -153,6 +153,8 @@ class ContinualRun:
         T = self.cfg.data.num_tasks
         self.last_task = min(T, self.cfg.train.max_tasks or T)  # train.max_tasks: a partial run stops after these
         total = sum(s * self._task_epochs(t) for t, s in enumerate(self.steps[:self.last_task]))
+        # each task's training steps, in metrics.json: a study's ETA counts the steps its cells have left
+        self.metrics["train_steps_by_task"] = [s * self._task_epochs(t) for t, s in enumerate(self.steps)]
         done = sum(self.steps[t] * self._task_epochs(t) for t in range(self.start_task))
         done += self.steps[self.start_task] * self.start_epoch if self.start_task < T else 0
         self.progress = TrainProgress(total, done, self.cfg.train.progress and self.dist.is_main, log=self._sink)

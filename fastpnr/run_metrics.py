@@ -4,7 +4,8 @@
 (after task i, on task j; percent), its std and its values per probe fit, the whole-test accuracy; the accuracy
 matrix of ``eval.protocol`` with A_T, the average incremental accuracy, forgetting and (with the random-init row)
 forward transfer; per task its training time over every attempt (``task_time_s``; each attempt's share in
-``task_time_s_by_attempt``; ``TaskClock``), images per second, world size and per-rank batch.
+``task_time_s_by_attempt``; ``TaskClock``), images per second, world size and per-rank batch; each task's training
+steps (``train_steps_by_task``, known from the start: a study's ETA).
 ``accuracy_matrix.csv`` and ``accuracy_matrix.png`` (heatmap) go beside it.
 """
 from __future__ import annotations

@@ -278,7 +278,7 @@ class StudyRunner:
         return [read_state(self.out / c.name) for c in self.cells]
 
     def progress(self) -> None:
-        self.log(progress_line(self.states(), len(self.slots), time.time() - self.t0, time.time()))
+        self.log(progress_line(self.states(), len(self.slots), time.time() - self.t0, time.time(), self.cells))
 
     def run(self, queue: list[Cell]) -> None:
         queue, free, running = deque(queue), list(self.slots), []
@@ -479,7 +479,7 @@ def status_report(out: Path) -> str:
         lines.append(f"{c.name:<32} {s.status:<12} {tasks:>6} {fmt_duration(spent):>9}  {err}")
     starts = [a["start"] for s in states for a in s.record.get("attempts", [])]
     elapsed = now - min(starts) if starts else 0.0
-    lines.append(progress_line(states, study.get("slots", 1), elapsed, now))
+    lines.append(progress_line(states, study.get("slots", 1), elapsed, now, cells))
     return "\n".join(lines)
 
 

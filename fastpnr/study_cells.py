@@ -28,6 +28,13 @@ class Cell:
     def key(self) -> tuple:
         return (self.preset, self.scenario, self.method, self.regularizer, self.seed)
 
+    @property
+    def step_groups(self) -> tuple[tuple, ...]:
+        """The cells likely to train as many steps as this one, nearest first: the same data and strategy (a
+        strategy may add epochs, POCON's phases) and method (batch size), then without the method, the data alone."""
+        return ((self.preset, self.scenario, self.regularizer, self.method), (self.preset, self.scenario, self.regularizer),
+                (self.preset, self.scenario))
+
     def overrides(self, shared: dict) -> dict:
         ov = {**strategy_options(self.regularizer, shared), "method": self.method, "regularizer": self.regularizer,
               "seed": self.seed}
@@ -60,6 +67,17 @@ class CellState:
     tasks_done: int = 0
     num_tasks: int | None = None
     record: dict = field(default_factory=dict)
+    steps_by_task: tuple[int, ...] = ()   # each task's training steps (metrics.json); () until the run wrote them
+
+    @property
+    def steps(self) -> int | None:
+        """The cell's training steps, None while not known."""
+        return sum(self.steps_by_task) if self.steps_by_task else None
+
+    @property
+    def steps_done(self) -> int:
+        """The steps of its finished tasks."""
+        return sum(self.steps_by_task[:self.tasks_done])
 
     @property
     def wall_s(self) -> float:
@@ -99,6 +117,11 @@ def _tasks(folder: Path) -> tuple[int, int | None]:
     return len(m.get("accuracy_matrix", [])), num
 
 
+def _train_steps(folder: Path) -> tuple[int, ...]:
+    """Each task's training steps, as the run wrote them in metrics.json; () before that."""
+    return tuple(int(s) for s in _read_json(folder / "metrics.json").get("train_steps_by_task", ()))
+
+
 def _alive(record: dict) -> bool:
     """Whether the process that ``record`` says runs the cell still does (another host: assume so)."""
     pid = record.get("pid")
@@ -128,7 +151,7 @@ def read_state(folder: Path) -> CellState:
         status = "interrupted"
     else:
         status = "pending"
-    return CellState(status, done, num, record)
+    return CellState(status, done, num, record, _train_steps(folder))
 
 
 def error_line(folder: Path) -> str | None:
@@ -149,22 +172,54 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def eta_s(states: list[CellState], slots: int, now: float) -> float | None:
-    """Seconds left: the mean wall time of finished cells for every cell still to run, shared by the slots."""
-    walls = [s.wall_s for s in states if s.status == "done" and s.wall_s > 0]
-    if not walls:
+def eta_s(states: list[CellState], slots: int, now: float, cells: list[Cell] | None = None) -> float | None:
+    """Seconds left: the training steps every cell still has to run, at the seconds per step the finished cells took
+    (their wall time, start-up and evaluation included, over their steps), shared by the slots.
+
+    A cell that has not written its step count yet (pending, or in its first task) counts the steps of its nearest
+    sibling that has (``Cell.step_groups``; without ``cells``: the mean of the known ones). Without any finished
+    cell whose steps are known (runs from before ``train_steps_by_task``) every cell counts as one unit: the mean
+    wall time of the finished cells per cell."""
+    measured = [s for s in states if s.status == "done" and s.wall_s > 0 and s.steps]
+    done = [s for s in states if s.status == "done" and s.wall_s > 0]
+    if not done:
         return None
-    per_cell = sum(walls) / len(walls)
-    left = sum(max(per_cell - s.running_for(now), 0.0) for s in states if s.status == "running")
-    left += per_cell * sum(s.status in ("pending", "interrupted") for s in states)
+    if measured:
+        per_step = sum(s.wall_s for s in measured) / sum(s.steps for s in measured)
+        steps = _step_estimates(states, cells)
+    else:
+        per_step, steps = sum(s.wall_s for s in done) / len(done), [1] * len(states)
+    left = 0.0
+    for s, n in zip(states, steps):
+        if s.status == "running":
+            left += max(n * per_step - s.wall_s - s.running_for(now), 0.0)
+        elif s.status in ("pending", "interrupted"):
+            left += (n - (s.steps_done if s.steps else 0)) * per_step
     return left / max(slots, 1)
 
 
-def progress_line(states: list[CellState], slots: int, elapsed: float, now: float) -> str:
+def _step_estimates(states: list[CellState], cells: list[Cell] | None) -> list[float]:
+    """Each cell's training steps: its own when known, else its nearest sibling's mean (see ``eta_s``)."""
+    known = [s.steps for s in states if s.steps]
+    overall = sum(known) / len(known)
+    by_group: dict[tuple, list[int]] = {}
+    for i, s in enumerate(states):
+        if s.steps and cells is not None:
+            for g in cells[i].step_groups:
+                by_group.setdefault(g, []).append(s.steps)
+    estimates = []
+    for i, s in enumerate(states):
+        near = [by_group[g] for g in (cells[i].step_groups if cells is not None else ()) if g in by_group]
+        estimates.append(s.steps or (sum(near[0]) / len(near[0]) if near else overall))
+    return estimates
+
+
+def progress_line(states: list[CellState], slots: int, elapsed: float, now: float,
+                  cells: list[Cell] | None = None) -> str:
     count = lambda *names: sum(s.status in names for s in states)
     return (f"[study] {count('done')}/{len(states)} done, {count('running')} running, {count('failed')} failed, "
             f"{count('pending', 'interrupted')} to run | {fmt_duration(elapsed)} elapsed | "
-            f"ETA {fmt_duration(eta_s(states, slots, now))}")
+            f"ETA {fmt_duration(eta_s(states, slots, now, cells))}")
 
 
 def git_commit() -> str | None:

@@ -11,7 +11,7 @@ import math
 import time
 from pathlib import Path
 
-from .compare import format_value, markdown, summarize
+from .compare import format_value, honest_ylim, markdown, summarize
 from .errors import FastPNRError
 from .evaluation import mean_and_std
 from .paired import paired_difference
@@ -219,16 +219,15 @@ def _pyplot():
     return plt
 
 
-def _band(ax, values: list[tuple[float, ...]], label: str, x0: int = 0) -> None:
-    """Seed mean as a line, mean ± std as a band (the seeds whose curves have the full length)."""
+def _errorbars(ax, values: list[tuple[float, ...]], label: str, dodge: float = 0.0) -> None:
+    """Seed mean with ± sample-std error bars where n > 1 (the seeds whose curves have the full length); ``dodge``
+    shifts the points sideways so that strategies with equal values stay apart."""
     n = max(len(v) for v in values)
     full = [v for v in values if len(v) == n]
-    xs = list(range(x0, x0 + n))
     stats = [mean_std(col) for col in zip(*full)]
-    means = [m for m, _ in stats]
-    (line,) = ax.plot(xs, means, marker="o", label=f"{label} (n={len(full)})")
-    if len(full) > 1:
-        ax.fill_between(xs, [m - s for m, s in stats], [m + s for m, s in stats], color=line.get_color(), alpha=0.2)
+    yerr = [s for _, s in stats] if len(full) > 1 else None
+    ax.errorbar([x + dodge for x in range(n)], [m for m, _ in stats], yerr=yerr, marker="o", capsize=3,
+                label=f"{label} (n={len(full)})")
 
 
 def _done_by(group: list[dict], method: str, reg: str, key: str) -> list:
@@ -236,58 +235,97 @@ def _done_by(group: list[dict], method: str, reg: str, key: str) -> list:
             and e.get(key)]
 
 
-def plot_per_method(group: list[dict], key: str, ylabel: str, xlabel: str, path: Path) -> bool:
-    """One panel per method, one line (seed band) per strategy; False when no finished cell has that curve."""
+def _protocol(group: list[dict]) -> str:
+    """The evaluation protocol of the finished cells' figures ("linear", or "linear/knn" when runs differ)."""
+    found = dict.fromkeys(e["metrics"].get("protocol") for e in group if e["metrics"])
+    return "/".join(str(p) for p in found if p) or "?"
+
+
+# (report.json key of the curve, figure title, y-axis label, x-axis label, y range kept in view, note)
+CURVES = {
+    "accuracy_curves": ("accuracy_after_task", "A_k: mean accuracy over the tasks seen after task k",
+                        "A_k, test accuracy (%)", "after task k", (0.0, 100.0), None),
+    "forgetting": ("forgetting_by_task", "forgetting of each earlier task at the end",
+                   "forgetting (percentage points)", "task", (-100.0, 100.0),
+                   "forgetting = best earlier accuracy minus the final one; below 0: the accuracy rose"),
+}
+
+
+def curves_figure(group: list[dict], stem: str):
+    """One panel per method, one line (seed mean, error bars where n > 1) per strategy, on a y-axis at least
+    ``MIN_SPAN`` points tall (``compare.honest_ylim``); None when no finished cell has that curve."""
+    key, title, ylabel, xlabel, bounds, note = CURVES[stem]
     methods, regs = _ordered(group, "method"), _ordered(group, "regularizer")
     if not any(_done_by(group, m, r, key) for m in methods for r in regs):
-        return False
+        return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 3.9 if note else 3.6), squeeze=False)
+    every = [v for m in methods for r in regs for c in _done_by(group, m, r, key) for v in c]
+    ylim = honest_ylim(every, include_zero=stem == "forgetting", bounds=bounds)  # one scale for all panels
     for ax, method in zip(axes[0], methods):
         curves = {reg: _done_by(group, method, reg, key) for reg in regs}
-        for reg in [r for r in regs if curves[r]]:
-            _band(ax, curves[reg], reg)
-        ax.set_title(method if any(curves.values()) else f"{method}: no finished cell")
-        ax.set_xticks(range(max((len(c) for cs in curves.values() for c in cs), default=1)))
+        drawn = [r for r in regs if curves[r]]
+        for k, reg in enumerate(drawn):
+            _errorbars(ax, curves[reg], reg, dodge=0.06 * (k - (len(drawn) - 1) / 2))
+        ax.set_title(method if drawn else f"{method}: no finished cell")
+        longest = max((len(c) for cs in curves.values() for c in cs), default=1)
+        ax.set_xticks(range(longest))
+        ax.set_xlim(-0.5, longest - 0.5)
+        ax.set_ylim(*ylim)
+        if stem == "forgetting":
+            ax.axhline(0.0, color="0.5", lw=0.8)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if any(curves.values()):
+        if drawn:
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    fig.suptitle(f"{title} ({_protocol(group)} protocol; seed mean ± std)", fontsize=10)
+    if note:
+        fig.text(0.5, 0.01, note, ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
+    return fig
 
 
-def plot_matrices(group: list[dict], path: Path) -> bool:
-    """Seed-mean accuracy matrices side by side: rows methods, columns strategies."""
+def matrices_figure(group: list[dict]):
+    """Seed-mean accuracy matrices side by side (rows methods, columns strategies) on one colour scale (0-100 %,
+    one colour bar); a cell with no finished seed says so in its panel. None when no cell has finished."""
     methods, regs = _ordered(group, "method"), _ordered(group, "regularizer")
     done = {(m, r): _done_by(group, m, r, "accuracy_matrix") for m in methods for r in regs}
     if not any(done.values()):
-        return False
+        return None
     plt = _pyplot()
-    fig, axes = plt.subplots(len(methods), len(regs), figsize=(3.2 * len(regs), 2.8 * len(methods)), squeeze=False)
+    fig, axes = plt.subplots(len(methods), len(regs), figsize=(3.2 * len(regs) + 1.0, 2.8 * len(methods) + 0.5),
+                             squeeze=False)
+    image = None
     for i, method in enumerate(methods):
         for j, reg in enumerate(regs):
             ax, mats = axes[i][j], done[(method, reg)]
-            ax.set_title(f"{method} + {reg}" + (f" (n={len(mats)})" if mats else ": -"), fontsize=9)
+            ax.set_title(f"{method} + {reg}" + (f" (n={len(mats)})" if mats else ""), fontsize=9)
             if not mats:
-                ax.axis("off")
+                _not_finished(ax, [e["status"] for e in group if e["method"] == method and e["regularizer"] == reg])
                 continue
             matrix = [_mean_rows(rows) for rows in zip(*mats)]
-            ax.imshow(matrix, cmap="viridis", vmin=0, vmax=100)
+            image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=100)
             for r, row in enumerate(matrix):
                 for c, v in enumerate(row):
                     ax.text(c, r, f"{v:.0f}", ha="center", va="center", color="w" if v < 60 else "k", fontsize=7)
             ax.set_xticks(range(len(matrix[0])))
             ax.set_yticks(range(len(matrix)))
-            ax.set_xlabel("task")
+            ax.set_xlabel("on task")
             ax.set_ylabel("after task")
+    fig.suptitle(f"test accuracy (%) after task i on task j, {_protocol(group)} protocol, seed mean", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="accuracy (%)", shrink=0.8)
+    return fig
+
+
+def _not_finished(ax, statuses: list[str]) -> None:
+    """An unfinished cell's panel: a framed "not finished" with its cells' states, not an empty white space."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+    ax.text(0.5, 0.5, f"not finished\n({counts})", ha="center", va="center", transform=ax.transAxes, fontsize=9,
+            color="0.35")
 
 
 def write_plots(out: Path, entries: list[dict]) -> list[str]:
@@ -295,14 +333,13 @@ def write_plots(out: Path, entries: list[dict]) -> list[str]:
     names = []
     for (preset, scenario), group in groups.items():
         suffix = "" if len(groups) == 1 else "-" + "-".join(str(p) for p in (preset, scenario) if p)
-        for stem, draw in (("accuracy_curves", lambda p: plot_per_method(group, "accuracy_after_task",
-                                                                         "accuracy over seen tasks (%)", "after task", p)),
-                           ("forgetting", lambda p: plot_per_method(group, "forgetting_by_task",
-                                                                    "forgetting at the end (%)", "task", p)),
-                           ("accuracy_matrices", lambda p: plot_matrices(group, p))):
-            name = f"{stem}{suffix}.png"
-            if draw(out / name):
-                names.append(name)
+        for stem in ("accuracy_curves", "forgetting", "accuracy_matrices"):
+            fig = matrices_figure(group) if stem == "accuracy_matrices" else curves_figure(group, stem)
+            if fig is None:
+                continue
+            fig.savefig(out / f"{stem}{suffix}.png", dpi=110)
+            _pyplot().close(fig)
+            names.append(f"{stem}{suffix}.png")
     return names
 
 
@@ -320,7 +357,7 @@ def write_report(out: Path, cells: list[Cell], protocol: str | None = None) -> d
     rows = aggregate(entries)
     starts = [a["start"] for s in states for a in s.record.get("attempts", [])]
     now = time.time()
-    head = {"progress": progress_line(states, study.get("slots", 1), now - min(starts) if starts else 0.0, now),
+    head = {"progress": progress_line(states, study.get("slots", 1), now - min(starts) if starts else 0.0, now, cells),
             "protocol": protocol, "command": study.get("command", ""), "commit": git_commit(),
             "cell_commits": sorted({a["commit"] for s in states for a in s.record.get("attempts", []) if a.get("commit")}),
             "written": time.strftime("%Y-%m-%d %H:%M:%S %Z")}

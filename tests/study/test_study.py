@@ -126,6 +126,29 @@ def test_eta_from_the_mean_wall_time_of_finished_cells():
     assert study.eta_s([pending], slots=1, now=0.0) is None
 
 
+def test_eta_counts_the_steps_each_cell_has_left_at_the_measured_seconds_per_step(tmp_path):
+    """Cells of different step counts (POCON's phases add epochs): the first cell's wall time is not every cell's."""
+    cells = [study.Cell(f"c{i}", "smoke", "simclr", reg, 5 + i) for i, reg in
+             enumerate(["finetune", "pocon", "pocon", "finetune", "pocon"])]
+    done = study.CellState("done", 2, 2, {"attempts": [{"wall_s": 200.0}]}, (50, 50))  # 100 steps in 200 s: 2 s/step
+    running = study.CellState("running", 0, 2, {"attempts": [{"start": 1000.0}]}, (150, 150))  # 300 steps, 100 s in
+    interrupted = study.CellState("interrupted", 1, 2, {"attempts": [{"wall_s": 50.0}]}, (100, 300))  # 300 left
+    pending = study.CellState("pending")
+    states = [done, running, pending, pending, interrupted]
+    # running 600 - 100 s; pending pocon as its siblings (300 and 400 steps) 700 s; pending finetune as its sibling
+    # (100 steps) 200 s; interrupted 300 steps 600 s: 2000 s on two slots
+    assert study.eta_s(states, slots=2, now=1100.0, cells=cells) == pytest.approx(1000.0)
+    # without the cells every unknown count is the mean of the known ones, (100 + 300 + 400) / 3 steps
+    assert study.eta_s(states, slots=1, now=1100.0) == pytest.approx(500 + 2 * 2 * 800 / 3 + 600)
+    assert "ETA 0:16:40" in study.progress_line(states, 2, 10.0, 1100.0, cells)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    study.write_json(folder / "metrics.json", {"num_tasks": 2, "accuracy_matrix": [[50.0, 10.0]],
+                                                "train_steps_by_task": [40, 60]})
+    state = study.read_state(folder)
+    assert (state.steps, state.steps_done) == (100, 40)
+
+
 # ------------------------------------------------------------------------------------------------ the runner (stand-in trainer)
 def test_grid_on_two_gpu_slots_failed_cell_reported_others_finish(fake_train, tmp_path, capsys):
     fake_train.setenv("FAKE_FAIL_METHOD", "byol")

@@ -97,6 +97,7 @@ def test_pocon_phases_checkpoint_and_resume_at_boundaries_and_inside(data_root, 
     full = ContinualRun(build_config("smoke", ov), tmp_path / "full", log=lines.append).fit()
     epochs = [s.split(" | ")[0] for s in lines if s.startswith("task ") and " epoch " in s]
     assert epochs == [f"task 0 (1/2) epoch {e}/4" for e in range(1, 5)] + [f"task 1 (2/2) epoch {e}/3" for e in range(1, 4)]
+    assert full["train_steps_by_task"] == [2 * 4, 2 * 3]  # train.steps_per_epoch 2: the phases' epochs count
     for stop in (2, 3, 6):
         out = tmp_path / f"stop{stop}"
         ContinualRun(build_config("smoke", ov), out, log=quiet).fit(stop_after_epochs=stop)
@@ -122,6 +123,7 @@ def test_run_folder_holds_metrics_csv_png_tensorboard_and_tasks(data_root, tmp_p
     ContinualRun(cfg, tmp_path, log=quiet).fit()
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert len(m["accuracy_matrix"]) == 2 and len(m["accuracy_matrix"][1]) == 2
+    assert m["train_steps_by_task"] == [2 * cfg.optim.epochs] * 2  # train.steps_per_epoch 2 (a study's ETA)
     assert set(m["matrices"]) == {"linear", "knn", "online"}
     assert "average_accuracy" in m and "forgetting" in m and m["num_corrupt"] == 0
     assert set(m["random_init_accuracy"]) == {"linear", "knn", "online"}
