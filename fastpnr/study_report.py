@@ -259,7 +259,8 @@ def curves_figure(group: list[dict], stem: str):
     if not any(_done_by(group, m, r, key) for m in methods for r in regs):
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 3.9 if note else 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(methods), figsize=(max(4.5 * len(methods), 6.5), 4.2 if note else 3.9),
+                             squeeze=False)
     every = [v for m in methods for r in regs for c in _done_by(group, m, r, key) for v in c]
     ylim = honest_ylim(every, include_zero=stem == "forgetting", bounds=bounds)  # one scale for all panels
     for ax, method in zip(axes[0], methods):
@@ -279,9 +280,9 @@ def curves_figure(group: list[dict], stem: str):
         ax.grid(alpha=0.3)
         if drawn:
             ax.legend(fontsize=8)
-    fig.suptitle(f"{title} ({_protocol(group)} protocol; seed mean ± std)", fontsize=10)
+    _suptitle(fig, f"{title} ({_protocol(group)} protocol; seed mean ± std)")
     if note:
-        fig.text(0.5, 0.01, note, ha="center", fontsize=8)
+        fig.text(0.5, 0.01, _wrap(fig, note, 8), ha="center", fontsize=8)
     fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
     return fig
 
@@ -313,10 +314,21 @@ def matrices_figure(group: list[dict]):
             ax.set_yticks(range(len(matrix)))
             ax.set_xlabel("on task")
             ax.set_ylabel("after task")
-    fig.suptitle(f"test accuracy (%) after task i on task j, {_protocol(group)} protocol, seed mean", fontsize=10)
+    _suptitle(fig, f"test accuracy (%) after task i on task j, {_protocol(group)} protocol, seed mean")
     fig.tight_layout()
     fig.colorbar(image, ax=axes.ravel().tolist(), label="accuracy (%)", shrink=0.8)
     return fig
+
+
+def _wrap(fig, text: str, fontsize: float) -> str:
+    """``text`` in lines that fit the figure's width (at 10 pt about 12 characters per inch)."""
+    import textwrap
+
+    return textwrap.fill(text, width=max(20, int(fig.get_figwidth() * 120 / fontsize)))
+
+
+def _suptitle(fig, text: str) -> None:
+    fig.suptitle(_wrap(fig, text, 10), fontsize=10)
 
 
 def _not_finished(ax, statuses: list[str]) -> None:
