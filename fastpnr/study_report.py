@@ -321,10 +321,10 @@ def matrices_figure(group: list[dict]):
 
 
 def _wrap(fig, text: str, fontsize: float) -> str:
-    """``text`` in lines that fit the figure's width (at 10 pt about 12 characters per inch)."""
+    """``text`` in lines that fit the figure's width (at 10 pt about 14 characters per inch)."""
     import textwrap
 
-    return textwrap.fill(text, width=max(20, int(fig.get_figwidth() * 120 / fontsize)))
+    return textwrap.fill(text, width=max(20, int(fig.get_figwidth() * 140 / fontsize)))
 
 
 def _suptitle(fig, text: str) -> None:
