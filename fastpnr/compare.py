@@ -174,7 +174,7 @@ MIN_SPAN = 20.0  # percentage points: the shortest y-axis of an accuracy plot (a
 def honest_ylim(values, include_zero: bool = False, bounds: tuple[float, float] = (0.0, 100.0),
                 min_span: float = MIN_SPAN) -> tuple[float, float]:
     """y-limits for percentages: the values (and 0 with ``include_zero``) with a margin, widened about their middle
-    to at least ``min_span`` points and kept inside ``bounds``, so that a small difference is not drawn as a large one."""
+    to at least ``min_span`` points and kept inside ``bounds``: a small difference is not drawn as a large one."""
     vals = [float(v) for v in values if v is not None and not math.isnan(v)] + ([0.0] if include_zero else [])
     if not vals:
         return bounds

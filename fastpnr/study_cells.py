@@ -32,8 +32,8 @@ class Cell:
     def step_groups(self) -> tuple[tuple, ...]:
         """The cells likely to train as many steps as this one, nearest first: the same data and strategy (a
         strategy may add epochs, POCON's phases) and method (batch size), then without the method, the data alone."""
-        return ((self.preset, self.scenario, self.regularizer, self.method), (self.preset, self.scenario, self.regularizer),
-                (self.preset, self.scenario))
+        data = (self.preset, self.scenario)
+        return (data + (self.regularizer, self.method), data + (self.regularizer,), data)
 
     def overrides(self, shared: dict) -> dict:
         ov = {**strategy_options(self.regularizer, shared), "method": self.method, "regularizer": self.regularizer,

@@ -48,7 +48,8 @@ def test_matrices_have_one_colour_bar_the_protocol_and_a_not_finished_panel(clos
 
 def test_accuracy_curves_keep_a_small_gap_small_and_show_error_bars_over_seeds(closing):
     # one seed each, A_k 1.8 points apart (what looked large on an axis zoomed to the data)
-    one = [entry("simclr", "finetune", 5, [[71.0, 0.0], [60.0, 50.0]]), entry("simclr", "pnr", 5, [[72.8, 0.0], [61.8, 50.0]])]
+    one = [entry("simclr", "finetune", 5, [[71.0, 0.0], [60.0, 50.0]]),
+           entry("simclr", "pnr", 5, [[72.8, 0.0], [61.8, 50.0]])]
     fig = curves_figure(one, "accuracy_curves")
     closing(fig)
     ax = fig.axes[0]
