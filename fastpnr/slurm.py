@@ -143,7 +143,7 @@ def extra_parameters(extra: str | None) -> dict:
 
 
 def sbatch_parameters(opts: SlurmOptions, name: str) -> dict:
-    """submitit's SlurmExecutor parameters of every job of the study (README "Slurm" maps them to sbatch)."""
+    """submitit's SlurmExecutor parameters of every job of the study (docs/DEVELOPING.md, "Studies on a Slurm cluster", maps them to sbatch)."""
     params = {"job_name": name, "time": math.ceil(time_seconds(opts.time) / 60), "nodes": opts.nodes,
               "ntasks_per_node": 1, "cpus_per_task": opts.cpus_per_cell, "signal_delay_s": opts.signal_delay_s,
               "stderr_to_stdout": True, "additional_parameters": {"requeue": True, **extra_parameters(opts.extra)}}
