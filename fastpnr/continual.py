@@ -68,8 +68,8 @@ class ContinualRun:
                     else:
                         self._train_task(task, resumed)
                     self._finish_task(task)
-                    if task + 1 < self.last_task and self.dist.any_rank(self._signal.requested):
-                        self._stopped_by_signal(task + 1, 0, 0)  # the next task's checkpoint is written
+                    if task + 1 < self.last_task:
+                        self._stop_if_requested(task + 1, 0)  # the next task's checkpoint is written
         except _Interrupted:
             self.log(f"stopped after {self._epochs_run} epochs (simulated interruption); resume with --resume {self.out}")
             return self.metrics
@@ -115,12 +115,18 @@ class ContinualRun:
         self.dist.broadcast_module(self.method)  # every rank starts from rank 0's weights and buffers
         self.dist.broadcast_module(self.regularizer)
         self._open_display(ckpt)
-        if ckpt is None:
-            if cfg.eval.forward_transfer:
-                self._evaluate_random_init()
-                self.progress.resume_training()
-            self._save(0, 0)  # resumable from the first step on
+        if ckpt is None:  # resumable from here on: the random-init evaluation (forward transfer) resumes into itself
+            self._save(0, 0, phase="random_init" if cfg.eval.forward_transfer else "train")
             self._new_files = None  # kept from here on, whatever happens
+        self._signal.catch_interrupts(lambda line: self.log(line), self.out)  # Ctrl-C: stop at the next step
+        if ckpt is None and cfg.eval.forward_transfer or ckpt is not None and ckpt.get("phase") == "random_init":
+            if ckpt is not None:
+                set_rng_state(ckpt["rng"])  # the state the uninterrupted run evaluated with
+            self._evaluate_random_init()
+            self.progress.resume_training()
+            self._save(0, 0)
+            self._stop_if_requested(0, 0)
+            return None  # task 0 trains as in a run that was never stopped
         return ckpt
 
     def _preflight(self) -> dict | None:
@@ -145,8 +151,7 @@ class ContinualRun:
         phase = ckpt.get("phase", "train")
         run_metrics.record_config_changes(self.metrics, self.start_task, self.start_epoch, phase, self._config_changes)
         T, t = self.cfg.data.num_tasks, self.start_task
-        self.log(f"resumed from {self.out / CHECKPOINT}: " + (f"{task_label(t, T)}, its evaluation" if phase == "evaluate"
-                 else position_label(t, T, self.start_epoch, self._task_epochs(t), ckpt.get("next_step", 0))))
+        self.log(f"resumed from {self.out / CHECKPOINT}: {self._checkpoint_label(t, self.start_epoch, phase, ckpt.get('next_step', 0))}")
 
     def _open_display(self, ckpt: dict | None) -> None:
         """The progress bar (or per-epoch lines; the run's log goes above the bar) and the TensorBoard scalars."""
@@ -204,6 +209,7 @@ class ContinualRun:
         self._save(task, E, phase="evaluate")  # a kill during the evaluation keeps the task's training
         if self._stops["eval"] == task:
             raise _Interrupted()
+        self._stop_if_requested(task, E, phase="evaluate")  # a stop during the task's last step: before its evaluation
 
     def _train_epoch(self, task: int, epoch: int, trainer, loader, probe_loader, phase: tuple[int, int, int],
                      start_step=0, on_skipped=None) -> None:
@@ -229,7 +235,7 @@ class ContinualRun:
                                                 stop=self._signal, on_skipped=on_skipped)
         if stopped_at is not None:
             self._save(task, epoch, trainer.optimizer, trainer, next_step=stopped_at)
-            self._stopped_by_signal(task, epoch, stopped_at)
+            self._stop_if_requested(task, epoch, step=stopped_at)
         self.global_step += steps
         # the epoch's means of the logged terms (losses, collapse_std, effective_rank): metrics.json "train_epochs"
         self.metrics.setdefault("train_epochs", []).append({"task": task, "epoch": epoch, **means})
@@ -238,15 +244,28 @@ class ContinualRun:
         self.progress.end_epoch(task, T, epoch, E, steps, images, time.perf_counter() - t0, means)
         if epoch + 1 < E:
             self._save(task, epoch + 1, trainer.optimizer, trainer)
+            self._stop_if_requested(task, epoch + 1)  # a stop during the epoch's last step
         self._epochs_run += 1
         if self._stops["epochs"] is not None and self._epochs_run >= self._stops["epochs"] and epoch + 1 < E:
             raise _Interrupted()
 
-    def _stopped_by_signal(self, task: int, epoch: int, step: int):
-        """After the checkpoint of a signal stop: say where it stopped, exit with ``preempt.EXIT_CHECKPOINTED``."""
-        where = position_label(task, self.cfg.data.num_tasks, epoch, self._task_epochs(task), step)
-        self.log(self._signal.stop_line(where, self.out))
-        raise preempt.CheckpointedOnSignal(self._signal.signum or 0)
+    def _stop_if_requested(self, task: int, epoch: int, phase: str = "train", step: int = 0):
+        """Right after a checkpoint: when a stop signal (SIGTERM, SIGUSR2, Ctrl-C) came, on any rank, say where the
+        checkpoint stands and exit with ``preempt.EXIT_CHECKPOINTED``."""
+        if self.dist.any_rank(self._signal.requested):
+            self.log(self._signal.stop_line(self._checkpoint_label(task, epoch, phase, step), self.out))
+            raise preempt.CheckpointedOnSignal(self._signal.signum or 0)
+
+    def _checkpoint_label(self, task: int, epoch: int, phase: str, step: int = 0) -> str:
+        """Where a checkpoint (next_task, next_epoch, phase, next_step) stands, in the words of the progress lines."""
+        T = self.cfg.data.num_tasks
+        if phase == "random_init":
+            return "the random-init evaluation"
+        if phase == "evaluate":
+            return f"{task_label(task, T)}, its evaluation"
+        if task >= T:
+            return "the end of the run"
+        return position_label(task, T, epoch, self._task_epochs(task), step)
 
     def _scalar(self, tag: str, value, step: int) -> None:
         """Every scalar the run logs (TensorBoard, rank 0)."""
@@ -294,14 +313,15 @@ class ContinualRun:
     # ------------------------------------------------------------------------------------------------ checkpoint
     def _save(self, next_task, next_epoch, optimizer=None, trainer=None, phase="train", next_step=0):
         """Checkpoint. phase "train": task ``next_task`` trains from epoch ``next_epoch`` (its step ``next_step``);
-        "evaluate": task ``next_task`` is trained and its evaluation comes next."""
+        "evaluate": task ``next_task`` is trained and its evaluation comes next; "random_init": the evaluation of the
+        untrained model comes next (forward transfer's reference), then task 0."""
         if self.writer is not None:
             self.writer.flush()  # the event files hold every scalar the checkpoint counts
         # the state is the same on every rank; the file is rank 0's (its RNG states, which every rank resumes with)
         where = {"next_task": next_task, "next_epoch": next_epoch, "phase": phase, "next_step": next_step}
         self.save_file(loop_state(self.cfg, where, self.method, self.regularizer, optimizer, trainer, self.metrics,
                                   self.global_step, self.writer, self.task_clock), self.out / CHECKPOINT)
-
+        self._signal.checkpoint_at = self._checkpoint_label(next_task, next_epoch, phase, next_step)  # a 2nd Ctrl-C
 
 class _Interrupted(Exception):
     pass

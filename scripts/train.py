@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastpnr.cli import run_fire
 from fastpnr.errors import FastPNRError
+from fastpnr.preempt import EXIT_INTERRUPTED
 
 
 def main(preset: str | None = None, out: str | None = None, resume: str | None = None, overwrite: bool = False,
@@ -22,6 +23,12 @@ def main(preset: str | None = None, out: str | None = None, resume: str | None =
 
     try:
         return _train(preset, out, resume, overwrite, allow_config_change, overrides, config)
+    except KeyboardInterrupt:  # Ctrl-C before the run's first checkpoint (after it, preempt stops the run)
+        folder = resume or out
+        resumable = folder is not None and (Path(folder) / "checkpoint.pt").is_file()
+        print("stopped by Ctrl-C" + (f"; resume with --resume {folder}" if resumable else
+                                     " before the run's first checkpoint (nothing to resume)"), file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     finally:
         distributed.shutdown()
 
