@@ -22,8 +22,8 @@ from .progress import TrainProgress, position_label, task_label
 from .protocols import Evaluator
 from .regularizers import task_epochs, task_phases
 from .replay import with_replay
-from .run_folder import (CHECKPOINT, NewRunFiles, check_new_run_folder, check_resume_changes, config_changes,
-                         open_run_log, resume_folder, write_json)
+from .run_folder import (CHECKPOINT, NewRunFiles, check_new_run_folder, check_resume_changes, check_writable_folder,
+                         config_changes, open_run_log, resume_folder, write_json)
 from .runtime import build_models, setup_process
 from .task_data import TaskData, cycle
 from .trainer import phase_trainer
@@ -94,6 +94,7 @@ class ContinualRun:
         cfg = self.cfg
         self.dist.local_batch(cfg.optim.batch_size)  # one line when the world size does not divide the batch
         ckpt = self._preflight()
+        self.dist.main_only(check_writable_folder)(self.out)
         if ckpt is None:
             self.dist.main_only(check_new_run_folder)(self.out, self.overwrite)
             self._new_files = NewRunFiles(self.out)  # removed again if the run stops before its first checkpoint

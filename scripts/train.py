@@ -37,7 +37,7 @@ def _train(preset, out, resume, overwrite, allow_config_change, overrides, confi
     from fastpnr import distributed
     from fastpnr.config import build_config
     from fastpnr.continual import CHECKPOINT, ContinualRun, resume_run
-    from fastpnr.run_folder import resume_folder
+    from fastpnr.run_folder import check_writable_folder, resume_folder
 
     launched = distributed.torchrun_env()
     if launched is not None and launched[1] > 1 and not (out or resume):
@@ -45,6 +45,8 @@ def _train(preset, out, resume, overwrite, allow_config_change, overrides, confi
     if not resume and out and distributed.is_elastic_restart() and _written_by_this_launch(Path(out) / CHECKPOINT):
         # torchrun restarted the workers (--max-restarts): continue from the checkpoint, with its configuration
         resume, out, preset, overrides, config = out, None, None, {}, None
+    if out or resume:  # before anything is read: a folder that cannot be written fails in one line
+        check_writable_folder(out or resume_folder(resume), "--out" if out else "--resume")
     if resume:
         for flag, given in (("--preset", preset), ("--out", out), ("--overwrite", overwrite), ("--config", config)):
             if given:

@@ -190,6 +190,29 @@ def test_kill_during_evaluation_resumes_into_the_evaluation(data_root, tmp_path)
 
 
 @pytest.mark.slow
+def test_a_kill_during_the_random_init_evaluation_resumes_into_it(data_root, tmp_path, monkeypatch):
+    """checkpoint.pt is written when the run starts, before the evaluation of the untrained model (forward
+    transfer's reference, minutes on a large test set): a kill there resumes into that evaluation, exactly."""
+    ov = tiny_overrides(data_root, **{"eval.forward_transfer": True, "train.online_probe": "full"})
+    full = ContinualRun(build_config("smoke", ov), tmp_path / "full", log=quiet).fit()
+    assert full["random_init_accuracy"]
+
+    class Killed(BaseException):
+        pass
+
+    def killed(self):
+        ckpt = torch.load(self.out / "checkpoint.pt", weights_only=False)
+        assert (ckpt["next_task"], ckpt["next_epoch"], ckpt["phase"]) == (0, 0, "random_init")
+        raise Killed()
+    with monkeypatch.context() as m:
+        m.setattr(ContinualRun, "_evaluate_random_init", killed)
+        with pytest.raises(Killed):
+            ContinualRun(build_config("smoke", ov), tmp_path / "stopped", log=quiet).fit()
+    resumed = assert_resumed_equals_full(tmp_path / "stopped", tmp_path / "full", full)
+    assert resumed["random_init_accuracy"] == full["random_init_accuracy"]
+
+
+@pytest.mark.slow
 def test_max_tasks_stops_after_the_first_tasks_and_resume_finishes(data_root, tmp_path):
     ov = tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32, "train.max_tasks": 1})
     part = ContinualRun(build_config("smoke", ov), tmp_path, log=quiet).fit()
