@@ -591,6 +591,16 @@ def _blame_file(error: ConfigError, path: str | None, from_file: dict, user: dic
     return ConfigError(f"--config {path}: {error}") if in_file and not on_command_line else error
 
 
+def config_warnings(cfg: RunConfig) -> list[str]:
+    """Settings that are allowed but contradict each other, one line each (the run prints them before reading data)."""
+    o, lines = cfg.optim, []
+    if 0 < o.epochs <= o.warmup_epochs:  # a preset's warm-up kept while --optim.epochs shortens a trial run
+        lines.append(f"warning: optim.warmup_epochs={o.warmup_epochs} >= optim.epochs={o.epochs}: every epoch of a "
+                     f"task is in the linear warm-up (the lr never reaches optim.lr nor decays); set "
+                     f"--optim.warmup_epochs below {o.epochs} (e.g. 0)")
+    return lines
+
+
 def check_extras(cfg: RunConfig) -> None:
     """Optional packages a new or resumed run asks for are installed (checked without importing them)."""
     import importlib.util

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import preempt
 from . import run_metrics
 from .checkpoint import atomic_save, load_checkpoint, loop_state, set_rng_state
-from .config import RunConfig, config_from_dict, config_with_overrides, format_config
+from .config import RunConfig, config_from_dict, config_warnings, config_with_overrides, format_config
 from .errors import FastPNRError, require
 from .optim import set_lr
 from .progress import TrainProgress, position_label, task_label
@@ -100,6 +100,8 @@ class ContinualRun:
             self._new_files = NewRunFiles(self.out)  # removed again if the run stops before its first checkpoint
         self.dist.main_only(self.out.mkdir)(parents=True, exist_ok=True)
         self.log(format_config(cfg, out=self.out.resolve()))  # the folder written, not cfg.out (None)
+        for line in config_warnings(cfg):
+            self.log(line)
         self.log(f"processes: {self.dist.describe()}, per-rank batch {self.dist.local_batch(cfg.optim.batch_size)}")
         t0 = time.perf_counter()
         with self.dist.main_first():  # rank 0 fills the decode cache, the others read it
@@ -219,7 +221,9 @@ class ContinualRun:
         the phase. A stop signal: the checkpoint after the step in flight, then exit."""
         cfg, T, steps = self.cfg, self.cfg.data.num_tasks, self.steps[task]
         start, n, E = phase
-        set_lr(trainer.optimizer, epoch - start, n, cfg.optim)
+        lr = set_lr(trainer.optimizer, epoch - start, n, cfg.optim)
+        if lr is not None and start_step == 0:  # at the epoch's first step (a resume inside the epoch logged it)
+            self._scalar("train/lr", lr, self.global_step + 1)
         loader.set_epoch(epoch)
         probe_iter = cycle(probe_loader, epoch) if probe_loader is not None else None
         self.progress.start_epoch(task, T, epoch, E)

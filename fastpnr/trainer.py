@@ -138,6 +138,7 @@ class Trainer:
                 penalty, reg_logs = reg.penalty(method, out, frozen_out)
                 loss = loss + penalty
                 logs.update(reg_logs)
+            logs["loss"] = loss.detach()  # the SSL + strategy loss; the probes' cross-entropy is logged on its own
             if probe_batch is not None:
                 probe_loss, probe_logs = _probe_losses(method, out, probe_batch)
                 loss = loss + probe_loss
@@ -151,7 +152,6 @@ class Trainer:
             method.end_of_step(out)
             reg.end_of_step(out, frozen_out)
             method.after_step(step, total_steps, tau=tau)
-        logs["loss"] = loss.detach()
         return logs
 
     # ------------------------------------------------------------------------------------ the epoch
