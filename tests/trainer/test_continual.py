@@ -382,8 +382,7 @@ def test_loss_is_the_ssl_loss_the_probe_apart_and_the_lr_in_tensorboard(data_roo
     from fastpnr.optim import warmup_cosine
 
     ov = tiny_overrides(data_root, regularizer="finetune", **{"optim.epochs": 2, "optim.warmup_epochs": 1,
-                                                           "eval.forward_transfer": False,
-                                      "train.online_probe": "full"})
+                                                           "eval.forward_transfer": False, "train.online_probe": "full"})
     cfg = build_config("smoke", ov)
     metrics = ContinualRun(cfg, tmp_path, log=quiet).fit()
     epochs = metrics["train_epochs"]
