@@ -18,7 +18,8 @@ from .errors import ConfigError, require
 
 PRECISIONS = ("bf16", "fp16", "fp32", "fp64")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
-COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")  # torch.compile modes; the step has its own graph
+COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("auto", "true", "false")  # auto: capture on CUDA, eager elsewhere without a word  # torch.compile modes; the step has its own graph
 SCENARIOS = ("class", "data", "domain")
 PROTOCOLS = ("linear", "knn", "online", "official")
 OPTIMIZERS = ("lars", "sgd")
@@ -140,7 +141,7 @@ class TrainConfig:
     log_every: int = 20                     # steps between host reads of the loss (a sync)
     online_probe: str = "full"              # full: the anchors' probe on the whole labelled train set (CIFAR-100 runs); task; off
     frozen_stream: bool = True              # frozen previous model on its own CUDA stream
-    cuda_graph: bool = True                 # capture the whole step in a CUDA graph (CUDA only; else eager)
+    cuda_graph: str = "auto"                # capture the step in a CUDA graph: auto (on CUDA; silent elsewhere), true, false
     compile: str = "off"                    # torch.compile the online backbone: off, default, max-autotune-no-cudagraphs
     compile_backend: str = "inductor"       # torch.compile backend (inductor; eager/aot_eager to debug)
     graph_warmup: int = 3                   # eager rehearsal steps before capture (state restored after)
@@ -165,6 +166,8 @@ class TrainConfig:
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "train.device", self.device, "auto, cpu, cuda[:N]")
         require(self.online_probe in PROBES, "train.online_probe", self.online_probe, PROBES)
         require(self.log_every >= 1, "train.log_every", self.log_every, ">= 1")
+        object.__setattr__(self, "cuda_graph", _switch(self.cuda_graph))  # true/false as booleans or words
+        require(self.cuda_graph in CUDA_GRAPH_MODES, "train.cuda_graph", self.cuda_graph, CUDA_GRAPH_MODES)
         require(self.graph_warmup >= 1, "train.graph_warmup", self.graph_warmup, ">= 1")
         require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "train.steps_per_epoch", self.steps_per_epoch, "None or >= 1")
         require(self.max_tasks is None or self.max_tasks >= 1, "train.max_tasks", self.max_tasks, "None or an integer >= 1")
@@ -370,6 +373,15 @@ PRESETS: dict[str, dict] = {
 # ----------------------------------------------------------------------------------------------- building
 def _type_of(cls, name):
     return typing.get_type_hints(cls)[name]
+
+
+def _switch(value) -> str:
+    """A mode that may also be given as a boolean (configs written before it had "auto"): "true" / "false"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    words = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}
+    text = str(value).lower()
+    return words.get(text, text)
 
 
 def _cast(value, typ, field_name):
