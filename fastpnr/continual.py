@@ -226,7 +226,8 @@ class ContinualRun:
             self._scalar("train/lr", lr, self.global_step + 1)
         loader.set_epoch(epoch)
         probe_iter = cycle(probe_loader, epoch) if probe_loader is not None else None
-        self.progress.start_epoch(task, T, epoch, E)
+        phase_name = self._phase_name(task, epoch)
+        self.progress.start_epoch(task, T, epoch, E, phase_name)
         t0, epoch_start = time.perf_counter(), (epoch - start) * steps  # the step in the phase (EMA tau schedule)
 
         def on_log(step_in_phase, host, ips):  # the trainer's logged terms as scalars at their global step
@@ -246,7 +247,7 @@ class ContinualRun:
         self.metrics.setdefault("train_epochs", []).append({"task": task, "epoch": epoch, **means})
         images = steps * cfg.optim.batch_size
         self.task_clock.images += images  # before the checkpoint, which records them with the time
-        self.progress.end_epoch(task, T, epoch, E, steps, images, time.perf_counter() - t0, means)
+        self.progress.end_epoch(task, T, epoch, E, steps, images, time.perf_counter() - t0, means, phase_name)
         if epoch + 1 < E:
             self._save(task, epoch + 1, trainer.optimizer, trainer)
             self._stop_if_requested(task, epoch + 1)  # a stop during the epoch's last step
@@ -270,7 +271,17 @@ class ContinualRun:
             return f"{task_label(task, T)}, its evaluation"
         if task >= T:
             return "the end of the run"
-        return position_label(task, T, epoch, self._task_epochs(task), step)
+        return position_label(task, T, epoch, self._task_epochs(task), step, self._phase_name(task, epoch))
+
+    def _phase_name(self, task: int, epoch: int) -> str | None:
+        """The phase that epoch ``epoch`` of task ``task`` trains in, where the task has several (POCON), else None."""
+        phases = task_phases(self.cfg.regularizer, task, self.cfg.optim.epochs)
+        start = 0
+        for name, n in phases:
+            if epoch < start + n:
+                return name if len(phases) > 1 else None
+            start += n
+        return None
 
     def _scalar(self, tag: str, value, step: int) -> None:
         """Every scalar the run logs (TensorBoard, rank 0)."""
