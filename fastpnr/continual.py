@@ -153,7 +153,7 @@ class ContinualRun:
         self.start_task, self.start_epoch = ckpt["next_task"], ckpt["next_epoch"]
         phase = ckpt.get("phase", "train")
         run_metrics.record_config_changes(self.metrics, self.start_task, self.start_epoch, phase, self._config_changes)
-        T, t = self.cfg.data.num_tasks, self.start_task
+        t = self.start_task
         self.log(f"resumed from {self.out / CHECKPOINT}: {self._checkpoint_label(t, self.start_epoch, phase, ckpt.get('next_step', 0))}")
 
     def _open_display(self, ckpt: dict | None) -> None:

@@ -246,8 +246,8 @@ def test_moco_pnr_second_queue_fills_with_frozen_embeddings():
     from fastpnr.optim import build_optimizer
     from fastpnr.regularizers import build_regularizer
     from fastpnr.trainer import Trainer
-    from fastpnr.methods.mocov2plus import MoCoV2PlusConfig
-    from fastpnr.regularizers.pnr import PNRConfig
+    from fastpnr.methods import MoCoV2PlusConfig
+    from fastpnr.regularizers import PNRConfig
 
     torch.manual_seed(0)
     method = build_method(MoCoV2PlusConfig(name="mocov2plus", proj_hidden=32, proj_out=16, queue_size=24),
