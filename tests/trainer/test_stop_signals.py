@@ -111,16 +111,26 @@ def _resume_equals(out: Path, uninterrupted: Path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_ctrl_c_says_so_at_once_and_stops_at_the_step_boundary_with_a_checkpoint(data_root, tmp_path, uninterrupted):
-    out = tmp_path / "run"
-    run = _Run(SLOW_STEP, _args(data_root, out), SLOW_STEP="1", SLOW_STEP_S="20")
+def _ctrl_c_inside_a_slow_step(data_root, out: Path, step_s: int) -> _Run:
+    """A run whose first step takes ``step_s`` s more, in one C call; Ctrl-C inside it, said to stop at once."""
+    run = _Run(SLOW_STEP, _args(data_root, out), SLOW_STEP="1", SLOW_STEP_S=str(step_s))
     run.wait_for_file(out / "slow_step.started")
     run.proc.send_signal(signal.SIGINT)
     run.wait_for_line(preempt.STOPPING, timeout=15)
-    assert not (out / "slow_step.done").exists()  # said while the step (one C call) still ran
-    assert run.finish() == preempt.EXIT_CHECKPOINTED
+    assert not (out / "slow_step.done").exists()  # said while the step still ran
+    return run
+
+
+def _no_traceback(run: _Run) -> None:
     stderr = "".join(run.stderr)
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+
+
+def test_ctrl_c_says_so_at_once_and_stops_at_the_step_boundary_with_a_checkpoint(data_root, tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    run = _ctrl_c_inside_a_slow_step(data_root, out, 20)
+    assert run.finish() == preempt.EXIT_CHECKPOINTED
+    _no_traceback(run)
     assert f"stopped by SIGINT: checkpoint at task 0 (1/2) epoch 1/1, after step 1; resume with --resume {out}" \
         in run.seen
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
@@ -130,15 +140,11 @@ def test_ctrl_c_says_so_at_once_and_stops_at_the_step_boundary_with_a_checkpoint
 
 def test_a_second_ctrl_c_stops_at_once_with_the_resume_line(data_root, tmp_path, uninterrupted):
     out = tmp_path / "run"
-    run = _Run(SLOW_STEP, _args(data_root, out), SLOW_STEP="1", SLOW_STEP_S="600")
-    run.wait_for_file(out / "slow_step.started")
-    run.proc.send_signal(signal.SIGINT)
-    run.wait_for_line(preempt.STOPPING, timeout=15)
+    run = _ctrl_c_inside_a_slow_step(data_root, out, 600)
     t0 = time.monotonic()
     run.proc.send_signal(signal.SIGINT)
     assert run.finish(timeout=30) == preempt.EXIT_INTERRUPTED and time.monotonic() - t0 < 30
-    stderr = "".join(run.stderr)
-    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    _no_traceback(run)
     assert ("stopped at once by a second Ctrl-C: checkpoint at task 0 (1/2) epoch 1/1; resume with --resume "
             f"{out}") in run.seen
     _resume_equals(out, uninterrupted)
@@ -148,6 +154,7 @@ def test_sigterm_during_a_tasks_last_step_stops_before_its_evaluation(data_root,
     out = tmp_path / "run"
     rc, run = _train(SIGNAL_AT_STEP, _args(data_root, out), SIGNAL_AT_STEP="2")  # task 0: 1 epoch of 2 steps
     assert rc == preempt.EXIT_CHECKPOINTED, "".join(run.stderr)[-3000:]
+    _no_traceback(run)
     assert f"stopped by SIGTERM: checkpoint at task 0 (1/2), its evaluation; resume with --resume {out}" in run.seen
     assert not any("after task 0" in line for line in run.seen) and not (out / "task0.pt").exists()
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
