@@ -48,15 +48,15 @@ def _train(preset, out, resume, overwrite, allow_config_change, overrides, confi
                 raise FastPNRError(f"{flag} cannot be combined with --resume (the run keeps its folder and "
                                    "configuration); allowed with --resume: --section.field VALUE overrides, "
                                    "--allow-config-change")
-    if out or resume:  # before anything is read: a folder that cannot be written fails in one line
-        check_writable_folder(out or resume_folder(resume), "--out" if out else "--resume")
-    if resume:
+        check_writable_folder(resume_folder(resume), "--resume")  # before anything is read: one line
         normalize_overrides(overrides)  # unknown option names (their values are checked against the checkpoint's)
         from fastpnr.continual import resume_run
 
         return _done(resume_run(resume, overrides, allow_config_change=allow_config_change), resume_folder(resume))
     if allow_config_change:
         raise FastPNRError("--allow-config-change is only for --resume RUN_DIR; allowed for a new run: --out, --overwrite")
+    if out:
+        check_writable_folder(out)  # before anything is read: a folder that cannot be written fails in one line
     if config is None:
         preset = preset or "smoke"
     # --config FILE: the file over the preset (none given: over the dataclass defaults), the options over both
