@@ -18,7 +18,9 @@ from .errors import ConfigError, require
 
 PRECISIONS = ("bf16", "fp16", "fp32", "fp64")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
-COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")  # torch.compile modes; the step has its own graph
+COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("auto", "true", "false")
+BACKBONE_NAMES = ("resnet18", "resnet50")  # fastpnr.models.BACKBONES' keys (that module needs torch; a test keeps them equal)  # auto: capture on CUDA, eager elsewhere without a word  # torch.compile modes; the step has its own graph
 SCENARIOS = ("class", "data", "domain")
 PROTOCOLS = ("linear", "knn", "online", "official")
 OPTIMIZERS = ("lars", "sgd")
@@ -62,7 +64,7 @@ class DataConfig:
         require(0 < self.test_fraction <= 1, "data.test_fraction", self.test_fraction, "0 < fraction <= 1")
         require(0 < self.min_scale <= 1, "data.min_scale", self.min_scale, "0 < min_scale <= 1")
         from loaders import LOADERS
-        from loaders.ffcv_loader import CROP_MODES, ORDERS  # the loader's own lists: one source of truth
+        from loaders.config import CROP_MODES, ORDERS  # the loaders' own lists (torch-free): one source of truth
 
         from .data.decode import RESIZE_MODES
         require(self.resize in RESIZE_MODES, "data.resize", self.resize, RESIZE_MODES)
@@ -91,8 +93,7 @@ class ModelConfig:
     width: int = 64                       # ResNet base width (layers w, 2w, 4w, 8w); 64 = the anchors'
 
     def __post_init__(self):
-        from .models import BACKBONES
-        require(self.backbone in BACKBONES, "model.backbone", self.backbone, sorted(BACKBONES))
+        require(self.backbone in BACKBONE_NAMES, "model.backbone", self.backbone, sorted(BACKBONE_NAMES))
         require(isinstance(self.width, int) and self.width >= 1, "model.width", self.width, "an integer >= 1")
         require(self.stem_padding in (0, 1, 2, 3), "model.stem_padding", self.stem_padding, "0..3")
 
@@ -140,7 +141,7 @@ class TrainConfig:
     log_every: int = 20                     # steps between host reads of the loss (a sync)
     online_probe: str = "full"              # full: the anchors' probe on the whole labelled train set (CIFAR-100 runs); task; off
     frozen_stream: bool = True              # frozen previous model on its own CUDA stream
-    cuda_graph: bool = True                 # capture the whole step in a CUDA graph (CUDA only; else eager)
+    cuda_graph: str = "auto"                # capture the step in a CUDA graph: auto (on CUDA; silent elsewhere), true, false
     compile: str = "off"                    # torch.compile the online backbone: off, default, max-autotune-no-cudagraphs
     compile_backend: str = "inductor"       # torch.compile backend (inductor; eager/aot_eager to debug)
     graph_warmup: int = 3                   # eager rehearsal steps before capture (state restored after)
@@ -165,6 +166,8 @@ class TrainConfig:
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "train.device", self.device, "auto, cpu, cuda[:N]")
         require(self.online_probe in PROBES, "train.online_probe", self.online_probe, PROBES)
         require(self.log_every >= 1, "train.log_every", self.log_every, ">= 1")
+        object.__setattr__(self, "cuda_graph", _switch(self.cuda_graph))  # true/false as booleans or words
+        require(self.cuda_graph in CUDA_GRAPH_MODES, "train.cuda_graph", self.cuda_graph, CUDA_GRAPH_MODES)
         require(self.graph_warmup >= 1, "train.graph_warmup", self.graph_warmup, ">= 1")
         require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "train.steps_per_epoch", self.steps_per_epoch, "None or >= 1")
         require(self.max_tasks is None or self.max_tasks >= 1, "train.max_tasks", self.max_tasks, "None or an integer >= 1")
@@ -372,6 +375,15 @@ def _type_of(cls, name):
     return typing.get_type_hints(cls)[name]
 
 
+def _switch(value) -> str:
+    """A mode that may also be given as a boolean (configs written before it had "auto"): "true" / "false"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    words = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}
+    text = str(value).lower()
+    return words.get(text, text)
+
+
 def _cast(value, typ, field_name):
     """Cast a command-line value to the dataclass field's type, or fail with one line."""
     origin = typing.get_origin(typ)
@@ -461,14 +473,16 @@ def normalize_overrides(overrides: dict) -> dict:
 
 
 def build_config(preset: str | None = "smoke", overrides: Optional[dict] = None,
-                 config_file: str | None = None) -> RunConfig:
+                 config_file: str | None = None, combinations: bool = True) -> RunConfig:
     """Resolve a run configuration from a preset name and dotted overrides (see module docstring).
 
     ``config_file`` (``fastpnr train --config FILE``): a JSON or YAML file shaped like a run's ``config.json``, laid
     over the preset (``preset=None``: over the dataclass defaults), under the overrides. Its keys are as strict as
-    the command line's; an error in a value the file set names the file."""
-    from .methods import METHODS
-    from .regularizers import REGULARIZERS
+    the command line's; an error in a value the file set names the file. Everything but the checks across sections
+    (``validate_combinations``, on the method and strategy classes: torch) runs without importing torch;
+    ``combinations=False`` leaves those out (``fastpnr train`` runs them once torch is loaded)."""
+    from .method_configs import METHOD_CONFIGS as METHODS
+    from .regularizer_configs import REGULARIZER_CONFIGS as REGULARIZERS
 
     base, per_method_blocks = {}, {}
     if preset is not None:
@@ -492,15 +506,17 @@ def build_config(preset: str | None = "smoke", overrides: Optional[dict] = None,
         sections = {}
         for name, cls in SECTIONS.items():
             sections[name] = _make(cls, merged.get(name, {}), name, set(strict.get(name, {})))
-        method_cls, method_cfg_cls = METHODS[method_name]
+        method_cfg_cls = METHODS[method_name]
         method_values = dict(merged.get("method", {}), name=method_name)
         method_cfg = _make(method_cfg_cls, method_values, "method", set(strict.get("method", {})))
 
         reg_values = dict(merged.get("regularizer", {}))
         reg_name = reg_values.get("name", "finetune")
         require(reg_name in REGULARIZERS, "regularizer", reg_name, sorted(REGULARIZERS))
-        reg_cfg = _make(REGULARIZERS[reg_name][1], reg_values, "regularizer", set(strict.get("regularizer", {})))
-        cfg = validate_combinations(RunConfig(method=method_cfg, regularizer=reg_cfg, out=merged.get("out"), **sections))
+        reg_cfg = _make(REGULARIZERS[reg_name], reg_values, "regularizer", set(strict.get("regularizer", {})))
+        cfg = RunConfig(method=method_cfg, regularizer=reg_cfg, out=merged.get("out"), **sections)
+        if combinations:
+            validate_combinations(cfg)
     except ConfigError as e:
         raise _blame_file(e, config_file, from_file, user) from None
     check_extras(cfg)
@@ -552,8 +568,8 @@ def read_config_file(path: str) -> dict:
 def check_file_keys(data: dict, path: str, method_name: str, reg_name: str) -> None:
     """Every key of a configuration file is a section and a field of it (the method's and regularizer's fields are
     those of ``method_name`` / ``reg_name``, the names the run resolves to), else one line naming file and key."""
-    from .methods import METHODS
-    from .regularizers import REGULARIZERS
+    from .method_configs import METHOD_CONFIGS
+    from .regularizer_configs import REGULARIZER_CONFIGS
 
     for key, value in data.items():
         if key not in FILE_KEYS:
@@ -565,9 +581,9 @@ def check_file_keys(data: dict, path: str, method_name: str, reg_name: str) -> N
         if key in SECTIONS:
             cls, owner = SECTIONS[key], f"section {key}"
         elif key == "method":
-            cls, owner = (METHODS[method_name][1] if method_name in METHODS else None), f"method {method_name}"
+            cls, owner = METHOD_CONFIGS.get(method_name), f"method {method_name}"
         else:
-            cls, owner = (REGULARIZERS[reg_name][1] if reg_name in REGULARIZERS else None), f"regularizer {reg_name}"
+            cls, owner = REGULARIZER_CONFIGS.get(reg_name), f"regularizer {reg_name}"
         if cls is None:
             continue  # the unknown name itself is reported by build_config
         names = sorted(f.name for f in fields(cls) if f.init)
@@ -591,6 +607,16 @@ def _blame_file(error: ConfigError, path: str | None, from_file: dict, user: dic
     return ConfigError(f"--config {path}: {error}") if in_file and not on_command_line else error
 
 
+def config_warnings(cfg: RunConfig) -> list[str]:
+    """Settings that are allowed but contradict each other, one line each (the run prints them before reading data)."""
+    o, lines = cfg.optim, []
+    if 0 < o.epochs <= o.warmup_epochs:  # a preset's warm-up kept while --optim.epochs shortens a trial run
+        lines.append(f"warning: optim.warmup_epochs={o.warmup_epochs} >= optim.epochs={o.epochs}: every epoch of a "
+                     f"task is in the linear warm-up (the lr never reaches optim.lr nor decays); set "
+                     f"--optim.warmup_epochs below {o.epochs} (e.g. 0)")
+    return lines
+
+
 def check_extras(cfg: RunConfig) -> None:
     """Optional packages a new or resumed run asks for are installed (checked without importing them)."""
     import importlib.util
@@ -602,13 +628,13 @@ def check_extras(cfg: RunConfig) -> None:
 
 def config_from_dict(d: dict) -> RunConfig:
     """Inverse of ``RunConfig.to_dict`` (used when resuming from a checkpoint)."""
-    from .methods import METHODS
-    from .regularizers import REGULARIZERS
+    from .method_configs import METHOD_CONFIGS
+    from .regularizer_configs import REGULARIZER_CONFIGS
 
     # .get: checkpoints written before a section existed (dist) take its defaults
     sections = {name: _make(cls, d.get(name, {}), name, set(d.get(name, {}))) for name, cls in SECTIONS.items()}
-    method_cfg = _make(METHODS[d["method"]["name"]][1], d["method"], "method", set(d["method"]))
-    reg_cfg = _make(REGULARIZERS[d["regularizer"]["name"]][1], d["regularizer"], "regularizer", set(d["regularizer"]))
+    method_cfg = _make(METHOD_CONFIGS[d["method"]["name"]], d["method"], "method", set(d["method"]))
+    reg_cfg = _make(REGULARIZER_CONFIGS[d["regularizer"]["name"]], d["regularizer"], "regularizer", set(d["regularizer"]))
     return validate_combinations(RunConfig(method=method_cfg, regularizer=reg_cfg, out=d.get("out"), **sections))
 
 

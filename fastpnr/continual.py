@@ -15,15 +15,15 @@ from pathlib import Path
 from . import preempt
 from . import run_metrics
 from .checkpoint import atomic_save, load_checkpoint, loop_state, set_rng_state
-from .config import RunConfig, config_from_dict, config_with_overrides, format_config
+from .config import RunConfig, config_from_dict, config_warnings, config_with_overrides, format_config
 from .errors import FastPNRError, require
 from .optim import set_lr
 from .progress import TrainProgress, position_label, task_label
 from .protocols import Evaluator
 from .regularizers import task_epochs, task_phases
 from .replay import with_replay
-from .run_folder import (CHECKPOINT, NewRunFiles, check_new_run_folder, check_resume_changes, config_changes,
-                         open_run_log, resume_folder, write_json)
+from .run_folder import (CHECKPOINT, NewRunFiles, check_new_run_folder, check_resume_changes, check_writable_folder,
+                         config_changes, open_run_log, resume_folder, write_json)
 from .runtime import build_models, setup_process
 from .task_data import TaskData, cycle
 from .trainer import phase_trainer
@@ -68,8 +68,8 @@ class ContinualRun:
                     else:
                         self._train_task(task, resumed)
                     self._finish_task(task)
-                    if task + 1 < self.last_task and self.dist.any_rank(self._signal.requested):
-                        self._stopped_by_signal(task + 1, 0, 0)  # the next task's checkpoint is written
+                    if task + 1 < self.last_task:
+                        self._stop_if_requested(task + 1, 0)  # the next task's checkpoint is written
         except _Interrupted:
             self.log(f"stopped after {self._epochs_run} epochs (simulated interruption); resume with --resume {self.out}")
             return self.metrics
@@ -94,11 +94,14 @@ class ContinualRun:
         cfg = self.cfg
         self.dist.local_batch(cfg.optim.batch_size)  # one line when the world size does not divide the batch
         ckpt = self._preflight()
+        self.dist.main_only(check_writable_folder)(self.out)
         if ckpt is None:
             self.dist.main_only(check_new_run_folder)(self.out, self.overwrite)
             self._new_files = NewRunFiles(self.out)  # removed again if the run stops before its first checkpoint
         self.dist.main_only(self.out.mkdir)(parents=True, exist_ok=True)
         self.log(format_config(cfg, out=self.out.resolve()))  # the folder written, not cfg.out (None)
+        for line in config_warnings(cfg):
+            self.log(line)
         self.log(f"processes: {self.dist.describe()}, per-rank batch {self.dist.local_batch(cfg.optim.batch_size)}")
         t0 = time.perf_counter()
         with self.dist.main_first():  # rank 0 fills the decode cache, the others read it
@@ -115,12 +118,18 @@ class ContinualRun:
         self.dist.broadcast_module(self.method)  # every rank starts from rank 0's weights and buffers
         self.dist.broadcast_module(self.regularizer)
         self._open_display(ckpt)
-        if ckpt is None:
-            if cfg.eval.forward_transfer:
-                self._evaluate_random_init()
-                self.progress.resume_training()
-            self._save(0, 0)  # resumable from the first step on
+        if ckpt is None:  # resumable from here on: the random-init evaluation (forward transfer) resumes into itself
+            self._save(0, 0, phase="random_init" if cfg.eval.forward_transfer else "train")
             self._new_files = None  # kept from here on, whatever happens
+        self._signal.catch_interrupts(lambda line: self.log(line), self.out)  # Ctrl-C: stop at the next step
+        if ckpt is None and cfg.eval.forward_transfer or ckpt is not None and ckpt.get("phase") == "random_init":
+            if ckpt is not None:
+                set_rng_state(ckpt["rng"])  # the state the uninterrupted run evaluated with
+            self._evaluate_random_init()
+            self.progress.resume_training()
+            self._save(0, 0)
+            self._stop_if_requested(0, 0)
+            return None  # task 0 trains as in a run that was never stopped
         return ckpt
 
     def _preflight(self) -> dict | None:
@@ -144,9 +153,8 @@ class ContinualRun:
         self.start_task, self.start_epoch = ckpt["next_task"], ckpt["next_epoch"]
         phase = ckpt.get("phase", "train")
         run_metrics.record_config_changes(self.metrics, self.start_task, self.start_epoch, phase, self._config_changes)
-        T, t = self.cfg.data.num_tasks, self.start_task
-        self.log(f"resumed from {self.out / CHECKPOINT}: " + (f"{task_label(t, T)}, its evaluation" if phase == "evaluate"
-                 else position_label(t, T, self.start_epoch, self._task_epochs(t), ckpt.get("next_step", 0))))
+        t = self.start_task
+        self.log(f"resumed from {self.out / CHECKPOINT}: {self._checkpoint_label(t, self.start_epoch, phase, ckpt.get('next_step', 0))}")
 
     def _open_display(self, ckpt: dict | None) -> None:
         """The progress bar (or per-epoch lines; the run's log goes above the bar) and the TensorBoard scalars."""
@@ -206,6 +214,7 @@ class ContinualRun:
         self._save(task, E, phase="evaluate")  # a kill during the evaluation keeps the task's training
         if self._stops["eval"] == task:
             raise _Interrupted()
+        self._stop_if_requested(task, E, phase="evaluate")  # a stop during the task's last step: before its evaluation
 
     def _train_epoch(self, task: int, epoch: int, trainer, loader, probe_loader, phase: tuple[int, int, int],
                      start_step=0, on_skipped=None) -> None:
@@ -214,10 +223,13 @@ class ContinualRun:
         the phase. A stop signal: the checkpoint after the step in flight, then exit."""
         cfg, T, steps = self.cfg, self.cfg.data.num_tasks, self.steps[task]
         start, n, E = phase
-        set_lr(trainer.optimizer, epoch - start, n, cfg.optim)
+        lr = set_lr(trainer.optimizer, epoch - start, n, cfg.optim)
+        if lr is not None and start_step == 0:  # at the epoch's first step (a resume inside the epoch logged it)
+            self._scalar("train/lr", lr, self.global_step + 1)
         loader.set_epoch(epoch)
         probe_iter = cycle(probe_loader, epoch) if probe_loader is not None else None
-        self.progress.start_epoch(task, T, epoch, E)
+        phase_name = self._phase_name(task, epoch)
+        self.progress.start_epoch(task, T, epoch, E, phase_name)
         t0, epoch_start = time.perf_counter(), (epoch - start) * steps  # the step in the phase (EMA tau schedule)
 
         def on_log(step_in_phase, host, ips):  # the trainer's logged terms as scalars at their global step
@@ -231,24 +243,47 @@ class ContinualRun:
                                                 stop=self._signal, on_skipped=on_skipped)
         if stopped_at is not None:
             self._save(task, epoch, trainer.optimizer, trainer, next_step=stopped_at)
-            self._stopped_by_signal(task, epoch, stopped_at)
+            self._stop_if_requested(task, epoch, step=stopped_at)
         self.global_step += steps
         # the epoch's means of the logged terms (losses, collapse_std, effective_rank): metrics.json "train_epochs"
         self.metrics.setdefault("train_epochs", []).append({"task": task, "epoch": epoch, **means})
         images = steps * cfg.optim.batch_size
         self.task_clock.images += images  # before the checkpoint, which records them with the time
-        self.progress.end_epoch(task, T, epoch, E, steps, images, time.perf_counter() - t0, means)
+        self.progress.end_epoch(task, T, epoch, E, steps, images, time.perf_counter() - t0, means, phase_name)
         if epoch + 1 < E:
             self._save(task, epoch + 1, trainer.optimizer, trainer)
+            self._stop_if_requested(task, epoch + 1)  # a stop during the epoch's last step
         self._epochs_run += 1
         if self._stops["epochs"] is not None and self._epochs_run >= self._stops["epochs"] and epoch + 1 < E:
             raise _Interrupted()
 
-    def _stopped_by_signal(self, task: int, epoch: int, step: int):
-        """After the checkpoint of a signal stop: say where it stopped, exit with ``preempt.EXIT_CHECKPOINTED``."""
-        where = position_label(task, self.cfg.data.num_tasks, epoch, self._task_epochs(task), step)
-        self.log(self._signal.stop_line(where, self.out))
-        raise preempt.CheckpointedOnSignal(self._signal.signum or 0)
+    def _stop_if_requested(self, task: int, epoch: int, phase: str = "train", step: int = 0):
+        """Right after a checkpoint: when a stop signal (SIGTERM, SIGUSR2, Ctrl-C) came, on any rank, say where the
+        checkpoint stands and exit with ``preempt.EXIT_CHECKPOINTED``."""
+        if self.dist.any_rank(self._signal.requested):
+            self.log(self._signal.stop_line(self._checkpoint_label(task, epoch, phase, step), self.out))
+            raise preempt.CheckpointedOnSignal(self._signal.signum or 0)
+
+    def _checkpoint_label(self, task: int, epoch: int, phase: str, step: int = 0) -> str:
+        """Where a checkpoint (next_task, next_epoch, phase, next_step) stands, in the words of the progress lines."""
+        T = self.cfg.data.num_tasks
+        if phase == "random_init":
+            return "the random-init evaluation"
+        if phase == "evaluate":
+            return f"{task_label(task, T)}, its evaluation"
+        if task >= T:
+            return "the end of the run"
+        return position_label(task, T, epoch, self._task_epochs(task), step, self._phase_name(task, epoch))
+
+    def _phase_name(self, task: int, epoch: int) -> str | None:
+        """The phase that epoch ``epoch`` of task ``task`` trains in, where the task has several (POCON), else None."""
+        phases = task_phases(self.cfg.regularizer, task, self.cfg.optim.epochs)
+        start = 0
+        for name, n in phases:
+            if epoch < start + n:
+                return name if len(phases) > 1 else None
+            start += n
+        return None
 
     def _scalar(self, tag: str, value, step: int) -> None:
         """Every scalar the run logs (TensorBoard, rank 0)."""
@@ -296,14 +331,15 @@ class ContinualRun:
     # ------------------------------------------------------------------------------------------------ checkpoint
     def _save(self, next_task, next_epoch, optimizer=None, trainer=None, phase="train", next_step=0):
         """Checkpoint. phase "train": task ``next_task`` trains from epoch ``next_epoch`` (its step ``next_step``);
-        "evaluate": task ``next_task`` is trained and its evaluation comes next."""
+        "evaluate": task ``next_task`` is trained and its evaluation comes next; "random_init": the evaluation of the
+        untrained model comes next (forward transfer's reference), then task 0."""
         if self.writer is not None:
             self.writer.flush()  # the event files hold every scalar the checkpoint counts
         # the state is the same on every rank; the file is rank 0's (its RNG states, which every rank resumes with)
         where = {"next_task": next_task, "next_epoch": next_epoch, "phase": phase, "next_step": next_step}
         self.save_file(loop_state(self.cfg, where, self.method, self.regularizer, optimizer, trainer, self.metrics,
                                   self.global_step, self.writer, self.task_clock), self.out / CHECKPOINT)
-
+        self._signal.checkpoint_at = self._checkpoint_label(next_task, next_epoch, phase, next_step)  # a 2nd Ctrl-C
 
 class _Interrupted(Exception):
     pass

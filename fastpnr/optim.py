@@ -109,15 +109,19 @@ def warmup_cosine(t: float, total: float, base_lr: float, warmup: float, start_l
     return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * (t - warmup) / span))
 
 
-def set_lr(optimizer, epoch: float, total_epochs: int, cfg) -> None:
-    """Set every group's lr for (fractional) ``epoch``; per-epoch schedules (the anchors') use floor(epoch)."""
+def set_lr(optimizer, epoch: float, total_epochs: int, cfg) -> float | None:
+    """Set every group's lr for (fractional) ``epoch``; per-epoch schedules (the anchors') use floor(epoch). Returns
+    the first scheduled group's lr (the backbone's; a host float, for the ``train/lr`` scalar)."""
     t = math.floor(epoch) if cfg.schedule_interval == "epoch" else epoch
+    scheduled = None
     for g in optimizer.param_groups:
         if g.get("static_lr"):
             lr = g["base_lr"]
         else:
             lr = warmup_cosine(t, total_epochs, g["base_lr"], cfg.warmup_epochs, cfg.warmup_start_lr, cfg.min_lr)
+            scheduled = lr if scheduled is None else scheduled
         if isinstance(g["lr"], torch.Tensor):
             g["lr"].fill_(lr)  # in place: a captured graph holds this tensor's address
         else:
             g["lr"] = lr
+    return scheduled

@@ -18,10 +18,12 @@ def task_label(task: int, num_tasks: int) -> str:
     return f"task {task} ({task + 1}/{num_tasks})"
 
 
-def position_label(task: int, num_tasks: int, epoch: int, num_epochs: int, step: int = 0) -> str:
+def position_label(task: int, num_tasks: int, epoch: int, num_epochs: int, step: int = 0, phase: str | None = None) -> str:
     """"task 1 (2/2) epoch 1/3, after step 5": where a checkpoint stands (``epoch`` from 0; ``step``: the steps
-    already done in that epoch, 0 at its start). The bar, the signal stop and the resume print the same label."""
-    return f"{task_label(task, num_tasks)} epoch {epoch + 1}/{num_epochs}" + (f", after step {step}" if step else "")
+    already done in that epoch, 0 at its start; ``phase``: the training phase of a task that has several, e.g.
+    POCON's "expert" and "main": "epoch 1/4 (expert)"). The bar, the signal stop and the resume print the same label."""
+    return (f"{task_label(task, num_tasks)} epoch {epoch + 1}/{num_epochs}" + (f" ({phase})" if phase else "")
+            + (f", after step {step}" if step else ""))
 
 
 class TrainProgress:
@@ -44,12 +46,12 @@ class TrainProgress:
             with self.bar.external_write_mode():
                 self.sink(msg)
 
-    def start_epoch(self, task: int, num_tasks: int, epoch: int, epochs: int) -> None:
+    def start_epoch(self, task: int, num_tasks: int, epoch: int, epochs: int, phase: str | None = None) -> None:
         if self.bar is not None:
-            self.bar.set_description(position_label(task, num_tasks, epoch, epochs))
+            self.bar.set_description(position_label(task, num_tasks, epoch, epochs, phase=phase))
 
     def end_epoch(self, task: int, num_tasks: int, epoch: int, epochs: int, steps: int, images: int, seconds: float,
-                  means: dict) -> None:
+                  means: dict, phase: str | None = None) -> None:
         """Account an epoch's training time; without a bar, print its line (loss, img/s, elapsed, ETA)."""
         self.done += steps
         self.train_seconds += seconds
@@ -59,7 +61,7 @@ class TrainProgress:
         eta = (self.total - self.done) * self.train_seconds / max(self.train_steps, 1)
         loss = f"loss {means['loss']:.4f}" if "loss" in means else "loss n/a"
         ips = images / max(seconds, 1e-9)
-        self.sink(f"{position_label(task, num_tasks, epoch, epochs)} | {loss} | "
+        self.sink(f"{position_label(task, num_tasks, epoch, epochs, phase=phase)} | {loss} | "
                   f"{ips:.{0 if ips >= 10 else 2}f} img/s | elapsed {_clock(time.perf_counter() - self.started)} | "
                   f"train ETA {_clock(eta)}")
 

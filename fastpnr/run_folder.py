@@ -90,6 +90,21 @@ def holds_run(out: Path) -> list[str]:
     return [p.name for p in run_files(out) if p.name in RUN_MARKERS or TASK_MODEL.fullmatch(p.name)]
 
 
+def check_writable_folder(out: str | os.PathLike, flag: str = "--out") -> None:
+    """``out`` is a folder the run can write, or one it can create: else one line naming it and what is wrong (before
+    anything is read or written: a folder that fails only when tasks.json is written has cost the data's load)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{flag} {out}: is a file, not a folder; allowed: a new folder or a run folder")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())  # the folder itself, or its first parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {out}: cannot be created, {existing} is a file; allowed: a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "a read-only file system or no write permission"
+        what = "is not writable" if existing == out else f"cannot be created: {existing} is not writable"
+        raise ConfigError(f"{flag} {out}: {what} ({why}); allowed: a folder this user can write")
+
+
 def check_new_run_folder(out: Path, overwrite: bool) -> None:
     """Refuse ``out`` if it holds a run, unless ``overwrite``: then delete that run's files (and only those)."""
     found = holds_run(out)

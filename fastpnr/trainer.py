@@ -5,8 +5,8 @@ stream, overlapped with the current model's forward. The loss is read on the hos
 ``train.log_every`` steps (the one sync), where a non-finite loss stops the run with a clear error.
 
 The step body (``step_body``) is CUDA-graph capturable when the learning rates and the EMA tau are device
-tensors: ``train.cuda_graph`` (on by default) runs it through ``fastpnr.graph.GraphStep``, which captures it
-once per task on CUDA and replays it; elsewhere it runs it eagerly from the same static buffers.
+tensors: ``train.cuda_graph`` (``auto`` by default: on CUDA) runs it through ``fastpnr.graph.GraphStep``, which
+captures it once per task on CUDA and replays it; ``true`` off CUDA runs it eagerly from the same static buffers.
 """
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ class Trainer:
         # the first view's projector output of the latest step (graph mode: the captured static output, which every
         # replay overwrites); the collapse measures read it at the log steps, outside the step
         self.last_embedding = None
-        if getattr(train_cfg, "cuda_graph", False):
+        mode = getattr(train_cfg, "cuda_graph", "false")
+        if mode == "true" or mode == "auto" and device.type == "cuda":  # auto: eager off CUDA, without a word
             from .graph import GraphStep
 
             self.graph = GraphStep(self, warmup_steps=getattr(train_cfg, "graph_warmup", 3), log=log)
@@ -138,6 +139,7 @@ class Trainer:
                 penalty, reg_logs = reg.penalty(method, out, frozen_out)
                 loss = loss + penalty
                 logs.update(reg_logs)
+            logs["loss"] = loss.detach()  # the SSL + strategy loss; the probes' cross-entropy is logged on its own
             if probe_batch is not None:
                 probe_loss, probe_logs = _probe_losses(method, out, probe_batch)
                 loss = loss + probe_loss
@@ -151,7 +153,6 @@ class Trainer:
             method.end_of_step(out)
             reg.end_of_step(out, frozen_out)
             method.after_step(step, total_steps, tau=tau)
-        logs["loss"] = loss.detach()
         return logs
 
     # ------------------------------------------------------------------------------------ the epoch

@@ -13,9 +13,16 @@ import importlib
 from fastpnr.errors import FastPNRError, require
 
 from .config import ViewConfig, cifar_views, imagenet_views
-from .gpu_aug import augment_batch
-from .prefetch import Prefetcher
 from .shard import check_shard
+
+_LAZY = {"augment_batch": ".gpu_aug", "Prefetcher": ".prefetch"}  # torch: imported on first use, so that the
+# configuration checks (LOADERS, loaders.config) run before torch loads
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # kind → (module, class, what it needs)
 LOADERS = {

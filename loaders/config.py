@@ -10,6 +10,8 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # CIFAR-10 stats, used for CIFAR-100 too 
 CIFAR_STD = (0.247, 0.243, 0.261)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.228, 0.224, 0.225)  # 0.228, not 0.229: the anchors' DALI value
+CROP_MODES = ("device", "decoder")  # the ffcv loader's data.ffcv_crop (here: checked before torch loads)
+ORDERS = ("random", "quasi_random", "sequential")  # the ffcv loader's data.ffcv_order
 
 
 def _is_range(r, lo: float, hi: float) -> bool:

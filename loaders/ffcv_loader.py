@@ -37,15 +37,12 @@ import torch
 
 from fastpnr.errors import DataError, require
 
-from .config import CIFAR_MEAN, CIFAR_STD, ViewConfig
+from .config import CIFAR_MEAN, CIFAR_STD, CROP_MODES, ORDERS, ViewConfig
 from .ffcv_ops import check_schema, import_ffcv
 from .gpu_aug import after_crop, augment_batch, draw_rows
 from .gpu_resident import resolve_subset, resolve_views
 from .seeding import AUGMENTATION, PERMUTATION, EpochBatches, epoch_generator, epoch_seed
 from .shard import check_shard, rows_of_global_batches
-
-CROP_MODES = ("device", "decoder")
-ORDERS = ("random", "quasi_random", "sequential")
 
 
 def _default_workers() -> int:

@@ -1,6 +1,6 @@
 """fastpnr export: a trained model's backbone as a ResNet state_dict in torchvision's key layout.
 
-    fastpnr export runs/smoke/task1.pt --out backbone.pt     # the model after task 1 (0-based, as task1.pt)
+    fastpnr export --checkpoint runs/smoke/task1.pt --out backbone.pt   # the model after task 1 (0-based, as task1.pt)
     python -c "import fastpnr; m = fastpnr.load_backbone('backbone.pt')"   # a fastpnr ResNet, eval mode
 
 The file holds `state_dict` (conv1, bn1, layer1.0.conv1, ...; no `backbone.` prefix, no `fc`) and the metadata
@@ -13,7 +13,7 @@ from fastpnr.cli import run_fire
 
 
 def main(checkpoint: str, out: str = "backbone.pt"):
-    """Export the online backbone of CHECKPOINT (RUN/task{t}.pt, or RUN/checkpoint.pt: the model where the run
+    """Export the online backbone of --checkpoint (RUN/task{t}.pt, or RUN/checkpoint.pt: the model where the run
     stood) to --out (default backbone.pt); prints what was written."""
     from fastpnr.export import describe_source, export_backbone
 

@@ -20,7 +20,8 @@ def main(checkpoint: str, data_dir: str | None = None, mode: str = "features", e
     ("matches_run": true, with "run_test_accuracy" beside "test_accuracy"); set ones are listed in
     "options_differing_from_run".
     --mode features|official: the run's feature probe (eval.linear_*), or the anchors' offline protocol
-        (eval.official_*: SGD lr by method unless --lr, momentum 0, batch 256, 100 epochs, lr x0.1 at 60%/80%).
+        (eval.official_*: SGD lr by method unless --lr, momentum 0, batch 256, 100 epochs, lr x0.1 at 60%/80%,
+        on augmented views); augmented: the former name of official (the same protocol).
     --seeds N: probe fits (mean and std reported); --label_fraction F: stratified share of the labels per class.
     --per_domain (domain-IL runs): also one linear run per domain, trained and tested on that domain only.
     """

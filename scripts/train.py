@@ -7,54 +7,80 @@
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 
 from fastpnr.cli import run_fire
 from fastpnr.errors import FastPNRError
+from fastpnr.preempt import EXIT_INTERRUPTED
 
 
 def main(preset: str | None = None, out: str | None = None, resume: str | None = None, overwrite: bool = False,
          allow_config_change: bool = False, config: str | None = None, **overrides):
     """Continual SSL training; `fastpnr train --help` prints the options generated from the registries."""
-    from fastpnr import distributed
-
     try:
         return _train(preset, out, resume, overwrite, allow_config_change, overrides, config)
+    except KeyboardInterrupt:  # Ctrl-C before the run's first checkpoint (after it, preempt stops the run)
+        folder = resume or out
+        resumable = folder is not None and (Path(folder) / "checkpoint.pt").is_file()
+        print("stopped by Ctrl-C" + (f"; resume with --resume {folder}" if resumable else
+                                     " before the run's first checkpoint (nothing to resume)"), file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     finally:
-        distributed.shutdown()
+        if "fastpnr.distributed" in sys.modules:  # torch was loaded: end the process group, if one was made
+            sys.modules["fastpnr.distributed"].shutdown()
 
 
 def _train(preset, out, resume, overwrite, allow_config_change, overrides, config=None):
-    from fastpnr import distributed
-    from fastpnr.config import build_config
-    from fastpnr.continual import CHECKPOINT, ContinualRun, resume_run
-    from fastpnr.run_folder import resume_folder
+    """The checks that need no torch come first (the command line, the folder, the preset, the config file, the
+    option values), so that a typo is one line in a second, not after `import torch` (half a minute on a busy
+    machine); the checks across sections, the device and the data follow once torch is loaded."""
+    from fastpnr.config import build_config, normalize_overrides
+    from fastpnr.run_folder import check_writable_folder, resume_folder
 
-    launched = distributed.torchrun_env()
-    if launched is not None and launched[1] > 1 and not (out or resume):
-        raise FastPNRError("--out RUN_DIR is required under torchrun (every rank must name the same run folder)")
-    if not resume and out and distributed.is_elastic_restart() and _written_by_this_launch(Path(out) / CHECKPOINT):
-        # torchrun restarted the workers (--max-restarts): continue from the checkpoint, with its configuration
-        resume, out, preset, overrides, config = out, None, None, {}, None
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # under torchrun
+        resume, out, preset, overrides, config = _launched(resume, out, preset, overrides, config)
     if resume:
         for flag, given in (("--preset", preset), ("--out", out), ("--overwrite", overwrite), ("--config", config)):
             if given:
                 raise FastPNRError(f"{flag} cannot be combined with --resume (the run keeps its folder and "
                                    "configuration); allowed with --resume: --section.field VALUE overrides, "
                                    "--allow-config-change")
+        check_writable_folder(resume_folder(resume), "--resume")  # before anything is read: one line
+        normalize_overrides(overrides)  # unknown option names (their values are checked against the checkpoint's)
+        from fastpnr.continual import resume_run
+
         return _done(resume_run(resume, overrides, allow_config_change=allow_config_change), resume_folder(resume))
     if allow_config_change:
         raise FastPNRError("--allow-config-change is only for --resume RUN_DIR; allowed for a new run: --out, --overwrite")
+    if out:
+        check_writable_folder(out)  # before anything is read: a folder that cannot be written fails in one line
     if config is None:
         preset = preset or "smoke"
     # --config FILE: the file over the preset (none given: over the dataclass defaults), the options over both
-    cfg = build_config(preset, overrides, config_file=config)
+    build_config(preset, overrides, config_file=config, combinations=False)  # without torch: a typo in a second
+    cfg = build_config(preset, overrides, config_file=config)  # + the checks across sections (the classes: torch)
+    from fastpnr.continual import ContinualRun
+
     name = preset or Path(config).stem
     out = out or cfg.out or f"runs/{name}-{cfg.method.name}-{cfg.regularizer.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     metrics = ContinualRun(cfg, out, overwrite=overwrite).fit()
     return _done(metrics, out)
+
+
+def _launched(resume, out, preset, overrides, config):
+    """Under torchrun: every rank names the run folder; a worker torchrun restarted (--max-restarts) continues from
+    the checkpoint this launch wrote, with its configuration."""
+    from fastpnr import distributed
+    from fastpnr.continual import CHECKPOINT
+
+    if distributed.torchrun_env()[1] > 1 and not (out or resume):
+        raise FastPNRError("--out RUN_DIR is required under torchrun (every rank must name the same run folder)")
+    if not resume and out and distributed.is_elastic_restart() and _written_by_this_launch(Path(out) / CHECKPOINT):
+        return out, None, None, {}, None
+    return resume, out, preset, overrides, config
 
 
 def _written_by_this_launch(checkpoint: Path) -> bool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def _run(*args, env=None):
@@ -126,3 +128,48 @@ def test_the_printed_config_shows_the_run_folder_given_with_out(tmp_path):
     cfg = build_config("smoke", {})
     assert cfg.out is None and "out: None" in format_config(cfg)
     assert f"out: {tmp_path}" in format_config(cfg, out=tmp_path).splitlines()
+
+
+def _imports_torch(stderr: str) -> bool:
+    """Whether `python -X importtime` imported torch (one "import time: ... | torch" line per module imported)."""
+    return any(line.startswith("import time:") and line.rsplit("|", 1)[-1].strip() == "torch"
+               for line in stderr.splitlines())
+
+
+def test_bad_input_is_refused_before_torch_is_imported(tmp_path):
+    """A typo in an option, preset, value or config file is one line without `import torch` (half a minute on a
+    busy machine); only the checks across sections (method x strategy x batch) need the classes, after it."""
+    bad_file = tmp_path / "bad.json"
+    bad_file.write_text('{"optim": {"lrr": 0.1}}')
+    cases = [(["--bogus.option", "1"], "option 'bogus.option' is not known"),
+             (["--optim.lr", "abc"], "optim.lr='abc' is invalid"),
+             (["--preset", "nope"], "preset='nope' is invalid"),
+             (["--method", "byol", "--method.temprature", "0.1"], "method.temprature is not a known option"),
+             (["--regularizer", "pnr", "--regularizer.pos_weight", "-1"], "regularizer.pos_weight=-1"),
+             (["--data.loader", "nope"], "data.loader='nope' is invalid"),
+             (["--model.backbone", "resnet7"], "model.backbone='resnet7' is invalid"),
+             (["--config", str(bad_file)], f"--config {bad_file}: key optim.lrr is not a field"),
+             (["--out", str(bad_file)], f"--out {bad_file}: is a file"),
+             (["--resume", str(tmp_path), "--bogus.option", "1"], f"--resume {tmp_path}: the folder has no")]
+    for args, needle in cases:
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "fastpnr", "train", *args], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+        errors = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+        assert done.returncode == 2 and len(errors) == 1 and needle in errors[0], (args, errors)
+        assert not _imports_torch(done.stderr), args
+    both = subprocess.run([sys.executable, "-X", "importtime", "-c", "import torch"], capture_output=True, text=True,
+                          timeout=120)
+    assert _imports_torch(both.stderr)  # the check sees an import of torch where there is one
+
+
+def test_the_torch_free_lists_match_the_registries():
+    from fastpnr.config import BACKBONE_NAMES
+    from fastpnr.method_configs import METHOD_CONFIGS
+    from fastpnr.methods import METHODS
+    from fastpnr.models import BACKBONES
+    from fastpnr.regularizer_configs import REGULARIZER_CONFIGS
+    from fastpnr.regularizers import REGULARIZERS
+
+    assert set(BACKBONE_NAMES) == set(BACKBONES)
+    assert {k: v[1] for k, v in METHODS.items()} == METHOD_CONFIGS
+    assert {k: v[1] for k, v in REGULARIZERS.items()} == REGULARIZER_CONFIGS

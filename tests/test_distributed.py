@@ -127,7 +127,7 @@ WEIGHT_TOL = dict(rtol=1e-9, atol=1e-9)
 
 def assert_same_run(a: Path, b: Path, min_steps: int = 20):
     """Runs ``a`` and ``b`` (train.precision fp64) have the same step losses, final weights and accuracy matrix."""
-    for term in ("loss", "probe"):  # the total, and the online probe's term in it (trained in fp64 too)
+    for term in ("loss", "probe"):  # the SSL loss, and the online probe's (trained in fp64 too)
         la, lb = step_losses(a, term), step_losses(b, term)
         assert len(la) == len(lb) >= min_steps
         np.testing.assert_allclose(lb, la, rtol=TB_LOSS_RTOL, atol=0, err_msg=term)

@@ -107,9 +107,23 @@ def test_every_command_help_is_clean_and_lists_its_options(command, capsys):
     assert _help(capsys, command, "-h") == out
 
 
+@pytest.mark.parametrize("command", [c for c in cli.COMMANDS if c != "train"])
+def test_every_example_passes_the_required_options_as_its_usage_shows_them(command, capsys):
+    """One way to give a required value (`fastpnr export --checkpoint X`), not a positional in the examples while
+    the usage line asks for the option."""
+    out = _help(capsys, command, "--help")
+    required = [p.name for p in inspect.signature(cli._module(command).main).parameters.values()
+                if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    examples = [line for line in out.splitlines() if line.strip().startswith(f"fastpnr {command} ")]
+    for line in examples:
+        for name in required:
+            assert f"--{name} " in line, (line, name)
+
+
 def test_help_shows_choices_validated_below_main(capsys):
     """linear's --mode is checked in offline_eval.linear_eval, compare's --protocol in fastpnr.compare."""
     linear = _help(capsys, "linear", "--help")
     assert "allowed: features, official, augmented" in next(line for line in linear.splitlines() if line.startswith("  --mode "))
+    assert "augmented: the former name of official" in linear
     compare = _help(capsys, "compare", "--help")
     assert "allowed: linear, knn, online, official" in next(line for line in compare.splitlines() if line.startswith("  --protocol "))

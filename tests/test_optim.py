@@ -133,10 +133,10 @@ def test_batch_size_scales_the_base_and_distill_lr_but_not_classifier_lr():
     """The anchors scale ``lr`` by batch/256 (cassle/args/utils.py) and leave ``classifier_lr`` as given."""
     from fastpnr.config import ModelConfig
     from fastpnr.methods import build_method
-    from fastpnr.methods.byol import BYOLConfig
+    from fastpnr.methods import BYOLConfig
     from fastpnr.optim import build_optimizer
     from fastpnr.regularizers import build_regularizer
-    from fastpnr.regularizers.pnr import PNRConfig
+    from fastpnr.regularizers import PNRConfig
 
     cfg = OptimConfig(lr=0.4, classifier_lr=0.3, batch_size=512)
     method = build_method(BYOLConfig(name="byol", proj_hidden=16, proj_out=8, pred_hidden=8), ModelConfig(), 10)

@@ -119,3 +119,27 @@ def test_a_second_signal_after_repeat_s_ends_the_process_at_once():
     child.start()
     child.join(30)
     assert child.exitcode == -signal.SIGTERM
+
+
+def _said(lines: list, expected: list, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while lines != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return lines == expected
+
+
+def test_ctrl_c_is_said_at_once_and_a_forked_childs_ctrl_c_is_not_the_runs():
+    """The watcher thread says the first Ctrl-C (the main thread need not run); a child forked meanwhile has the
+    SIGINT handler of before and no share in the signal pipe: its Ctrl-C ends it and is not counted as the run's."""
+    before = signal.getsignal(signal.SIGINT)
+    said = []
+    with preempt.stop_on_signals() as request:
+        request.catch_interrupts(said.append, "RUN")
+        child = _start_child()
+        os.kill(child.pid, signal.SIGINT)
+        child.join(30)
+        assert child.exitcode not in (None, 0)  # KeyboardInterrupt in the child
+        assert not _said(said, [preempt.STOPPING], timeout=1.0) and not request.requested
+        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt here: the stop at the next step boundary
+        assert _said(said, [preempt.STOPPING]) and request.signum == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is before and preempt._WATCHING == []

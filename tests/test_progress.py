@@ -82,3 +82,16 @@ def test_a_run_prints_its_log_above_its_bar_while_the_bar_is_up(monkeypatch, tmp
     run.log("accuracy matrix")
     assert written == ["cuda_graph: running the step eagerly"]
     assert "accuracy matrix" in capsys.readouterr().out
+
+
+def test_a_task_of_several_phases_names_the_phase_in_its_labels():
+    from fastpnr.progress import position_label
+
+    assert position_label(0, 2, 2, 4, phase="main") == "task 0 (1/2) epoch 3/4 (main)"
+    assert position_label(1, 2, 0, 3, step=5, phase="expert") == "task 1 (2/2) epoch 1/3 (expert), after step 5"
+    assert position_label(1, 2, 0, 3, step=5) == "task 1 (2/2) epoch 1/3, after step 5"
+    lines = []
+    p = TrainProgress(total_steps=8, done_steps=0, enabled=False, log=lines.append)
+    p.end_epoch(task=0, num_tasks=2, epoch=0, epochs=4, steps=2, images=64, seconds=4.0, means={"loss": 1.5},
+                phase="expert")
+    assert lines[0].startswith("task 0 (1/2) epoch 1/4 (expert) | loss 1.5000 | ")

@@ -471,8 +471,9 @@ def no_images_error(source: Source, spec: DatasetSpec, split: str, why: str = ""
 def find_source(spec: DatasetSpec, split: str, data_dir=None, *, download_missing: bool = False) -> Source:
     """The `Source` of `spec`'s `split` under the data root(s); DataError listing the places looked."""
     roots = candidate_roots(data_dir)
-    # A root holds the dataset at <root>/<name>/; data_dir may also point at the dataset folder itself.
-    dirs = list(dict.fromkeys(d for r in roots for d in ([r] if spec.name == "imagefolder" else [r / spec.name, r])))
+    # A root holds the dataset at <root>/<name>/ (imagefolder too: <root>/imagefolder/); data_dir may also point at
+    # the dataset folder itself.
+    dirs = list(dict.fromkeys(d for r in roots for d in (r / spec.name, r)))
     for d in dirs:
         source = _source_in(spec, d, split)
         if source is not None:

@@ -1,12 +1,14 @@
 """SSL methods registry: name -> (Method class, config dataclass). A new method is one file plus one line."""
-from .barlow import BarlowConfig, BarlowTwins
-from .base import FrozenEncoder, Method, MethodConfig
-from .byol import BYOL, BYOLConfig
-from .gsg import BYOLGSG, BYOLGSGConfig, SimSiamGSG, SimSiamGSGConfig
-from .mocov2plus import MoCoV2Plus, MoCoV2PlusConfig
-from .simclr import SimCLR, SimCLRConfig
-from .simsiam import SimSiam, SimSiamConfig
-from .vicreg import VICReg, VICRegConfig
+from .barlow import BarlowTwins
+from .base import FrozenEncoder, Method
+from .byol import BYOL
+from ..method_configs import (BarlowConfig, BYOLConfig, BYOLGSGConfig, MethodConfig, MoCoV2PlusConfig, SimCLRConfig,
+                      SimSiamConfig, SimSiamGSGConfig, VICRegConfig)
+from .gsg import BYOLGSG, SimSiamGSG
+from .mocov2plus import MoCoV2Plus
+from .simclr import SimCLR
+from .simsiam import SimSiam
+from .vicreg import VICReg
 
 METHODS = {
     "simclr": (SimCLR, SimCLRConfig),

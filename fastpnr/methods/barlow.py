@@ -1,26 +1,10 @@
 """Barlow Twins (anchors §1.2): 3-layer projector, cross-correlation loss."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from ..errors import require
 from ..losses import barlow_loss
 from ..models import mlp
 from ..precision import upcast
-from .base import Method, MethodConfig
-
-
-@dataclass(frozen=True)
-class BarlowConfig(MethodConfig):
-    proj_hidden: int = 2048
-    proj_out: int = 2048
-    lamb: float = 5e-3                    # weight of the off-diagonal (redundancy) terms
-    scale: float = 0.1                    # scale of the whole loss (solo-learn's scale_loss)
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self.lamb >= 0, "method.lamb", self.lamb, ">= 0")
-        require(self.scale > 0, "method.scale", self.scale, "> 0")
+from .base import Method
 
 
 class BarlowTwins(Method):

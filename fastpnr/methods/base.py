@@ -10,33 +10,13 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..distributed import SINGLE
-from ..errors import require
 from ..models import build_backbone
-
-
-LOSS_BACKENDS = ("auto", "torch", "triton")
-
-
-@dataclass(frozen=True)
-class MethodConfig:
-    name: str = ""                        # SSL method (a METHODS registry entry; set with --method)
-    proj_hidden: int = 2048               # projector hidden width
-    proj_out: int = 128                   # projector output width
-
-    def __post_init__(self):
-        require(self.proj_hidden >= 1, "method.proj_hidden", self.proj_hidden, ">= 1")
-        require(self.proj_out >= 1, "method.proj_out", self.proj_out, ">= 1")
-
-
-def check_tau(cfg) -> None:
-    require(0 <= cfg.base_tau <= 1, "method.base_tau", cfg.base_tau, "0 <= tau <= 1")
-    require(cfg.base_tau <= cfg.final_tau <= 1, "method.final_tau", cfg.final_tau, f"base_tau ({cfg.base_tau}) <= tau <= 1")
+from ..method_configs import MethodConfig
 
 
 class Method(nn.Module):

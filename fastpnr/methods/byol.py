@@ -1,30 +1,13 @@
 """BYOL (anchors §1.2): EMA target, predictor; loss = sum over the two views of 2 - 2 cos(p_i, sg z_j^xi)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ..losses import byol_loss
 from ..models import mlp
 from ..precision import upcast
-from .base import Method, MethodConfig, check_tau
-
-
-@dataclass(frozen=True)
-class BYOLConfig(MethodConfig):
-    proj_hidden: int = 4096
-    proj_out: int = 256
-    pred_hidden: int = 4096               # predictor hidden width
-    predictor: bool = True                # false: the predictor is the identity (p = z; GSG's no-predictor ablation)
-    base_tau: float = 0.99                # EMA momentum of the target network at the start (cosine schedule)
-    final_tau: float = 1.0                # EMA momentum at the end of the schedule
-    momentum_classifier: bool = True  # also probe the EMA backbone (anchors' --momentum_classifier), with the online probe
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_tau(self)
+from .base import Method
 
 
 class BYOL(Method):

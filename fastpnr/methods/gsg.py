@@ -21,32 +21,13 @@ permuted batch): ``feats``, ``z`` (online projections), ``p`` (predictions), ``k
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ..errors import FastPNRError
 from ..losses import gsg_loss
 from ..precision import upcast
-from .base import Method, check_tau
-from .simsiam import SimSiamConfig, simsiam_heads, static_predictor_groups
-
-
-@dataclass(frozen=True)
-class SimSiamGSGConfig(SimSiamConfig):
-    """SimSiam's heads and predictor-lr rule (the anchor's ``--fix-pred-lr``): 2048-2048-2048 projector, 512 bottleneck."""
-
-
-@dataclass(frozen=True)
-class BYOLGSGConfig(SimSiamGSGConfig):
-    """SimSiam-style heads plus an EMA target; the anchor's momentum is a constant 0.99 (no tau schedule)."""
-
-    base_tau: float = 0.99                # EMA momentum of the target network (constant in the anchor)
-    final_tau: float = 0.99               # EMA momentum at the end (equal to base_tau: no schedule)
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_tau(self)
+from .base import Method
+from .simsiam import simsiam_heads, static_predictor_groups
 
 
 def check_four_views(views: list[torch.Tensor]) -> None:

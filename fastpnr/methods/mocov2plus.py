@@ -1,33 +1,14 @@
 """MoCo v2+ (anchors §1.2): EMA encoder with the cosine momentum schedule and a per-view queue."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, require
+from ..errors import ConfigError
 from ..losses import moco_loss
 from ..models import mlp
 from ..precision import upcast
-from .base import LOSS_BACKENDS, Method, MethodConfig, check_tau
-
-
-@dataclass(frozen=True)
-class MoCoV2PlusConfig(MethodConfig):
-    temperature: float = 0.2              # InfoNCE temperature
-    queue_size: int = 65536               # negative keys kept per view in the queue
-    base_tau: float = 0.99                # EMA momentum of the key encoder at the start (cosine schedule)
-    final_tau: float = 0.999              # EMA momentum at the end of the schedule
-    loss_backend: str = "auto"    # auto: the fused Triton InfoNCE kernel on CUDA, the PyTorch reference elsewhere
-    momentum_classifier: bool = True  # also probe the EMA backbone (anchors' --momentum_classifier), with the online probe
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self.temperature > 0, "method.temperature", self.temperature, "> 0")
-        require(self.loss_backend in LOSS_BACKENDS, "method.loss_backend", self.loss_backend, LOSS_BACKENDS)
-        require(self.queue_size >= 1, "method.queue_size", self.queue_size, ">= 1")
-        check_tau(self)
+from .base import Method
 
 
 class MoCoV2Plus(Method):

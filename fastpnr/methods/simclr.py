@@ -1,24 +1,10 @@
 """SimCLR (anchors §1.2): NT-Xent over both views, Linear-ReLU-Linear projector."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from ..errors import require
 from ..losses import simclr_loss
 from ..models import mlp
 from ..precision import upcast
-from .base import LOSS_BACKENDS, Method, MethodConfig
-
-
-@dataclass(frozen=True)
-class SimCLRConfig(MethodConfig):
-    temperature: float = 0.2              # InfoNCE temperature
-    loss_backend: str = "auto"    # auto: the fused Triton InfoNCE kernel on CUDA, the PyTorch reference elsewhere
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self.temperature > 0, "method.temperature", self.temperature, "> 0")
-        require(self.loss_backend in LOSS_BACKENDS, "method.loss_backend", self.loss_backend, LOSS_BACKENDS)
+from .base import Method
 
 
 class SimCLR(Method):

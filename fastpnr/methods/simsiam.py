@@ -1,23 +1,12 @@
 """SimSiam (anchors §1.2): 3-layer projector ending in affine-free BN, bottleneck predictor, stop-gradient."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import nn
 
 from ..losses import simsiam_loss
 from ..models import mlp
 from ..precision import upcast
-from .base import Method, MethodConfig
-
-
-@dataclass(frozen=True)
-class SimSiamConfig(MethodConfig):
-    proj_hidden: int = 2048
-    proj_out: int = 2048
-    pred_hidden: int = 512                # predictor bottleneck width
-    fix_pred_lr: bool = True     # the predictor keeps a constant lr (SimSiam paper, GSG --fix-pred-lr)
-    predictor: bool = True                # false: the predictor is the identity (p = z; GSG's no-predictor ablation)
+from .base import Method
 
 
 def simsiam_heads(method) -> None:

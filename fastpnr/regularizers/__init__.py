@@ -1,10 +1,11 @@
 """Continual strategies registry: name -> (Regularizer class, config dataclass)."""
-from .base import DistillRegularizer, FrozenModelRegularizer, Regularizer, RegularizerConfig
-from .cassle import CaSSLe, CaSSLeConfig
-from .pfr import PFR, PFRConfig
-from .pnr import PNR, PNRConfig
-from .pocon import POCON, POCONConfig
-from .replay import ERConfig, LUMPConfig
+from .base import DistillRegularizer, FrozenModelRegularizer, Regularizer
+from .cassle import CaSSLe
+from ..regularizer_configs import (CaSSLeConfig, ERConfig, LUMPConfig, PFRConfig, PNRConfig, POCONConfig,
+                      RegularizerConfig)
+from .pfr import PFR
+from .pnr import PNR
+from .pocon import POCON
 
 REGULARIZERS = {
     "finetune": (Regularizer, RegularizerConfig),

@@ -8,37 +8,13 @@ active. The trainer knows nothing else about a regularizer.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
 import torch
 from torch import nn
 
 from ..distributed import SINGLE
-from ..errors import require
 from ..reservoir import ReservoirBuffer
 
-FROZEN_BN_MODES = ("eval", "train")
-
-
-REPLAY_MODES = ("none", "er", "lump")
-
-
-@dataclass(frozen=True)
-class RegularizerConfig:
-    name: str = "finetune"                # continual strategy (a REGULARIZERS registry entry; set with --regularizer)
-    replay: str = "none"                  # replay of a reservoir buffer: none, er (a buffer batch joins each batch), lump (views mixed with one)
-    buffer_size: int = 256                # replay buffer: images kept (as dataset indices); 256 as UCL configs/*.yaml L12
-    replay_batch: Optional[int] = None    # buffer images per step; None: optim.batch_size (UCL buffer.get_data(batch_size))
-    mix_alpha: float = 0.4                # LUMP: mixing weight lambda ~ Beta(alpha, alpha), one per batch (UCL configs L29)
-
-    def __post_init__(self):
-        require(self.replay in REPLAY_MODES, "regularizer.replay", self.replay, REPLAY_MODES)
-        require(isinstance(self.buffer_size, int) and self.buffer_size >= 1, "regularizer.buffer_size",
-                self.buffer_size, "an int >= 1")
-        require(self.replay_batch is None or self.replay_batch >= 1, "regularizer.replay_batch", self.replay_batch,
-                "None (the batch size) or an int >= 1")
-        require(self.mix_alpha > 0, "regularizer.mix_alpha", self.mix_alpha, "> 0")
+from ..regularizer_configs import RegularizerConfig
 
 
 class Regularizer(nn.Module):
@@ -95,17 +71,6 @@ class Regularizer(nn.Module):
     @classmethod
     def check_run_config(cls, run_cfg) -> None:
         """Raise ConfigError for a setting that clashes with another section (``config.validate_combinations``)."""
-
-
-@dataclass(frozen=True)
-class FrozenModelConfig(RegularizerConfig):
-    frozen_bn: str = "eval"   # frozen model's BN: eval as the PNR repo (PNR and CaSSLe); train: original CaSSLe, PNR CIFAR
-    distill_hidden: int = 2048            # hidden width of the distillation predictor
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self.frozen_bn in FROZEN_BN_MODES, "regularizer.frozen_bn", self.frozen_bn, FROZEN_BN_MODES)
-        require(self.distill_hidden >= 1, "regularizer.distill_hidden", self.distill_hidden, ">= 1")
 
 
 class FrozenModelRegularizer(Regularizer):

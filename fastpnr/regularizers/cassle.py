@@ -13,29 +13,12 @@ never calls ``.eval()``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
-from ..errors import require
 from ..losses import contrastive_distill, decorrelative_distill, predictive_distill, predictive_mse_distill
 from ..precision import upcast
-from .base import DistillRegularizer, FrozenModelConfig
+from .base import DistillRegularizer
+from ..regularizer_configs import CaSSLeConfig
 
 DEFAULT_WEIGHT = {"vicreg": 25.0}
-
-
-@dataclass(frozen=True)
-class CaSSLeConfig(FrozenModelConfig):
-    name: str = "cassle"
-    weight: Optional[float] = None         # lambda ("distill_lamb"); None: 1, VICReg 25
-    distill_temperature: float = 0.2      # temperature of the contrastive distiller
-    barlow_lamb: float = 5e-3             # off-diagonal weight of the decorrelative (Barlow) distiller
-    barlow_scale: float = 0.1             # scale of the decorrelative distiller's loss
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self.weight is None or self.weight >= 0, "regularizer.weight", self.weight, "None or >= 0")
-        require(self.distill_temperature > 0, "regularizer.distill_temperature", self.distill_temperature, "> 0")
 
 
 class CaSSLe(DistillRegularizer):

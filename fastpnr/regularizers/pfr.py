@@ -11,30 +11,12 @@ wrapper builds on); that wrapper never calls ``.eval()``, so the frozen BN runs 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
 import torch
 
-from ..errors import require
 from ..precision import upcast
 from ..losses import pfr_distill
-from .base import FROZEN_BN_MODES, FrozenModelRegularizer, RegularizerConfig
-
-
-@dataclass(frozen=True)
-class PFRConfig(RegularizerConfig):
-    name: str = "pfr"
-    weight: float = 1.0                   # lambda ("--distill_lamb", default 1: CVPR_PFR cassle/distillers/pfr.py L42)
-    frozen_bn: str = "train"              # frozen backbone BN mode: train (the authors never call .eval()) or eval
-    projector_hidden: Optional[int] = None  # hidden width of the temporal projector h; None: d/2 (pfr.py L26-31)
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self.weight >= 0, "regularizer.weight", self.weight, ">= 0")
-        require(self.frozen_bn in FROZEN_BN_MODES, "regularizer.frozen_bn", self.frozen_bn, FROZEN_BN_MODES)
-        require(self.projector_hidden is None or self.projector_hidden >= 1, "regularizer.projector_hidden",
-                self.projector_hidden, "None or >= 1")
+from .base import FrozenModelRegularizer
+from ..regularizer_configs import PFRConfig
 
 
 class PFR(FrozenModelRegularizer):

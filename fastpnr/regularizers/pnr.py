@@ -8,41 +8,19 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, require
+from ..errors import ConfigError
 from ..losses import (pnr_barlow_regularizer, pnr_byol_regularizer, pnr_moco_loss, pnr_simclr_loss,
                       pnr_vicreg_regularizer)
 from ..precision import upcast
-from .base import DistillRegularizer, FrozenModelConfig
+from .base import DistillRegularizer
+from ..regularizer_configs import PNRConfig
 
 # (pos_weight = distill_lamb, neg_weight = negative_lamb) defaults as shipped for CIFAR-100 (anchors §2.6).
 DEFAULT_WEIGHTS = {"byol": (1.0, 0.5), "simsiam": (1.0, 0.5), "barlow": (1.0, 1.0), "vicreg": (25.0, 23.0)}
 CONTRASTIVE = ("simclr", "mocov2plus")
-
-
-@dataclass(frozen=True)
-class PNRConfig(FrozenModelConfig):
-    name: str = "pnr"
-    distill_temperature: float = 0.2        # SimCLR-/MoCo-PNR tau_d
-    pos_weight: Optional[float] = None      # lambda_d ("distill_lamb"); None: the method's default
-    neg_weight: Optional[float] = None      # lambda_n ("negative_lamb"); None: the method's default
-    barlow_lamb: float = 5e-3               # Barlow-PNR positive term
-    barlow_scale: float = 0.1             # Barlow-PNR scale of the loss
-    frozen_queue_size: Optional[int] = None # MoCo-PNR second queue; None: the method's queue size
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self.distill_temperature > 0, "regularizer.distill_temperature", self.distill_temperature, "> 0")
-        for name in ("pos_weight", "neg_weight"):
-            v = getattr(self, name)
-            require(v is None or v >= 0, f"regularizer.{name}", v, "None or >= 0")
-        require(self.frozen_queue_size is None or self.frozen_queue_size >= 1, "regularizer.frozen_queue_size",
-                self.frozen_queue_size, "None or >= 1")
 
 
 class PNR(DistillRegularizer):

@@ -21,8 +21,6 @@ there. The expert, its frozen copy, the previous backbone and both heads are in 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -30,28 +28,10 @@ from torch import nn
 from ..errors import require
 from ..precision import upcast
 from ..losses import pocon_distill
-from .base import Regularizer, RegularizerConfig
+from .base import Regularizer
+from ..regularizer_configs import POCONConfig, RegularizerConfig
 
 PHASES = ("expert", "main")
-
-
-@dataclass(frozen=True)
-class POCONConfig(RegularizerConfig):
-    name: str = "pocon"
-    expert_epochs: Optional[int] = None     # phase 1 (expert) epochs per task; None: optim.epochs (nepochs 500, src/tests/wacv.py L76)
-    main_epochs: Optional[int] = None       # phase 2 (main network) epochs, tasks >= 1; None: optim.epochs // 2, at least 1 (ret_nepochs 250, wacv.py L76)
-    main_epochs_task0: Optional[int] = None  # phase 2 epochs of task 0; None: optim.epochs (task1_Retnepochs 500, wacv.py L76)
-    expert_weight: float = 1.0              # lambda_exp (--lambdaExp default 1.0: copyOPscratch.py L315)
-    retro_weight: float = 25.0              # lambda_ret (--lambdapRet 25: wacv.py L76)
-
-    def __post_init__(self):
-        super().__post_init__()
-        for field in ("expert_epochs", "main_epochs", "main_epochs_task0"):
-            value = getattr(self, field)
-            require(value is None or (isinstance(value, int) and value >= 1), f"regularizer.{field}", value,
-                    "None (the default) or an int >= 1: both POCON phases need epochs")
-        for field in ("expert_weight", "retro_weight"):
-            require(getattr(self, field) >= 0, f"regularizer.{field}", getattr(self, field), ">= 0")
 
 
 def pocon_phase_epochs(cfg: POCONConfig, task: int, epochs: int) -> list[tuple[str, int]]:

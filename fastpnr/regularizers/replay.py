@@ -12,27 +12,3 @@ with it set.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from ..errors import require
-from .base import RegularizerConfig
-
-
-@dataclass(frozen=True)
-class ERConfig(RegularizerConfig):
-    name: str = "er"
-    replay: str = "er"                    # er: a buffer batch joins each batch (set by --regularizer er)
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self.replay == "er", "regularizer.replay", self.replay, "er with --regularizer er (lump: --regularizer lump)")
-
-
-@dataclass(frozen=True)
-class LUMPConfig(RegularizerConfig):
-    name: str = "lump"
-    replay: str = "lump"                  # lump: each view mixed with a buffer batch's (set by --regularizer lump)
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self.replay == "lump", "regularizer.replay", self.replay, "lump with --regularizer lump (er: --regularizer er)")

@@ -23,6 +23,15 @@ def test_imagefolder_folder_tree(tmp_path):
     assert ds.members[0].endswith("train/ant/00.jpg")
 
 
+def test_imagefolder_is_found_in_data_dir_slash_imagefolder_as_cifar10_in_data_dir_slash_cifar10(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", "train", tmp_path, cache_dir=tmp_path / "cache")
+    assert f"looked in: {tmp_path / 'imagefolder'}, {tmp_path};" in str(e.value)
+    write_tree(tmp_path / "imagefolder", "train", FILES)
+    ds = load_dataset("imagefolder", "train", tmp_path, cache_dir=tmp_path / "cache")
+    assert ds.classes == ["ant", "bee", "cat"] and ds.members[0].endswith("imagefolder/train/ant/00.jpg")
+
+
 def test_imagefolder_tar_xz_matches_folder_and_resizes(tmp_path):
     write_tree(tmp_path / "a", "train", FILES)
     write_tar(tmp_path / "b" / "train.tar.xz", "train", FILES)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastpnr.config import build_config
+from fastpnr.config import build_config, config_warnings
 from fastpnr.continual import ContinualRun, resume_run
 from fastpnr.errors import ConfigError
 from tests.conftest import tiny_overrides
@@ -96,7 +96,9 @@ def test_pocon_phases_checkpoint_and_resume_at_boundaries_and_inside(data_root, 
     lines = []
     full = ContinualRun(build_config("smoke", ov), tmp_path / "full", log=lines.append).fit()
     epochs = [s.split(" | ")[0] for s in lines if s.startswith("task ") and " epoch " in s]
-    assert epochs == [f"task 0 (1/2) epoch {e}/4" for e in range(1, 5)] + [f"task 1 (2/2) epoch {e}/3" for e in range(1, 4)]
+    phases = ["expert", "expert", "main", "main", "expert", "expert", "main"]  # the progress lines name the phase
+    labels = [f"task 0 (1/2) epoch {e}/4" for e in range(1, 5)] + [f"task 1 (2/2) epoch {e}/3" for e in range(1, 4)]
+    assert epochs == [f"{label} ({phase})" for label, phase in zip(labels, phases)]
     assert full["train_steps_by_task"] == [2 * 4, 2 * 3]  # train.steps_per_epoch 2: the phases' epochs count
     for stop in (2, 3, 6):
         out = tmp_path / f"stop{stop}"
@@ -192,6 +194,29 @@ def test_kill_during_evaluation_resumes_into_the_evaluation(data_root, tmp_path)
 
 
 @pytest.mark.slow
+def test_a_kill_during_the_random_init_evaluation_resumes_into_it(data_root, tmp_path, monkeypatch):
+    """checkpoint.pt is written when the run starts, before the evaluation of the untrained model (forward
+    transfer's reference, minutes on a large test set): a kill there resumes into that evaluation, exactly."""
+    ov = tiny_overrides(data_root, **{"eval.forward_transfer": True, "train.online_probe": "full"})
+    full = ContinualRun(build_config("smoke", ov), tmp_path / "full", log=quiet).fit()
+    assert full["random_init_accuracy"]
+
+    class Killed(BaseException):
+        pass
+
+    def killed(self):
+        ckpt = torch.load(self.out / "checkpoint.pt", weights_only=False)
+        assert (ckpt["next_task"], ckpt["next_epoch"], ckpt["phase"]) == (0, 0, "random_init")
+        raise Killed()
+    with monkeypatch.context() as m:
+        m.setattr(ContinualRun, "_evaluate_random_init", killed)
+        with pytest.raises(Killed):
+            ContinualRun(build_config("smoke", ov), tmp_path / "stopped", log=quiet).fit()
+    resumed = assert_resumed_equals_full(tmp_path / "stopped", tmp_path / "full", full)
+    assert resumed["random_init_accuracy"] == full["random_init_accuracy"]
+
+
+@pytest.mark.slow
 def test_max_tasks_stops_after_the_first_tasks_and_resume_finishes(data_root, tmp_path):
     ov = tiny_overrides(data_root, regularizer="pnr", **{"regularizer.distill_hidden": 32, "train.max_tasks": 1})
     part = ContinualRun(build_config("smoke", ov), tmp_path, log=quiet).fit()
@@ -223,8 +248,8 @@ def test_moco_pnr_second_queue_fills_with_frozen_embeddings():
     from fastpnr.optim import build_optimizer
     from fastpnr.regularizers import build_regularizer
     from fastpnr.trainer import Trainer
-    from fastpnr.methods.mocov2plus import MoCoV2PlusConfig
-    from fastpnr.regularizers.pnr import PNRConfig
+    from fastpnr.methods import MoCoV2PlusConfig
+    from fastpnr.regularizers import PNRConfig
 
     torch.manual_seed(0)
     method = build_method(MoCoV2PlusConfig(name="mocov2plus", proj_hidden=32, proj_out=16, queue_size=24),
@@ -351,3 +376,45 @@ def test_continual_run_with_the_ffcv_and_dali_loaders(data_root, tmp_path, kind)
         assert list((tmp_path / "cache" / "betons").glob("*.beton"))
         loader = run.data.loader(np.arange(64), 2, None, seed=0).loader  # unwrap the Prefetcher
         assert (loader.order, loader.crop) == ("quasi_random", "decoder")
+
+
+def test_loss_is_the_ssl_loss_the_probe_apart_and_the_lr_in_tensorboard(data_root, tmp_path):
+    """The epoch line's and TensorBoard's `loss` is the SSL + strategy loss (finetune: SimCLR's alone), the online
+    probe's cross-entropy is `probe`; `train/lr` holds the scheduled rate of each epoch at its first step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fastpnr.optim import warmup_cosine
+
+    ov = tiny_overrides(data_root, regularizer="finetune", **{"optim.epochs": 2, "optim.warmup_epochs": 1,
+                                                           "eval.forward_transfer": False, "train.online_probe": "full"})
+    cfg = build_config("smoke", ov)
+    metrics = ContinualRun(cfg, tmp_path, log=quiet).fit()
+    epochs = metrics["train_epochs"]
+    assert len(epochs) == 4 and all(e["loss"] == e["simclr"] and e["probe"] > 0 for e in epochs), epochs
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    loss, simclr = ([e.value for e in acc.Scalars(f"train/{t}")] for t in ("loss", "simclr"))
+    assert loss == simclr and len(loss) == 8
+    o = cfg.optim
+    base = o.lr * o.batch_size / 256
+    expected = [warmup_cosine(e, 2, base, 1, o.warmup_start_lr, o.min_lr) for e in (0, 1)] * 2
+    assert expected[:2] == [o.warmup_start_lr, base]  # warm-up epoch, then the top of the cosine
+    got = [(e.step, e.value) for e in acc.Scalars("train/lr")]
+    assert [s for s, _ in got] == [1, 3, 5, 7]
+    np.testing.assert_allclose([v for _, v in got], expected, rtol=2.0 ** -23)  # TensorBoard stores float32
+
+
+def test_a_warm_up_as_long_as_the_task_is_one_line_before_the_data_is_read(tmp_path, monkeypatch):
+    import fastpnr.data
+
+    def read(*args, **kwargs):
+        raise RuntimeError("data read")
+    monkeypatch.setattr(fastpnr.data, "load_dataset", read)
+    lines = []
+    cfg = build_config("pacs-domain", {"optim.epochs": 1, "data.data_dir": str(tmp_path)})
+    with pytest.raises(RuntimeError, match="data read"):
+        ContinualRun(cfg, tmp_path / "run", log=lines.append).fit()
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    assert warnings == ["warning: optim.warmup_epochs=10 >= optim.epochs=1: every epoch of a task is in the linear "
+                        "warm-up (the lr never reaches optim.lr nor decays); set --optim.warmup_epochs below 1 (e.g. 0)"]
+    assert build_config("pacs-domain", {"optim.epochs": 11}) and not config_warnings(build_config("pacs-domain", {"optim.epochs": 11}))

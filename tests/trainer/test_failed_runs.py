@@ -115,3 +115,56 @@ def test_a_resume_that_stops_before_training_deletes_nothing(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert (out / "tb").is_dir()
+
+
+def _no_data_read(monkeypatch):
+    import fastpnr.data
+
+    def read(*args, **kwargs):
+        raise AssertionError("the data was read before the run folder was checked")
+    monkeypatch.setattr(fastpnr.data, "load_dataset", read)
+
+
+def _read_only(monkeypatch, folder):
+    """``folder`` as on a read-only file system (the tests run as root, whom permission bits do not stop)."""
+    import os
+
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.path.abspath(p) == os.path.abspath(folder)
+                        and mode & os.W_OK else access(p, mode, **kw))
+
+
+def test_an_out_that_cannot_be_written_is_one_line_before_the_data_is_read(tmp_path, capsys, monkeypatch):
+    _no_data_read(monkeypatch)
+    ov = two_class_folder_overrides(tmp_path, **TINY)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    err = train(capsys, ov, "--out", str(a_file))
+    assert err == f"error: --out {a_file}: is a file, not a folder; allowed: a new folder or a run folder"
+    err = train(capsys, ov, "--out", str(a_file / "run"))
+    assert err.startswith(f"error: --out {a_file / 'run'}: cannot be created, {a_file} is a file")
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    _read_only(monkeypatch, read_only)
+    err = train(capsys, ov, "--out", str(read_only / "runs" / "x"))
+    assert err.startswith(f"error: --out {read_only / 'runs' / 'x'}: cannot be created: {read_only} is not writable "
+                          "(a read-only file system or no write permission)")
+    err = train(capsys, ov, "--out", str(read_only))
+    assert err.startswith(f"error: --out {read_only}: is not writable")
+    assert not (read_only / "runs").exists() and list(read_only.iterdir()) == []
+
+
+def test_ctrl_c_before_the_first_checkpoint_is_one_line_without_a_traceback(tmp_path, capsys, monkeypatch):
+    import fastpnr.data
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt()
+    monkeypatch.setattr(fastpnr.data, "load_dataset", interrupted)
+    args = ["--preset", "smoke", "--out", str(tmp_path / "run")]
+    for k, v in two_class_folder_overrides(tmp_path, **TINY).items():
+        args += [f"--{k}", str(v)]
+    with pytest.raises(SystemExit) as e:
+        cli(args)
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip() == "stopped by Ctrl-C before the run's first checkpoint (nothing to resume)"
+    assert not (tmp_path / "run").exists()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fastpnr.config import ModelConfig, OptimConfig, TrainConfig
+from fastpnr.errors import ConfigError
 from fastpnr.graph import FP16_REASON, GraphStep, capture_blocker
 from fastpnr.methods import METHODS, build_method
 from fastpnr.optim import build_optimizer, set_lr
@@ -119,6 +120,17 @@ def test_static_buffers_are_refilled_in_place_and_reallocated_on_new_shapes():
     assert gs.static[0][0].shape[0] == B // 2  # a new layout re-allocates (and would re-capture)
     gs.recapture()
     assert gs.static is None and not gs.captured
+
+
+def test_cuda_graph_auto_is_eager_and_silent_on_cpu_and_takes_the_old_booleans():
+    lines = []
+    trainer, _ = _build("simclr", "finetune", cuda_graph="auto", probe="off", log=lines.append)
+    assert trainer.graph is None and lines == []  # the default: no "running the step eagerly" on every CPU run
+    assert TrainConfig().cuda_graph == "auto"
+    for given, mode in ((True, "true"), ("on", "true"), (False, "false"), ("False", "false"), ("AUTO", "auto")):
+        assert TrainConfig(cuda_graph=given).cuda_graph == mode  # a config.json written with true / false
+    with pytest.raises(ConfigError, match=r"train.cuda_graph='sometimes' is invalid; allowed: auto, true, false"):
+        TrainConfig(cuda_graph="sometimes")
 
 
 def test_fallback_reasons_are_printed_once_per_graph_step():

@@ -51,7 +51,7 @@ def test_momentum_classifier_off_or_probe_off_trains_no_momentum_probe():
     assert "momentum_probe" not in trainer.run_step(views, labels, pb, 0, 10)
     from fastpnr.config import ModelConfig
     from fastpnr.methods import build_method
-    from fastpnr.methods.byol import BYOLConfig
+    from fastpnr.methods import BYOLConfig
 
     m = build_method(BYOLConfig(name="byol", proj_hidden=8, proj_out=8, pred_hidden=8, momentum_classifier=False),
                      ModelConfig(), 10)
