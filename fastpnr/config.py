@@ -86,7 +86,7 @@ class ModelConfig:
     backbone: str = "resnet18"            # ResNet architecture of the encoder
     cifar_stem: bool = True               # 3x3 stride-1 first convolution and no max-pool (small images)
     stem_padding: int = 2                   # the anchors' quirk (not 1)
-    zero_init_residual: bool = False      # zero-init the last BN of each residual block
+    zero_init_residual: Optional[bool] = None  # zero-init the last BN of each residual block; None: true for pocon (its authors'), else false
     channels_last: bool = True            # NHWC memory format for the model and the views
     width: int = 64                       # ResNet base width (layers w, 2w, 4w, 8w); 64 = the anchors'
 
@@ -460,6 +460,18 @@ def normalize_overrides(overrides: dict) -> dict:
     return nested
 
 
+# the residual blocks' init of the strategies whose authors build their networks otherwise than the PNR code
+ZERO_INIT_RESIDUAL = {"pocon": True}  # alviur/pocon_wacv2024: src/approach/sslModels.py L60/L65, copyOPscratch.py L448
+
+
+def strategy_model_defaults(model: ModelConfig, regularizer: str) -> ModelConfig:
+    """``model.zero_init_residual`` None resolved to the strategy's value (POCON: true, for its main and expert
+    networks; every other strategy: false)."""
+    if model.zero_init_residual is not None:
+        return model
+    return dataclasses.replace(model, zero_init_residual=ZERO_INIT_RESIDUAL.get(regularizer, False))
+
+
 def build_config(preset: str | None = "smoke", overrides: Optional[dict] = None,
                  config_file: str | None = None) -> RunConfig:
     """Resolve a run configuration from a preset name and dotted overrides (see module docstring).
@@ -500,6 +512,7 @@ def build_config(preset: str | None = "smoke", overrides: Optional[dict] = None,
         reg_name = reg_values.get("name", "finetune")
         require(reg_name in REGULARIZERS, "regularizer", reg_name, sorted(REGULARIZERS))
         reg_cfg = _make(REGULARIZERS[reg_name][1], reg_values, "regularizer", set(strict.get("regularizer", {})))
+        sections["model"] = strategy_model_defaults(sections["model"], reg_name)
         cfg = validate_combinations(RunConfig(method=method_cfg, regularizer=reg_cfg, out=merged.get("out"), **sections))
     except ConfigError as e:
         raise _blame_file(e, config_file, from_file, user) from None
