@@ -211,9 +211,12 @@ class DistConfig:
     local_loss: bool = False                # true: SimCLR/Barlow/VICReg losses over each rank's batch (official per-GPU code)
     sync_batchnorm: bool = True             # BatchNorm statistics over the global batch under torchrun; false: per rank
     timeout_s: int = 3600                   # process-group timeout (s): a collective waiting longer stops the run
+    barlow_gpus: Optional[int] = None       # Barlow Twins' C as the official code on N GPUs (per-GPU standardization, all-reduced outside autograd: every Barlow gradient 1/N, PNR's negative term exact); None: the exact global batch
 
     def __post_init__(self):
         require(isinstance(self.timeout_s, int) and self.timeout_s >= 10, "dist.timeout_s", self.timeout_s, "an integer >= 10")
+        require(self.barlow_gpus is None or (isinstance(self.barlow_gpus, int) and self.barlow_gpus >= 1),
+                "dist.barlow_gpus", self.barlow_gpus, "None or an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -332,7 +335,8 @@ PRESETS: dict[str, dict] = {
         "optim": {"epochs": 200}, "train": {"online_probe": "off"}, "per_method": _IN100_PER_METHOD,
     },
     "imagenet100-5t": {
-        "description": "ImageNet-100 (imagefolder) class-IL, 5 tasks, 400 epochs, 224 px, the anchors' IN-100 recipe",
+        "description": "ImageNet-100 (imagefolder) class-IL, 5 tasks, 400 epochs, 224 px, the anchors' IN-100 recipe"
+                       "; Barlow: exact global-batch gradients (official 2 GPUs: every Barlow gradient halved, --dist.barlow_gpus 2)",
         # image_size: ImageNet images come in every size; decoded at 224 for evaluation as the anchors evaluate
         # (resize 256 + centre crop 224); DALI trains on the original JPEGs.
         "data": {"dataset": "imagefolder", "num_tasks": 5, "image_size": 224, "resize": "center", "crop_size": 224, "blur_prob": (1.0, 0.1),
@@ -341,7 +345,8 @@ PRESETS: dict[str, dict] = {
         "optim": {"epochs": 400}, "train": {"online_probe": "off"}, "eval": {"protocol": "official"}, "per_method": _IN100_PER_METHOD,
     },
     "imagenet100-data-5t": {
-        "description": "ImageNet-100 (imagefolder) data-IL, 5 random chunks, 400 epochs, 224 px, data-IL negative weights",
+        "description": "ImageNet-100 (imagefolder) data-IL, 5 random chunks, 400 epochs, 224 px, data-IL negative weights"
+                       "; Barlow: exact global-batch gradients (official 2 GPUs: every Barlow gradient halved, --dist.barlow_gpus 2)",
         "data": {"dataset": "imagefolder", "scenario": "data", "num_tasks": 5, "image_size": 224, "resize": "center", "crop_size": 224,
                  "blur_prob": (1.0, 0.1), "loader": "dali"},
         "model": {"cifar_stem": False}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
@@ -356,7 +361,8 @@ PRESETS: dict[str, dict] = {
     },
     "domainnet-6t": {
         "description": "DomainNet domain-IL, 6 tasks real -> quickdraw -> painting -> sketch -> infograph -> clipart, "
-                       "200 epochs, 224 px, DALI, the anchors' DomainNet recipe",
+                       "200 epochs, 224 px, DALI, the anchors' DomainNet recipe"
+                       "; Barlow: exact global-batch gradients (official 2 GPUs: every Barlow gradient halved, --dist.barlow_gpus 2)",
         # image_size: DomainNet images come in every size; decoded at 224 for evaluation as the anchors evaluate
         # (resize 256 + centre crop 224); DALI trains on the original JPEGs.
         "data": {"dataset": "domainnet", "scenario": "domain", "num_tasks": 6, "domain_order": _DOMAINNET_ORDER,

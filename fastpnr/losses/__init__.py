@@ -7,11 +7,11 @@ from fastpnr.losses.infonce import multi_block_infonce
 from fastpnr.losses.moco import moco_loss
 from fastpnr.losses.pfr import pfr_distill
 from fastpnr.losses.pocon import pocon_distill
-from fastpnr.losses.pnr_barlow import pnr_barlow_regularizer, pnr_barlow_terms
-from fastpnr.losses.pnr_byol import pnr_byol_regularizer, pnr_byol_terms
+from fastpnr.losses.pnr_barlow import pnr_barlow_regularizer
+from fastpnr.losses.pnr_byol import pnr_byol_regularizer
 from fastpnr.losses.pnr_moco import pnr_moco_loss
 from fastpnr.losses.pnr_simclr import pnr_simclr_loss
-from fastpnr.losses.pnr_vicreg import pnr_vicreg_regularizer, pnr_vicreg_terms
+from fastpnr.losses.pnr_vicreg import pnr_vicreg_regularizer
 from fastpnr.losses.simclr import simclr_loss
 from fastpnr.losses.simsiam import simsiam_loss
 from fastpnr.losses.vicreg import covariance_loss, invariance_loss, variance_loss, vicreg_loss
@@ -30,13 +30,10 @@ __all__ = [
     "pfr_distill",
     "pocon_distill",
     "pnr_barlow_regularizer",
-    "pnr_barlow_terms",
     "pnr_byol_regularizer",
-    "pnr_byol_terms",
     "pnr_moco_loss",
     "pnr_simclr_loss",
     "pnr_vicreg_regularizer",
-    "pnr_vicreg_terms",
     "predictive_distill",
     "predictive_mse_distill",
     "simclr_loss",

@@ -15,7 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, require
-from ..losses import pnr_barlow_terms, pnr_byol_terms, pnr_moco_loss, pnr_simclr_loss, pnr_vicreg_terms
+from ..losses import pnr_moco_loss, pnr_simclr_loss
+from ..losses.pnr_barlow import pnr_barlow_terms
+from ..losses.pnr_byol import pnr_byol_terms
+from ..losses.pnr_vicreg import pnr_vicreg_terms
 from ..losses.pnr_diagnostic import pnr_moco_logits, pnr_simclr_logits, pull_push
 from ..precision import upcast
 from .base import DistillRegularizer, FrozenModelConfig
@@ -80,9 +83,10 @@ class PNR(DistillRegularizer):
             frozen_out["normalized"] = [n1, n2]
             return loss, {"pnr_moco": loss.detach(), **pnr_moco_logits([q1, q2], [k1, k2], [n1, n2], frozen_queue)}
         if self.kind == "barlow":
-            u1, u2, f1, f2 = self.dist.loss_batch(u1, u2, f1, f2)  # batch-standardized: the global batch
+            u1, u2, f1, f2 = self.dist.barlow_batch(u1, u2, f1, f2)  # batch-standardized: the global batch
             pull, push = pnr_barlow_terms(u1, u2, f1, f2, pos_weight=self.pos_weight, neg_weight=self.neg_weight,
-                                          lamb=self.cfg.barlow_lamb, scale=self.cfg.barlow_scale)
+                                          lamb=self.cfg.barlow_lamb, scale=self.cfg.barlow_scale,
+                                          correlation=self.dist.barlow_correlation())
         elif self.kind == "vicreg":
             pull, push = pnr_vicreg_terms(u1, u2, f1, f2, pos_weight=self.pos_weight, neg_weight=self.neg_weight)
         else:  # byol, simsiam and the GSG methods

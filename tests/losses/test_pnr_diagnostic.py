@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from fastpnr.losses import (pnr_barlow_regularizer, pnr_barlow_terms, pnr_byol_regularizer, pnr_byol_terms,
-                            pnr_vicreg_regularizer, pnr_vicreg_terms)
+from fastpnr.losses import pnr_barlow_regularizer, pnr_byol_regularizer, pnr_vicreg_regularizer
+from fastpnr.losses.pnr_barlow import pnr_barlow_terms
+from fastpnr.losses.pnr_byol import pnr_byol_terms
+from fastpnr.losses.pnr_vicreg import pnr_vicreg_terms
 from fastpnr.losses.pnr_diagnostic import pnr_moco_logits, pnr_simclr_logits, positive_logit
 from tests.losses._ref import TOL, dot, mean, rand, unit_rows
 
