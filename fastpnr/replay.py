@@ -83,7 +83,7 @@ def with_replay(loader, regularizer, seed: int, task0_steps: int, epochs: int, b
 def plain_view(view):
     """The authors' re-augmentation of a replayed image's first view in LUMP (UCL ``Mixup.observe`` draws
     ``buffer.get_data(..., transform=self.transform)``, models/mixup.py L44-45; ``self.transform`` is the dataset's
-    ``get_transform``, datasets/seq_cifar10.py L47-66: RandomResizedCrop(scale (0.08, 1), ratio (3/4, 4/3), bicubic),
+    ``get_transform``, datasets/seq_cifar10.py L57-64: RandomResizedCrop(scale (0.08, 1), ratio (3/4, 4/3), bicubic),
     RandomHorizontalFlip, Normalize): no colour jitter, grayscale, blur or solarization. Size and normalization are
     the run's view's."""
     from dataclasses import replace

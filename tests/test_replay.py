@@ -214,7 +214,7 @@ def _red_replay_loader(plain: bool):
 
 def test_lump_plain_first_view_is_the_authors_transform_without_colour_changes():
     """UCL re-augments a replayed image's first view with the dataset's transform (models/mixup.py L44-45,
-    datasets/seq_cifar10.py L58-64): crop, flip, normalize only. The second view keeps the run's recipe."""
+    datasets/seq_cifar10.py L57-64): crop, flip, normalize only. The second view keeps the run's recipe."""
     red = torch.tensor([(1.0 - m) / s if c == 0 else (0.0 - m) / s
                         for c, (m, s) in enumerate(zip(VIEWS[0].mean, VIEWS[0].std))]).view(1, 3, 1, 1)
     gens = lambda: [torch.Generator().manual_seed(k) for k in (1, 2)]  # noqa: E731
