@@ -88,7 +88,7 @@ class ModelConfig:
     backbone: str = "resnet18"            # ResNet architecture of the encoder
     cifar_stem: bool = True               # 3x3 stride-1 first convolution and no max-pool (small images)
     stem_padding: int = 2                   # the anchors' quirk (not 1)
-    zero_init_residual: bool = False      # zero-init the last BN of each residual block
+    zero_init_residual: Optional[bool] = None  # zero-init the last BN of each residual block; None: true for pocon (its authors'), else false
     channels_last: bool = True            # NHWC memory format for the model and the views
     width: int = 64                       # ResNet base width (layers w, 2w, 4w, 8w); 64 = the anchors'
 
@@ -214,9 +214,12 @@ class DistConfig:
     local_loss: bool = False                # true: SimCLR/Barlow/VICReg losses over each rank's batch (official per-GPU code)
     sync_batchnorm: bool = True             # BatchNorm statistics over the global batch under torchrun; false: per rank
     timeout_s: int = 3600                   # process-group timeout (s): a collective waiting longer stops the run
+    barlow_gpus: Optional[int] = None       # Barlow Twins' C as the official code on N GPUs (per-GPU standardization, all-reduced outside autograd: every Barlow gradient 1/N, PNR's negative term exact); None: the exact global batch
 
     def __post_init__(self):
         require(isinstance(self.timeout_s, int) and self.timeout_s >= 10, "dist.timeout_s", self.timeout_s, "an integer >= 10")
+        require(self.barlow_gpus is None or (isinstance(self.barlow_gpus, int) and self.barlow_gpus >= 1),
+                "dist.barlow_gpus", self.barlow_gpus, "None or an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -335,7 +338,8 @@ PRESETS: dict[str, dict] = {
         "optim": {"epochs": 200}, "train": {"online_probe": "off"}, "per_method": _IN100_PER_METHOD,
     },
     "imagenet100-5t": {
-        "description": "ImageNet-100 (imagefolder) class-IL, 5 tasks, 400 epochs, 224 px, the anchors' IN-100 recipe",
+        "description": "ImageNet-100 (imagefolder) class-IL, 5 tasks, 400 epochs, 224 px, the anchors' IN-100 recipe"
+                       "; Barlow: exact global-batch gradients (official 2 GPUs: every Barlow gradient halved, --dist.barlow_gpus 2)",
         # image_size: ImageNet images come in every size; decoded at 224 for evaluation as the anchors evaluate
         # (resize 256 + centre crop 224); DALI trains on the original JPEGs.
         "data": {"dataset": "imagefolder", "num_tasks": 5, "image_size": 224, "resize": "center", "crop_size": 224, "blur_prob": (1.0, 0.1),
@@ -344,7 +348,8 @@ PRESETS: dict[str, dict] = {
         "optim": {"epochs": 400}, "train": {"online_probe": "off"}, "eval": {"protocol": "official"}, "per_method": _IN100_PER_METHOD,
     },
     "imagenet100-data-5t": {
-        "description": "ImageNet-100 (imagefolder) data-IL, 5 random chunks, 400 epochs, 224 px, data-IL negative weights",
+        "description": "ImageNet-100 (imagefolder) data-IL, 5 random chunks, 400 epochs, 224 px, data-IL negative weights"
+                       "; Barlow: exact global-batch gradients (official 2 GPUs: every Barlow gradient halved, --dist.barlow_gpus 2)",
         "data": {"dataset": "imagefolder", "scenario": "data", "num_tasks": 5, "image_size": 224, "resize": "center", "crop_size": 224,
                  "blur_prob": (1.0, 0.1), "loader": "dali"},
         "model": {"cifar_stem": False}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
@@ -359,7 +364,8 @@ PRESETS: dict[str, dict] = {
     },
     "domainnet-6t": {
         "description": "DomainNet domain-IL, 6 tasks real -> quickdraw -> painting -> sketch -> infograph -> clipart, "
-                       "200 epochs, 224 px, DALI, the anchors' DomainNet recipe",
+                       "200 epochs, 224 px, DALI, the anchors' DomainNet recipe"
+                       "; Barlow: exact global-batch gradients (official 2 GPUs: every Barlow gradient halved, --dist.barlow_gpus 2)",
         # image_size: DomainNet images come in every size; decoded at 224 for evaluation as the anchors evaluate
         # (resize 256 + centre crop 224); DALI trains on the original JPEGs.
         "data": {"dataset": "domainnet", "scenario": "domain", "num_tasks": 6, "domain_order": _DOMAINNET_ORDER,
@@ -472,6 +478,18 @@ def normalize_overrides(overrides: dict) -> dict:
     return nested
 
 
+# the residual blocks' init of the strategies whose authors build their networks otherwise than the PNR code
+ZERO_INIT_RESIDUAL = {"pocon": True}  # alviur/pocon_wacv2024: src/approach/sslModels.py L60/L65, copyOPscratch.py L448
+
+
+def strategy_model_defaults(model: ModelConfig, regularizer: str) -> ModelConfig:
+    """``model.zero_init_residual`` None resolved to the strategy's value (POCON: true, for its main and expert
+    networks; every other strategy: false)."""
+    if model.zero_init_residual is not None:
+        return model
+    return dataclasses.replace(model, zero_init_residual=ZERO_INIT_RESIDUAL.get(regularizer, False))
+
+
 def build_config(preset: str | None = "smoke", overrides: Optional[dict] = None,
                  config_file: str | None = None, combinations: bool = True) -> RunConfig:
     """Resolve a run configuration from a preset name and dotted overrides (see module docstring).
@@ -514,6 +532,7 @@ def build_config(preset: str | None = "smoke", overrides: Optional[dict] = None,
         reg_name = reg_values.get("name", "finetune")
         require(reg_name in REGULARIZERS, "regularizer", reg_name, sorted(REGULARIZERS))
         reg_cfg = _make(REGULARIZERS[reg_name], reg_values, "regularizer", set(strict.get("regularizer", {})))
+        sections["model"] = strategy_model_defaults(sections["model"], reg_name)
         cfg = RunConfig(method=method_cfg, regularizer=reg_cfg, out=merged.get("out"), **sections)
         if combinations:
             validate_combinations(cfg)

@@ -29,6 +29,8 @@ import uuid
 from contextlib import contextmanager
 
 import numpy as np
+from functools import partial
+
 import torch
 import torch.distributed as tdist
 from torch import nn
@@ -88,6 +90,7 @@ class Dist:
 
     rank, world_size, local_rank = 0, 1, 0
     local_loss = False
+    barlow_gpus = None  # dist.barlow_gpus: Barlow Twins' C as the official code on that many GPUs; None: the exact one
 
     @property
     def enabled(self) -> bool:
@@ -122,6 +125,28 @@ class Dist:
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """The global batch of ``x`` (no gradient): what a queue enqueues."""
         return x
+
+    def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum of ``x`` over the processes (no gradient), a new tensor."""
+        return x.clone()
+
+    def barlow_batch(self, *tensors: torch.Tensor):
+        """The rows a Barlow Twins loss (the method's, PNR's positive term, CaSSLe's decorrelative distiller) sees:
+        the global batch (``loss_batch``), or this process's rows when ``dist.barlow_gpus`` computes C as the official
+        DDP code (``barlow_correlation``)."""
+        if self.barlow_gpus is None:
+            return self.loss_batch(*tensors)
+        return tensors if len(tensors) > 1 else tensors[0]
+
+    def barlow_correlation(self):
+        """``barlow_loss``'s ``correlation``: None (C of the global batch, exact gradients) or the official DDP C on
+        ``dist.barlow_gpus`` GPUs (``losses.barlow.official_ddp_correlation``: every Barlow gradient 1/gpus)."""
+        if self.barlow_gpus is None:
+            return None
+        from .losses.barlow import official_ddp_correlation
+
+        return partial(official_ddp_correlation, gpus=self.barlow_gpus, world_size=self.world_size,
+                       all_reduce_sum=self.all_reduce_sum if self.enabled else None)
 
     def average_gradients(self, params) -> None:
         """All-reduce the gradients of ``params`` and divide by the world size (no-op in one process)."""
@@ -210,6 +235,11 @@ class ProcessGroup(Dist):
             return Dist.loss_batch(self, *tensors)
         out = tuple(_GatherWithGrad.apply(t) if t.requires_grad else self.gather(t) for t in tensors)
         return out if len(out) > 1 else out[0]
+
+    def all_reduce_sum(self, x):
+        x = x.detach().clone()
+        tdist.all_reduce(x)
+        return x
 
     def gather(self, x):
         parts = [torch.empty_like(x) for _ in range(self.world_size)]
@@ -515,8 +545,13 @@ def from_env(device: torch.device, dist_cfg=None) -> Dist:
     ``device`` is the configured one; under NCCL each process takes ``cuda:LOCAL_RANK``. The process group is
     created once per process (``shutdown`` ends it)."""
     env = torchrun_env()
+    barlow_gpus = getattr(dist_cfg, "barlow_gpus", None)
     if env is None or env[1] <= 1:
-        return SINGLE
+        if barlow_gpus is None:
+            return SINGLE
+        one = Dist()  # one process emulating the official per-GPU Barlow Twins C
+        one.barlow_gpus = barlow_gpus
+        return one
     rank, world, local = env
     if device.type == "cuda":
         device = torch.device("cuda", local)
@@ -524,8 +559,9 @@ def from_env(device: torch.device, dist_cfg=None) -> Dist:
     local_loss = getattr(dist_cfg, "local_loss", False)
     if _OPEN and tdist.is_initialized():
         _OPEN[-1].local_loss, _OPEN[-1].device = local_loss, device
-        return _OPEN[-1]
-    _OPEN.append(ProcessGroup(rank, world, local, device, getattr(dist_cfg, "timeout_s", 3600), local_loss=local_loss))
+    else:
+        _OPEN.append(ProcessGroup(rank, world, local, device, getattr(dist_cfg, "timeout_s", 3600), local_loss=local_loss))
+    _OPEN[-1].barlow_gpus = barlow_gpus
     return _OPEN[-1]
 
 

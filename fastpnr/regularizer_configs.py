@@ -10,6 +10,7 @@ from .errors import require
 
 FROZEN_BN_MODES = ("eval", "train")
 REPLAY_MODES = ("none", "er", "lump")
+LUMP_FIRST_VIEWS = ("recipe", "plain")
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class RegularizerConfig:
     buffer_size: int = 256                # replay buffer: images kept (as dataset indices); 256 as UCL configs/*.yaml L12
     replay_batch: Optional[int] = None    # buffer images per step; None: optim.batch_size (UCL buffer.get_data(batch_size))
     mix_alpha: float = 0.4                # LUMP: mixing weight lambda ~ Beta(alpha, alpha), one per batch (UCL configs L29)
+    lump_first_view: str = "recipe"       # LUMP's replayed first view: recipe (the run's view 1 recipe) or plain (the authors': crop 0.08-1, flip, normalize)
 
     def __post_init__(self):
         require(self.replay in REPLAY_MODES, "regularizer.replay", self.replay, REPLAY_MODES)
@@ -27,6 +29,10 @@ class RegularizerConfig:
         require(self.replay_batch is None or self.replay_batch >= 1, "regularizer.replay_batch", self.replay_batch,
                 "None (the batch size) or an int >= 1")
         require(self.mix_alpha > 0, "regularizer.mix_alpha", self.mix_alpha, "> 0")
+        require(self.lump_first_view in LUMP_FIRST_VIEWS, "regularizer.lump_first_view", self.lump_first_view,
+                LUMP_FIRST_VIEWS)
+        require(self.lump_first_view == "recipe" or self.replay == "lump", "regularizer.lump_first_view",
+                self.lump_first_view, f"recipe with regularizer.replay {self.replay} (plain is LUMP's)")
 
 
 @dataclass(frozen=True)

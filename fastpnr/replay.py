@@ -77,7 +77,19 @@ def with_replay(loader, regularizer, seed: int, task0_steps: int, epochs: int, b
     check_buffer_fills(cfg.buffer_size, task0_steps * batch_size * epochs,
                        f"{task0_steps} steps x batch {batch_size} x {epochs} epochs")
     return ReplayLoader(loader, regularizer.replay_buffer, cfg.replay, replay_batch_size(cfg, batch_size), seed,
-                        regularizer.dist, cfg.mix_alpha)
+                        regularizer.dist, cfg.mix_alpha, plain_first_view=cfg.lump_first_view == "plain")
+
+
+def plain_view(view):
+    """The authors' re-augmentation of a replayed image's first view in LUMP (UCL ``Mixup.observe`` draws
+    ``buffer.get_data(..., transform=self.transform)``, models/mixup.py L44-45; ``self.transform`` is the dataset's
+    ``get_transform``, datasets/seq_cifar10.py L57-64: RandomResizedCrop(scale (0.08, 1), ratio (3/4, 4/3), bicubic),
+    RandomHorizontalFlip, Normalize): no colour jitter, grayscale, blur or solarization. Size and normalization are
+    the run's view's."""
+    from dataclasses import replace
+
+    return replace(view, crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), interpolation="bicubic", jitter_prob=0.0,
+                   grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0, flip_prob=0.5)
 
 
 class ReplayLoader:
@@ -87,7 +99,8 @@ class ReplayLoader:
     ``labels``, ``view_configs`` and ``seed``. ``mode``: "er" or "lump". The yielded indices are the current batch's.
     """
 
-    def __init__(self, loader, buffer, mode: str, replay_batch: int, seed: int, dist, alpha: float):
+    def __init__(self, loader, buffer, mode: str, replay_batch: int, seed: int, dist, alpha: float,
+                 plain_first_view: bool = False):
         from loaders.gpu_aug import augment_batch, draw_rows
 
         if getattr(loader, "resident", None) != "device":
@@ -98,6 +111,10 @@ class ReplayLoader:
         self.seed, self.dist, self.alpha = int(seed), dist, float(alpha)
         self.shard = dist.shard(replay_batch) if dist.enabled else None  # one line when the world size does not divide R
         self._augment, self._draw_rows = augment_batch, draw_rows
+        # the replayed images' recipes: the loader's, or LUMP's authors' plain transform for the first view
+        self.replay_recipes = list(loader.view_configs)
+        if plain_first_view:
+            self.replay_recipes[0] = plain_view(self.replay_recipes[0])
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -119,7 +136,7 @@ class ReplayLoader:
             rows = rows[self.shard]
         x = self.loader.images[rows].float().div_(255.0)
         with self._draw_rows(self.replay_batch, self.shard):  # the global replay batch's augmentation draws
-            views = [self._augment(x, cfg, augment_gen) for cfg in self.loader.view_configs]
+            views = [self._augment(x, cfg, augment_gen) for cfg in self.replay_recipes]
         return views, self.loader.labels[rows]
 
     def __iter__(self):

@@ -340,13 +340,74 @@ def _not_finished(ax, statuses: list[str]) -> None:
             color="0.35")
 
 
+# the pseudo-negative diagnostic (issue 33 §1, fastpnr/losses/pnr_diagnostic.py): metrics.json train_epochs' diag_* keys
+DIAGNOSTIC_LINES = (("diag_positive", "positive z·z⁺"), ("diag_frozen_positive", "frozen copy of the positive z·f⁺"),
+                    ("diag_pseudo_negatives", "other pseudo-negatives z·f"), ("diag_gap", "gap (positive − frozen)"),
+                    ("diag_pull", "pull (weighted positive term)"), ("diag_push", "push (weighted negative term)"))
+
+
+def diagnostic_curves(out: Path, group: list[dict], method: str, reg: str) -> tuple[dict, list[int], int]:
+    """({diag key: seed mean per epoch}, the epochs where a task starts, seeds) of the finished cells of (method,
+    reg) whose metrics.json has the diagnostic; the seeds with the most epochs."""
+    runs = []
+    for e in group:
+        if e["method"] == method and e["regularizer"] == reg and e["status"] == "done":
+            epochs = (_read_json(out / e["name"] / "metrics.json") or {}).get("train_epochs") or []
+            if any(k.startswith("diag_") for row in epochs for k in row):
+                runs.append(epochs)
+    if not runs:
+        return {}, [], 0
+    n = max(len(r) for r in runs)
+    runs = [r for r in runs if len(r) == n]
+    curves = {}
+    for key, _ in DIAGNOSTIC_LINES:
+        per_epoch = [[row[key] for row in rows if key in row] for rows in zip(*runs)]
+        if any(per_epoch):
+            curves[key] = [sum(v) / len(v) if v else math.nan for v in per_epoch]
+    starts = [i for i, row in enumerate(runs[0]) if i == 0 or row["task"] != runs[0][i - 1]["task"]]
+    return curves, starts, len(runs)
+
+
+def diagnostic_figure(out: Path, group: list[dict]):
+    """One panel per method with a finished PNR cell that logged the diagnostic: its epoch means of the logits (or the
+    pull and push terms) over the run, task starts dotted, and the fine-tuning twin's positive dashed."""
+    panels = [(m, *diagnostic_curves(out, group, m, "pnr")) for m in _ordered(group, "method")]
+    panels = [p for p in panels if p[1]]
+    if not panels:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    for ax, (method, curves, starts, seeds) in zip(axes[0], panels):
+        for key, label in DIAGNOSTIC_LINES:
+            if key in curves:
+                ax.plot(range(len(curves[key])), curves[key], marker=".", label=label)
+        twin, _, twin_seeds = diagnostic_curves(out, group, method, BASELINE)
+        if "diag_positive" in twin:
+            ax.plot(range(len(twin["diag_positive"])), twin["diag_positive"], "k--",
+                    label=f"fine-tuning: positive (n={twin_seeds})")
+        for x in starts[1:]:
+            ax.axvline(x - 0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(f"{method} + pnr (n={seeds}); task starts dotted", fontsize=9)
+        ax.set_xlabel("epoch of the run")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel("loss term" if "diag_pull" in curves else "cosine (the logit before the temperature)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def write_plots(out: Path, entries: list[dict]) -> list[str]:
     groups = _groups(entries)
     names = []
     for (preset, scenario), group in groups.items():
         suffix = "" if len(groups) == 1 else "-" + "-".join(str(p) for p in (preset, scenario) if p)
-        for stem in ("accuracy_curves", "forgetting", "accuracy_matrices"):
-            fig = matrices_figure(group) if stem == "accuracy_matrices" else curves_figure(group, stem)
+        figures = {"accuracy_curves": lambda: curves_figure(group, "accuracy_curves"),
+                   "forgetting": lambda: curves_figure(group, "forgetting"),
+                   "accuracy_matrices": lambda: matrices_figure(group),
+                   "pnr_diagnostic": lambda: diagnostic_figure(out, group)}
+        for stem, draw in figures.items():
+            fig = draw()
             if fig is None:
                 continue
             fig.savefig(out / f"{stem}{suffix}.png", dpi=110)

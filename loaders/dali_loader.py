@@ -24,9 +24,9 @@ from (seed, epoch, its first row): augmentations are a function of (seed, epoch,
 Differences from the torchvision reference (same family, not bit-equal): DALI's color_twist applies brightness,
 contrast, saturation and hue as one fused colour transform in a fixed order (torchvision: a random order per sample)
 and stretches contrast around mid-grey rather than around the image's mean grey; its Gaussian blur is a true
-Gaussian with window 2*ceil(3 sigma)+1 (the reference uses PIL's box-blur approximation); when none of the 10 crop
-attempts fits, its fallback box has torchvision's size (aspect clipped to the ratio range) but a random position,
-not the centre (probability < 1e-8 per image with the anchors' ranges). The crop area, aspect ratio, position and
+Gaussian in the anchors' DALI window of 23 x 23 (`BLUR_WINDOW`; the reference uses PIL's box-blur approximation);
+when none of the 10 crop attempts fits, its fallback box has torchvision's size (aspect clipped to the ratio range)
+but a random position, not the centre (probability < 1e-8 per image with the anchors' ranges). The crop area, aspect ratio, position and
 flip distributions match torchvision's (tests/loaders/test_crop_faithfulness.py).
 
 nvidia.dali is imported only when a DaliLoader is built: `pip install nvidia-dali-cuda130` (the extra fastpnr[dali]).
@@ -66,6 +66,11 @@ def epoch_order(subset: np.ndarray, seed: int, epoch: int, shuffle: bool) -> np.
     return subset[np.random.default_rng(epoch_seed(seed, epoch, PERMUTATION)).permutation(len(subset))]
 
 
+# the anchors' DALI blur window, whatever sigma (cassle/utils/dali_dataloader.py L116/L128:
+# RandomGaussianBlur(window_size=23), ops.GaussianBlur(window_size=(23, 23))); DALI's own default is 2*ceil(3 sigma)+1
+BLUR_WINDOW = 23
+
+
 def _uniform(fn, lo: float, hi: float):
     return fn.random.uniform(range=[float(lo), float(hi)])
 
@@ -103,7 +108,7 @@ def _augment_view(fn, types, jpegs, cfg: ViewConfig, decoder: str, dev: str):
             img = fn.cat(gray, gray, gray, axis=2)
     if cfg.blur_prob > 0:
         if fn.random.coin_flip(probability=cfg.blur_prob):
-            img = fn.gaussian_blur(img, sigma=_uniform(fn, *cfg.blur_sigma))
+            img = fn.gaussian_blur(img, window_size=BLUR_WINDOW, sigma=_uniform(fn, *cfg.blur_sigma))
     if cfg.solarize_prob > 0:
         if fn.random.coin_flip(probability=cfg.solarize_prob):  # x >= 128 → 255 - x, i.e. x XOR 255 on uint8
             img = fn.cast(img ^ (fn.cast(img >= 128, dtype=types.UINT8) * 255), dtype=types.UINT8)

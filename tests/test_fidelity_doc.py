@@ -17,3 +17,10 @@ def test_fidelity_page_names_only_existing_tests():
     missing = [f"{p}::{n}" for p, n in refs
                if not re.search(rf"^def {n}\(", (ROOT / "tests" / p).read_text() if (ROOT / "tests" / p).exists() else "", re.M)]
     assert not missing, missing
+
+
+def test_docs_name_no_folder_of_the_machine_they_were_written_on():
+    """Commands in docs/ run from a checkout (``--data-dir ../shared/data``): no absolute path of one machine."""
+    found = [f"{p.relative_to(ROOT)}:{i}" for p in sorted((ROOT / "docs").rglob("*.md"))
+             for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"(?<![\w.])/(work|root|tmp)/", line)]
+    assert not found, found

@@ -200,3 +200,40 @@ def test_every_strategy_takes_replay_and_checkpoints_its_buffer():
         assert {"replay_buffer.slots", "replay_buffer.seen"} <= set(r.state_dict())
     cfg = build_config("smoke", {"regularizer": "cassle", "method.proj_hidden": 8, "method.proj_out": 4, "model.width": 2})
     assert build_regularizer(cfg.regularizer, build_method(cfg.method, cfg.model, num_classes=10)).replay_buffer is None
+
+
+def _red_replay_loader(plain: bool):
+    """A LUMP replay loader whose images are all pure red, the buffer full: crop, flip and resize keep a constant
+    image constant; colour jitter and grayscale change it."""
+    ld = ReplayLoader(gpu_loader(), ReservoirBuffer(16), "lump", R, SEED, Dist(), 0.4, plain_first_view=plain)
+    ld.loader.images[:] = 0
+    ld.loader.images[:, 0] = 255
+    ld.buffer.add(torch.arange(16), torch.Generator().manual_seed(0))
+    return ld
+
+
+def test_lump_plain_first_view_is_the_authors_transform_without_colour_changes():
+    """UCL re-augments a replayed image's first view with the dataset's transform (models/mixup.py L44-45,
+    datasets/seq_cifar10.py L57-64): crop, flip, normalize only. The second view keeps the run's recipe."""
+    red = torch.tensor([(1.0 - m) / s if c == 0 else (0.0 - m) / s
+                        for c, (m, s) in enumerate(zip(VIEWS[0].mean, VIEWS[0].std))]).view(1, 3, 1, 1)
+    gens = lambda: [torch.Generator().manual_seed(k) for k in (1, 2)]  # noqa: E731
+    plain = _red_replay_loader(True)
+    views, _ = plain.replayed_views(*gens())
+    torch.testing.assert_close(views[0], red.expand_as(views[0]), rtol=0, atol=1e-4)
+    assert plain.replay_recipes[1] == VIEWS[1] and plain.replay_recipes[0].crop_scale == (0.08, 1.0)
+    assert plain.replay_recipes[0].size == VIEWS[0].size and plain.replay_recipes[0].mean == VIEWS[0].mean
+    # fastpnr's default: the first view's recipe (jitter p 0.8, grayscale p 0.2) changes the colour of some rows
+    recipe, _ = _red_replay_loader(False).replayed_views(*gens())
+    assert (recipe[0] - red).abs().amax() > 0.1
+
+
+def test_lump_first_view_option_is_checked():
+    assert build_config("smoke", {"regularizer": "lump"}).regularizer.lump_first_view == "recipe"
+    assert build_config("smoke", {"regularizer": "lump", "regularizer.lump_first_view": "plain"}
+                        ).regularizer.lump_first_view == "plain"
+    for ov, text in (({"regularizer": "lump", "regularizer.lump_first_view": "raw"}, "allowed: recipe, plain"),
+                     ({"regularizer": "er", "regularizer.lump_first_view": "plain"}, "plain is LUMP's")):
+        with pytest.raises(ConfigError) as exc:
+            build_config("smoke", ov)
+        assert "\n" not in str(exc.value) and "regularizer.lump_first_view=" in str(exc.value) and text in str(exc.value)

@@ -28,10 +28,12 @@ def predictive_mse_distill(u1: torch.Tensor, u2: torch.Tensor, f1: torch.Tensor,
 
 
 def decorrelative_distill(u1: torch.Tensor, u2: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor,
-                          lamb: float, scale: float) -> torch.Tensor:
-    """``1/2 sum_v BT(u_v, sg f_v; lamb, scale)`` with ``BT = barlow_loss`` (``decorrelative``, used with Barlow)."""
+                          lamb: float, scale: float, correlation=None) -> torch.Tensor:
+    """``1/2 sum_v BT(u_v, sg f_v; lamb, scale)`` with ``BT = barlow_loss`` (``decorrelative``, used with Barlow);
+    ``correlation``: BT's C (``barlow_loss``)."""
     check_same_shape(("u1", "u2", "f1", "f2"), u1, u2, f1, f2)
-    return 0.5 * (barlow_loss(u1, f1.detach(), lamb, scale) + barlow_loss(u2, f2.detach(), lamb, scale))
+    return 0.5 * (barlow_loss(u1, f1.detach(), lamb, scale, correlation)
+                  + barlow_loss(u2, f2.detach(), lamb, scale, correlation))
 
 
 def contrastive_distill(p1: torch.Tensor, p2: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor,

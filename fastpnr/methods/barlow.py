@@ -12,6 +12,6 @@ class BarlowTwins(Method):
         self.projector = mlp(self.feat_dim, self.cfg.proj_hidden, self.cfg.proj_out, layers=3)
 
     def ssl_loss(self, out):
-        z1, z2 = self.dist.loss_batch(*(upcast(z) for z in out["z"]))  # the global batch's cross-correlation
-        loss = barlow_loss(z1, z2, lamb=self.cfg.lamb, scale=self.cfg.scale)
+        z1, z2 = self.dist.barlow_batch(*(upcast(z) for z in out["z"]))  # the global batch's cross-correlation
+        loss = barlow_loss(z1, z2, lamb=self.cfg.lamb, scale=self.cfg.scale, correlation=self.dist.barlow_correlation())
         return loss, {"barlow": loss.detach()}

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..losses import moco_loss
+from ..losses.pnr_diagnostic import positive_logit
 from ..models import mlp
 from ..precision import upcast
 from .base import Method
@@ -41,7 +42,9 @@ class MoCoV2Plus(Method):
         (q1, q2), (k1, k2), queue = out["q"], out["k"], out["queue"]
         t, b = self.cfg.temperature, self.cfg.loss_backend
         loss = 0.5 * (moco_loss(q1, k2, queue[1], temperature=t, backend=b) + moco_loss(q2, k1, queue[0], temperature=t, backend=b))
-        return loss, {"moco": loss.detach()}
+        # the positive q.k of both views: as MoCo-PNR logs it
+        diag = positive_logit(torch.cat([q1, q2]), torch.cat([k2, k1]))
+        return loss, {"moco": loss.detach(), **diag}
 
     def distill_input(self, out):
         return out["q"]  # the anchors feed the normalized q to the distill predictor

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..losses import simclr_loss
+from ..losses.pnr_diagnostic import positive_logit
 from ..models import mlp
 from ..precision import upcast
 from .base import Method
@@ -14,4 +15,4 @@ class SimCLR(Method):
     def ssl_loss(self, out):
         z1, z2 = self.dist.loss_batch(*(upcast(z) for z in out["z"]))  # negatives from the global batch
         loss = simclr_loss(z1, z2, temperature=self.cfg.temperature, backend=self.cfg.loss_backend)
-        return loss, {"simclr": loss.detach()}
+        return loss, {"simclr": loss.detach(), **positive_logit(z1, z2)}  # the positive: as SimCLR-PNR logs it

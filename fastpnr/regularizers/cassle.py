@@ -30,12 +30,15 @@ class CaSSLe(DistillRegularizer):
     def penalty(self, method, out, frozen_out):
         f1, f2 = (upcast(f) for f in frozen_out["z"])
         u1, u2 = (upcast(u) for u in self.predict(method, out))
-        if self.kind in ("simclr", "mocov2plus", "barlow"):  # batch-coupled: the global batch
+        if self.kind in ("simclr", "mocov2plus"):  # batch-coupled: the global batch
             u1, u2, f1, f2 = self.dist.loss_batch(u1, u2, f1, f2)
+        elif self.kind == "barlow":
+            u1, u2, f1, f2 = self.dist.barlow_batch(u1, u2, f1, f2)
         if self.kind in ("simclr", "mocov2plus"):
             loss = contrastive_distill(u1, u2, f1, f2, temperature=self.cfg.distill_temperature)
         elif self.kind == "barlow":
-            loss = decorrelative_distill(u1, u2, f1, f2, lamb=self.cfg.barlow_lamb, scale=self.cfg.barlow_scale)
+            loss = decorrelative_distill(u1, u2, f1, f2, lamb=self.cfg.barlow_lamb, scale=self.cfg.barlow_scale,
+                                         correlation=self.dist.barlow_correlation())
         elif self.kind == "vicreg":
             loss = predictive_mse_distill(u1, u2, f1, f2)
         else:

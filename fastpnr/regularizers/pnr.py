@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..losses import (pnr_barlow_regularizer, pnr_byol_regularizer, pnr_moco_loss, pnr_simclr_loss,
-                      pnr_vicreg_regularizer)
+from ..losses import pnr_moco_loss, pnr_simclr_loss
+from ..losses.pnr_barlow import pnr_barlow_terms
+from ..losses.pnr_byol import pnr_byol_terms
+from ..losses.pnr_vicreg import pnr_vicreg_terms
+from ..losses.pnr_diagnostic import pnr_moco_logits, pnr_simclr_logits, pull_push
 from ..precision import upcast
 from .base import DistillRegularizer
 from ..regularizer_configs import PNRConfig
@@ -45,7 +48,7 @@ class PNR(DistillRegularizer):
             z1, z2, u1, u2, f1, f2 = self.dist.loss_batch(*(upcast(z) for z in out["z"]), u1, u2, f1, f2)
             loss = pnr_simclr_loss(z1, z2, u1, u2, f1, f2, temperature=self.cfg.distill_temperature,
                                    backend=method.cfg.loss_backend)
-            return loss, {"pnr_simclr": loss.detach()}
+            return loss, {"pnr_simclr": loss.detach(), **pnr_simclr_logits(z1, z2, f1, f2)}
         if self.kind == "mocov2plus":
             (q1, q2), (k1, k2), queue = out["q"], out["k"], out["queue"]
             p1, p2 = F.normalize(u1, dim=-1), F.normalize(u2, dim=-1)
@@ -56,16 +59,18 @@ class PNR(DistillRegularizer):
             loss = 0.5 * (pnr_moco_loss(q1, k2, p1, n1, queue[1], frozen_queue[1], **kw)
                           + pnr_moco_loss(q2, k1, p2, n2, queue[0], frozen_queue[0], **kw))
             frozen_out["normalized"] = [n1, n2]
-            return loss, {"pnr_moco": loss.detach()}
+            return loss, {"pnr_moco": loss.detach(), **pnr_moco_logits([q1, q2], [k1, k2], [n1, n2], frozen_queue)}
         if self.kind == "barlow":
-            u1, u2, f1, f2 = self.dist.loss_batch(u1, u2, f1, f2)  # batch-standardized: the global batch
-            loss = pnr_barlow_regularizer(u1, u2, f1, f2, pos_weight=self.pos_weight, neg_weight=self.neg_weight,
-                                          lamb=self.cfg.barlow_lamb, scale=self.cfg.barlow_scale)
+            u1, u2, f1, f2 = self.dist.barlow_batch(u1, u2, f1, f2)  # batch-standardized: the global batch
+            pull, push = pnr_barlow_terms(u1, u2, f1, f2, pos_weight=self.pos_weight, neg_weight=self.neg_weight,
+                                          lamb=self.cfg.barlow_lamb, scale=self.cfg.barlow_scale,
+                                          correlation=self.dist.barlow_correlation())
         elif self.kind == "vicreg":
-            loss = pnr_vicreg_regularizer(u1, u2, f1, f2, pos_weight=self.pos_weight, neg_weight=self.neg_weight)
+            pull, push = pnr_vicreg_terms(u1, u2, f1, f2, pos_weight=self.pos_weight, neg_weight=self.neg_weight)
         else:  # byol, simsiam and the GSG methods
-            loss = pnr_byol_regularizer(u1, u2, f1, f2, pos_weight=self.pos_weight, neg_weight=self.neg_weight)
-        return loss, {"pnr": loss.detach()}
+            pull, push = pnr_byol_terms(u1, u2, f1, f2, pos_weight=self.pos_weight, neg_weight=self.neg_weight)
+        loss = pull - push  # as pnr_*_regularizer
+        return loss, {"pnr": loss.detach(), **pull_push(pull, push)}
 
     def end_of_step(self, out, frozen_out):
         if self.kind == "mocov2plus" and "normalized" in frozen_out:

@@ -7,7 +7,7 @@ FIXED = {
     "moco_loss": ["q", "k", "queue", "temperature", "backend"],
     "byol_loss": ["p", "z"],
     "simsiam_loss": ["p", "z"],
-    "barlow_loss": ["z1", "z2", "lamb", "scale"],
+    "barlow_loss": ["z1", "z2", "lamb", "scale", "correlation"],
     "vicreg_loss": ["z1", "z2", "sim_weight", "var_weight", "cov_weight"],
     "invariance_loss": ["z1", "z2"],
     "variance_loss": ["z1", "z2"],
@@ -21,7 +21,7 @@ FIXED = {
     "pnr_vicreg_regularizer": ["u1", "u2", "f1", "f2", "pos_weight", "neg_weight"],
     "predictive_distill": ["u1", "u2", "f1", "f2"],
     "predictive_mse_distill": ["u1", "u2", "f1", "f2"],
-    "decorrelative_distill": ["u1", "u2", "f1", "f2", "lamb", "scale"],
+    "decorrelative_distill": ["u1", "u2", "f1", "f2", "lamb", "scale", "correlation"],
     "contrastive_distill": ["p1", "p2", "f1", "f2", "temperature"],
     "pfr_distill": ["p1", "p2", "f1", "f2"],
     "pocon_distill": ["p1", "p2", "t1", "t2"],
@@ -37,6 +37,8 @@ def test_public_names_and_arguments_are_the_fixed_contract():
         assert list(sig.parameters) == params, name
         if "backend" in params:
             assert sig.parameters["backend"].default == "torch"
+    for name in ("barlow_loss", "decorrelative_distill"):  # None: C of the batch given (dist.barlow_gpus sets it)
+        assert inspect.signature(getattr(losses, name)).parameters["correlation"].default is None
     sig = inspect.signature(losses.multi_block_infonce)
     assert sig.parameters["exclude_diagonal"].default is None
     assert sig.parameters["positive_in_denominator"].default is True

@@ -13,9 +13,11 @@ from fastpnr.regularizers.pocon import POCON, pocon_phase_epochs
 from fastpnr.trainer import Trainer
 
 
-def _build(method="barlow", **reg):
+def _build(method="barlow", _model_zero_init=None, **reg):
     ov = {"method": method, "regularizer": "pocon", "method.proj_hidden": 16, "method.proj_out": 8, "model.width": 2,
           **{f"regularizer.{k}": v for k, v in reg.items()}}
+    if _model_zero_init is not None:
+        ov["model.zero_init_residual"] = _model_zero_init
     if method in ("byol", "simsiam"):
         ov["method.pred_hidden"] = 8
     cfg = build_config("smoke", ov)
@@ -46,6 +48,37 @@ def test_a_phase_without_epochs_is_one_line(field):
         build_config("smoke", {"regularizer": "pocon", f"regularizer.{field}": 0})
     msg = str(exc.value)
     assert "\n" not in msg and f"regularizer.{field}=0" in msg and "both POCON phases need epochs" in msg
+
+
+def _last_bn_weights(backbone):
+    from fastpnr.models.resnet import BasicBlock, Bottleneck
+
+    return [m.last_bn().weight for m in backbone.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+
+
+@pytest.mark.parametrize("zero_init,expected", [(None, True), ("false", False), ("true", True)])
+def test_main_and_expert_residual_blocks_start_zeroed_as_the_authors(zero_init, expected):
+    """The authors build both networks as ``models.resnet18(zero_init_residual=True)`` (sslModels.py L60/L65,
+    copyOPscratch.py L448): POCON's default; ``model.zero_init_residual false`` keeps the PNR code's init."""
+    extra = {} if zero_init is None else {"model.zero_init_residual": zero_init}
+    cfg = build_config("smoke", {"regularizer": "pocon", **extra})
+    assert cfg.model.zero_init_residual is expected
+    _, m, reg = _build(**({} if zero_init is None else {"_model_zero_init": zero_init}))
+    for backbone in (m.backbone, reg.expert.backbone):
+        weights = _last_bn_weights(backbone)
+        assert len(weights) == 8  # ResNet-18: 8 basic blocks
+        assert all(bool((w == 0).all()) == expected for w in weights)
+        # the other BN weights start at one either way
+        others = [mod.weight for mod in backbone.modules() if isinstance(mod, nn.BatchNorm2d)
+                  and all(mod.weight is not w for w in weights)]
+        assert others and all(bool((w == 1).all()) for w in others)
+
+
+def test_other_strategies_keep_the_pnr_codes_init():
+    for reg in ("finetune", "pnr", "cassle", "pfr"):
+        assert build_config("smoke", {"regularizer": reg}).model.zero_init_residual is False
+    cfg = build_config("smoke", {"regularizer": "pnr", "model.zero_init_residual": "true"})
+    assert cfg.model.zero_init_residual is True
 
 
 def test_heads_are_the_authors_configuration():
