@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from .errors import ConfigError, require
 
-PRECISIONS = ("bf16", "fp16", "fp32", "fp64")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32", "fp64")  # auto: fastpnr.precision.resolve_precision
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")  # torch.compile modes; the step has its own graph
 SCENARIOS = ("class", "data", "domain")
@@ -25,6 +25,7 @@ OPTIMIZERS = ("lars", "sgd")
 PROBES = ("full", "task", "off")
 FROZEN_BN = ("eval", "train")
 WANDB_MODES = ("auto", "online", "offline")
+AUTO_IS_NONE = ("train.threads",)  # Optional fields whose None is spelled "auto" on the command line too
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,8 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     device: str = "auto"                    # auto = cuda when available
-    precision: str = "bf16"               # autocast dtype of the step (fp16: CUDA only, with a GradScaler; fp64: float64 weights, exactness checks)
+    precision: str = "auto"               # autocast dtype of the step: auto = bf16 on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16), else fp32; fp16: CUDA only, with a GradScaler; fp64: float64 weights, exactness checks
+    precision_reason: str = ""              # written by the run: why train.precision has its value (auto's choice); not an input
     matmul_precision: str = "high"          # float32 matmuls outside autocast on CUDA: high = TF32, highest = exact
     seed: int = 5                         # seed of the model init, loader batches and augmentations
     deterministic: bool = False           # deterministic algorithms (slower), cudnn.benchmark off
@@ -147,7 +149,7 @@ class TrainConfig:
     steps_per_epoch: Optional[int] = None   # cap (smoke runs)
     max_tasks: Optional[int] = None         # stop after the first N tasks (a partial run; --resume --train.max_tasks M goes on)
     progress: bool = True                 # progress bar while training, decoding progress
-    threads: Optional[int] = None           # CPU threads
+    threads: Optional[int] = None           # CPU threads; None (or auto): the cores the load average at start leaves free, at least 1
     wandb: str = ""                         # Weights & Biases project to log to (pip install fastpnr[wandb]); empty: off
     wandb_entity: Optional[str] = None      # W&B entity (user or team); None: the account's default entity
     wandb_group: Optional[str] = None       # W&B run group (a study sets its folder name); None: no group
@@ -156,6 +158,8 @@ class TrainConfig:
 
     def __post_init__(self):
         require(self.precision in PRECISIONS, "train.precision", self.precision, PRECISIONS)
+        require(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1), "train.threads",
+                self.threads, "auto or an integer >= 1")
         require(self.compile in COMPILE_MODES, "train.compile", self.compile, COMPILE_MODES)
         require(self.compile == "off" or self.compile_backend == "inductor" or self.compile == "default",
                 "train.compile", self.compile, f"default with train.compile_backend={self.compile_backend!r} "
@@ -378,6 +382,8 @@ def _cast(value, typ, field_name):
     args = typing.get_args(typ)
     if origin is typing.Union:  # Optional[X]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        if field_name in AUTO_IS_NONE and isinstance(value, str) and value.lower() == "auto":
             return None
         inner = [a for a in args if a is not type(None)][0]
         return _cast(value, inner, field_name)

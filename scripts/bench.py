@@ -159,9 +159,11 @@ def missing(kind: str) -> str | None:
 
 
 def build_setup(row: Row, data, device: torch.device, batch_size: int, method_name="simclr",
-                regularizer_name="pnr", workers: int = 4, seed: int = 0, log=quiet, quick: bool = False, dist=None):
+                regularizer_name="pnr", workers: int = 4, seed: int = 0, log=quiet, quick: bool = False, dist=None,
+                config_overrides: dict | None = None):
     """(trainer, loader) for one row: fresh model, frozen model active, LARS, the row's loader and step options.
 
+    config_overrides: laid over the smoke preset last (``fastpnr bench_cpu``: its precision and sizes, as given).
     data: a ``BenchData`` (or a decoded dataset, for the gpu and torchvision loaders).
     dist: a ``fastpnr.distributed`` process group (torchrun): ``batch_size`` is then the global batch, each rank
     trains on its shard with global BatchNorm and the gathered losses, as ``fastpnr train`` does."""
@@ -185,6 +187,7 @@ def build_setup(row: Row, data, device: torch.device, batch_size: int, method_na
                  "train.compile": row.compile}
     if quick:
         overrides.update({"method.proj_hidden": 64, "method.proj_out": 32, "regularizer.distill_hidden": 32})
+    overrides.update(config_overrides or {})
     cfg = build_config("smoke", overrides)
     torch.manual_seed(seed)
     method = build_method(cfg.method, cfg.model, num_classes=len(train_set.classes))

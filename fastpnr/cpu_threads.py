@@ -1,0 +1,58 @@
+"""CPU threads of a run (``train.threads`` None = auto), decided once per process from the load average at start,
+and OpenMP's wait policy, set before torch starts its thread pool. Imports no torch: ``fastpnr``'s command line calls
+``prepare_environment`` before the command's module imports it.
+
+Why (the CPU table in BENCHMARKS.md, ``fastpnr bench_cpu``): on an idle 2-core machine 2 threads are ~1.6x faster
+than 1, but beside other CPU-bound jobs every op's thread barrier waits for a descheduled thread, and 2 threads were
+2x *slower* than 1 at load ~3 (issue 37). So auto takes the cores the load average leaves free, at least 1.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+
+def cores() -> int:
+    """The cores this process may run on (its affinity mask; os.cpu_count where that is not known)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def load_average() -> float:
+    """The 1-minute load average (0.0 where the platform has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def threads_for(n_cores: int, load: float) -> int:
+    """The threads a CPU run takes beside ``load`` other runnable jobs: the cores left free, rounded, at least 1."""
+    return max(1, min(n_cores, int(n_cores - load + 0.5)))
+
+
+def oversubscribed(n_cores: int, load: float) -> str | None:
+    """One line when the machine is oversubscribed (load average above the core count), saying what to do; else None."""
+    if load <= n_cores:
+        return None
+    return (f"this machine is oversubscribed: load average {load:.1f} on {n_cores} cores; the run takes 1 thread and "
+            "will be slower than on an idle machine; run it when the load is lower, or stop other jobs")
+
+
+@functools.lru_cache(maxsize=1)
+def auto_threads() -> tuple[int, str]:
+    """(threads, why) for ``train.threads`` None/auto, decided at the first call in this process (the load at start:
+    a run's own threads, added to the load later, must not halve them at its evaluation)."""
+    n, load = cores(), load_average()
+    threads = threads_for(n, load)
+    return threads, f"auto: load average {load:.1f} on {n} cores"
+
+
+def prepare_environment(environ=os.environ) -> None:
+    """Before torch is imported: OpenMP's wait policy PASSIVE unless the user set one (a waiting thread sleeps
+    instead of spinning on a core that another job, or this job's other thread, needs), and ``auto_threads``'
+    decision taken now, from the load before this process adds its own."""
+    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    auto_threads()
