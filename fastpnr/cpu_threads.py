@@ -42,12 +42,16 @@ def oversubscribed(n_cores: int, load: float) -> str | None:
 
 
 @functools.lru_cache(maxsize=1)
+def machine_at_start() -> tuple[int, float]:
+    """(cores, 1-minute load average) at the first call in this process: the load at start decides (a run's own
+    threads, added to the load later, must not halve them at its evaluation)."""
+    return cores(), load_average()
+
+
 def auto_threads() -> tuple[int, str]:
-    """(threads, why) for ``train.threads`` None/auto, decided at the first call in this process (the load at start:
-    a run's own threads, added to the load later, must not halve them at its evaluation)."""
-    n, load = cores(), load_average()
-    threads = threads_for(n, load)
-    return threads, f"auto: load average {load:.1f} on {n} cores"
+    """(threads, why) for ``train.threads`` None/auto: the cores the load average at start leaves free."""
+    n, load = machine_at_start()
+    return threads_for(n, load), f"auto: load average {load:.1f} on {n} cores"
 
 
 def prepare_environment(environ=os.environ) -> None:
@@ -55,4 +59,4 @@ def prepare_environment(environ=os.environ) -> None:
     instead of spinning on a core that another job, or this job's other thread, needs), and ``auto_threads``'
     decision taken now, from the load before this process adds its own."""
     environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    auto_threads()
+    machine_at_start()

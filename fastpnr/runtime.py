@@ -74,7 +74,7 @@ def cpu_lines(cfg, device: torch.device) -> list[str]:
     if device.type == "cpu":
         threads, why = run_threads(cfg, device)
         lines.append(f"threads: {threads}" + (f" ({why})" if why else " (train.threads)"))
-        busy = cpu_threads.oversubscribed(cpu_threads.cores(), cpu_threads.load_average())
+        busy = cpu_threads.oversubscribed(*cpu_threads.machine_at_start())
         if busy is not None:
             lines.append(busy)
     return lines

@@ -70,7 +70,7 @@ def test_overrides_are_cast_and_user_values_win():
     ({"optim.lr": -1}, "optim.lr=-1.0 is invalid; allowed: > 0"),
     ({"optim.batch_size": 2.5}, "optim.batch_size=2.5 is invalid"),
     ({"data.scenario": "task"}, "data.scenario='task' is invalid; allowed: class, data, domain"),
-    ({"train.precision": "fp8"}, "train.precision='fp8' is invalid; allowed: bf16, fp16, fp32"),
+    ({"train.precision": "fp8"}, "train.precision='fp8' is invalid; allowed: auto, bf16, fp16, fp32"),
     ({"bogus": 1}, "option 'bogus' is not known"),
     ({"data.train_fraction": 0}, "data.train_fraction=0.0 is invalid"),
     ({"model.backbone": "vit"}, "model.backbone='vit' is invalid; allowed: resnet18, resnet50"),

@@ -121,3 +121,14 @@ def test_one_cpu_study_cell_at_a_time_takes_auto_threads_several_share_the_cores
     assert one[0].env({}) == {}  # no OMP_NUM_THREADS: the cell decides from the load at its start
     two = study.make_slots(None, nproc_per_cell=1, jobs=2, cpu_count=2)
     assert [s.threads for s in two] == [1, 1]
+
+
+@pytest.mark.parametrize("load, threads, busy", [(0.2, 2, False), (1.3, 1, False), (6.4, 1, True)])
+def test_a_cpu_run_says_its_threads_and_whether_the_machine_is_oversubscribed(monkeypatch, load, threads, busy):
+    from fastpnr.runtime import cpu_lines
+
+    monkeypatch.setattr(cpu_threads, "machine_at_start", lambda: (2, load))
+    lines = cpu_lines(build_config("smoke", {"train.precision": "fp32"}), CPU)
+    assert lines[0] == f"threads: {threads} (auto: load average {load:.1f} on 2 cores)"
+    assert len(lines) == 1 + busy and (not busy or "oversubscribed: load average 6.4 on 2 cores" in lines[1])
+    assert run_threads(build_config("smoke"), CPU)[0] == threads
