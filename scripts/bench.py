@@ -211,7 +211,7 @@ def build_setup(row: Row, data, device: torch.device, batch_size: int, method_na
     kw = {"torchvision": {"num_workers": workers, "pin_memory": device.type == "cuda"},
           "ffcv": {"num_workers": max(1, workers)}, "dali": {"num_threads": max(1, workers)}}.get(row.loader, {})
     subset = data.subset if row.loader != "ffcv" else None  # the .beton holds just the subset
-    loader = make_loader(row.loader, data.source(row.loader), batch_size=batch_size, num_views=2, device=device,
+    loader = make_loader(row.loader, data.source(row.loader), batch_size=batch_size, num_views=method.num_views, device=device,
                          seed=seed, view_configs=cifar_views(size, mean=train_set.mean, std=train_set.std),
                          subset=subset, shard=dist.shard(batch_size) if dist.enabled else None, **kw)
     if row.prefetch:

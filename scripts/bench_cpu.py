@@ -11,6 +11,7 @@ burners, wall clock, decode cache warm.
     fastpnr bench_cpu                                   # the full table (~10 min on 2 cores)
     fastpnr bench_cpu --end_to_end                      # and the main job end to end, idle and beside 2 burners
     fastpnr bench_cpu --precisions fp32 --threads 1,2 --burners 0 --steps 2   # one slice
+    fastpnr bench_cpu --methods all --precisions fp32 --threads 1 --wait_policies passive --burners 0  # per method
 """
 from __future__ import annotations
 
@@ -51,20 +52,23 @@ class Burners:
 
 
 def cell(precision: str, threads: int, steps: int, warmup: int, data_dir=None, method="simclr") -> dict:
-    """One cell, in this process: img/s of the main job's step (its OMP_WAIT_POLICY is this process's)."""
+    """One cell, in this process: img/s of the main job's step and its CPU seconds per step (warm-up included; the
+    load inflates wall time, hardly CPU time), its OMP_WAIT_POLICY this process's."""
     import torch
 
     from scripts.bench import Row, build_setup, load_train_set, timed_steps
     from fastpnr.config import build_config
 
     torch.set_num_threads(threads)
-    smoke = build_config("smoke", {"method": method})
+    smoke = build_config("smoke", {"method": method})  # the method's own smoke sizes (heads, queue)
     train_set = load_train_set(data_dir, smoke.data.image_size)
     row = Row("cpu", "gpu", precision, True, False, False, prefetch=False)
     trainer, loader = build_setup(row, train_set, torch.device("cpu"), smoke.optim.batch_size, method, "pnr",
                                   workers=0, config_overrides={"train.precision": precision})
+    cpu0 = time.process_time()
     ips, losses = timed_steps(trainer, loader, torch.device("cpu"), steps, warmup, nchw=False)
-    return {"img_s": ips, "batch": smoke.optim.batch_size, "losses": losses}
+    cpu_per_step = (time.process_time() - cpu0) / (steps + warmup)  # CPU seconds: what the load does not inflate
+    return {"img_s": ips, "batch": smoke.optim.batch_size, "losses": losses, "cpu_s": cpu_per_step}
 
 
 def _run_cell(precision, threads, policy, steps, warmup, data_dir, method, timeout_s) -> dict:
@@ -105,44 +109,49 @@ def _end_to_end(burners: int, timeout_s: int) -> tuple[float | None, float, floa
 
 
 def main(precisions="fp32,bf16", threads="1,2", wait_policies="active,passive", burners="0,1,2", steps=3, warmup=1,
-         method="simclr", data_dir=None, end_to_end=False, timeout_s=600, cell=None):
+         methods="simclr", data_dir=None, end_to_end=False, timeout_s=600, cell=None, method="simclr"):
     """Print the CPU table (module docstring); ``--end_to_end``: then the main job's wall time idle and beside 2
-    burners. cell: internal ("precision,threads": one cell in this process, its result as one JSON line)."""
+    burners. methods: comma-separated, each with its smoke sizes ("all": every method; the ratio column then
+    compares each with the first, simclr). cell, method: internal (one cell in this process, one JSON line)."""
     if cell is not None:
         precision, n = _as_list(cell)
         print(json.dumps(globals()["cell"](precision, int(n), int(steps), int(warmup), data_dir, method)))
         return
+    from fastpnr.methods import METHODS
+
+    names = list(METHODS) if methods == "all" else _as_list(methods)
     import torch
 
     from fastpnr.config import build_config
     from fastpnr.precision import native_cpu_bf16, resolve_precision
 
-    smoke = build_config("smoke", {"method": method})
+    smoke = build_config("smoke", {"method": names[0]})
     auto = resolve_precision("auto", torch.device("cpu"))
     print(f"# fastpnr bench_cpu | torch {torch.__version__} | cpu capability {torch.backends.cpu.get_cpu_capability()}"
           f" | native bf16: {native_cpu_bf16() or 'none'} | precision auto -> {auto[0]} | {cores()} cores"
           f" | command: fastpnr bench_cpu {' '.join(sys.argv[2:])}")
-    print(f"# the main job's step: smoke preset, {method} + pnr (frozen model active), ResNet-18 width "
+    print(f"# the main job's step: smoke preset, {','.join(names)} + pnr (frozen model active), ResNet-18 width "
           f"{smoke.model.width}, {smoke.data.image_size or 32} px, batch {smoke.optim.batch_size}; {steps} timed steps "
           f"after {warmup}; load = 1-minute load average when the cell started")
-    print(f"{'beside':>7} | {'precision':>9} | {'threads':>7} | {'wait':>7} | {'img/s':>7} | {'s/step':>7} | "
-          f"{'ratio':>6} | load")
+    print(f"{'beside':>7} | {'method':>11} | {'precision':>9} | {'threads':>7} | {'wait':>7} | {'img/s':>7} | "
+          f"{'s/step':>7} | {'cpu s':>6} | {'ratio':>6} | load")
     for n in [int(b) for b in _as_list(burners)]:
         with Burners(n):
             first = None
-            for precision in _as_list(precisions):
-                for t in [int(x) for x in _as_list(threads)]:
-                    for policy in _as_list(wait_policies):
-                        r = _run_cell(precision, t, policy, steps, warmup, data_dir, method, timeout_s)
-                        where = f"{n} burner{'s' * (n != 1)}" if n else "idle"
-                        if "error" in r:
-                            print(f"{where:>7} | {precision:>9} | {t:>7} | {policy:>7} | {'-':>7} | {'-':>7} | "
-                                  f"{'-':>6} | {r['load']:.1f}  ({r['error']})", flush=True)
-                            continue
-                        first = first or r["img_s"]
-                        print(f"{where:>7} | {precision:>9} | {t:>7} | {policy:>7} | {r['img_s']:>7.1f} | "
-                              f"{r['batch'] / r['img_s']:>7.2f} | {r['img_s'] / first:>5.2f}x | {r['load']:.1f}",
-                              flush=True)
+            for method in names:
+                for precision in _as_list(precisions):
+                    for t in [int(x) for x in _as_list(threads)]:
+                        for policy in _as_list(wait_policies):
+                            r = _run_cell(precision, t, policy, steps, warmup, data_dir, method, timeout_s)
+                            head = (f"{f'{n} burner' + 's' * (n != 1) if n else 'idle':>7} | {method:>11} | "
+                                    f"{precision:>9} | {t:>7} | {policy:>7}")
+                            if "error" in r:
+                                print(f"{head} | {'-':>7} | {'-':>7} | {'-':>6} | {'-':>6} | {r['load']:.1f}  "
+                                      f"({r['error']})", flush=True)
+                                continue
+                            first = first or r["img_s"]
+                            print(f"{head} | {r['img_s']:>7.1f} | {r['batch'] / r['img_s']:>7.2f} | "
+                                  f"{r['cpu_s']:>6.2f} | {r['img_s'] / first:>5.2f}x | {r['load']:.1f}", flush=True)
     if end_to_end:
         print("\n# the main job end to end: fastpnr train --preset smoke (decode cache warm), wall clock")
         for n in (0, 2):
