@@ -10,6 +10,7 @@ burners, wall clock, decode cache warm.
 
     fastpnr bench_cpu                                   # the full table (~10 min on 2 cores)
     fastpnr bench_cpu --end_to_end                      # and the main job end to end, idle and beside 2 burners
+    fastpnr bench_cpu --end_to_end --table false        # only the main job end to end
     fastpnr bench_cpu --precisions fp32 --threads 1,2 --burners 0 --steps 2   # one slice
     fastpnr bench_cpu --methods all --precisions fp32 --threads 1 --wait_policies passive --burners 0  # per method
 """
@@ -109,9 +110,9 @@ def _end_to_end(burners: int, timeout_s: int) -> tuple[float | None, float, floa
 
 
 def main(precisions="fp32,bf16", threads="1,2", wait_policies="active,passive", burners="0,1,2", steps=3, warmup=1,
-         methods="simclr", data_dir=None, end_to_end=False, timeout_s=600, cell=None, method="simclr"):
+         methods="simclr", data_dir=None, end_to_end=False, table=True, timeout_s=600, cell=None, method="simclr"):
     """Print the CPU table (module docstring); ``--end_to_end``: then the main job's wall time idle and beside 2
-    burners. methods: comma-separated, each with its smoke sizes ("all": every method; the ratio column then
+    burners (``--table false``: only that). methods: comma-separated, each with its smoke sizes ("all": every method; the ratio column then
     compares each with the first, simclr). cell, method: internal (one cell in this process, one JSON line)."""
     if cell is not None:
         precision, n = _as_list(cell)
@@ -133,9 +134,9 @@ def main(precisions="fp32,bf16", threads="1,2", wait_policies="active,passive", 
     print(f"# the main job's step: smoke preset, {','.join(names)} + pnr (frozen model active), ResNet-18 width "
           f"{smoke.model.width}, {smoke.data.image_size or 32} px, batch {smoke.optim.batch_size}; {steps} timed steps "
           f"after {warmup}; load = 1-minute load average when the cell started")
-    print(f"{'beside':>7} | {'method':>11} | {'precision':>9} | {'threads':>7} | {'wait':>7} | {'img/s':>7} | "
+    print(f"{'beside':>9} | {'method':>11} | {'precision':>9} | {'threads':>7} | {'wait':>7} | {'img/s':>7} | "
           f"{'s/step':>7} | {'cpu s':>6} | {'ratio':>6} | load")
-    for n in [int(b) for b in _as_list(burners)]:
+    for n in [int(b) for b in _as_list(burners)] if table else []:
         with Burners(n):
             first = None
             for method in names:
@@ -143,7 +144,7 @@ def main(precisions="fp32,bf16", threads="1,2", wait_policies="active,passive", 
                     for t in [int(x) for x in _as_list(threads)]:
                         for policy in _as_list(wait_policies):
                             r = _run_cell(precision, t, policy, steps, warmup, data_dir, method, timeout_s)
-                            head = (f"{f'{n} burner' + 's' * (n != 1) if n else 'idle':>7} | {method:>11} | "
+                            head = (f"{f'{n} burner' + 's' * (n != 1):>9} | {method:>11} | "
                                     f"{precision:>9} | {t:>7} | {policy:>7}")
                             if "error" in r:
                                 print(f"{head} | {'-':>7} | {'-':>7} | {'-':>6} | {'-':>6} | {r['load']:.1f}  "
@@ -156,7 +157,7 @@ def main(precisions="fp32,bf16", threads="1,2", wait_policies="active,passive", 
         print("\n# the main job end to end: fastpnr train --preset smoke (decode cache warm), wall clock")
         for n in (0, 2):
             wall, before, after = _end_to_end(n, timeout_s)
-            where = f"beside {n} burners" if n else "idle"
+            where = f"beside {n} burners"
             shown = f"{wall:.1f} s" if wall is not None else f"not done in {timeout_s} s"
             print(f"{where}: {shown} (load average {before:.1f} at start, {after:.1f} at the end)", flush=True)
 

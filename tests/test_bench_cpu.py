@@ -32,5 +32,5 @@ def test_one_cell_of_the_table_prints_img_s_cpu_time_ratio_and_load(data_root, c
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("# fastpnr bench_cpu") and "cpu capability" in lines[0] and "precision auto ->" in lines[0]
     row = [c.strip() for c in lines[-1].split("|")]
-    assert row[:5] == ["idle", "simclr", "fp32", "1", "passive"], lines
+    assert row[:5] == ["0 burners", "simclr", "fp32", "1", "passive"], lines
     assert float(row[5]) > 0 and float(row[7]) > 0 and row[8] == "1.00x" and float(row[9]) >= 0
