@@ -212,11 +212,17 @@ def build_setup(row: Row, data, device: torch.device, batch_size: int, method_na
           "ffcv": {"num_workers": max(1, workers)}, "dali": {"num_threads": max(1, workers)}}.get(row.loader, {})
     subset = data.subset if row.loader != "ffcv" else None  # the .beton holds just the subset
     loader = make_loader(row.loader, data.source(row.loader), batch_size=batch_size, num_views=method.num_views, device=device,
-                         seed=seed, view_configs=cifar_views(size, mean=train_set.mean, std=train_set.std),
+                         seed=seed, view_configs=_views(cifar_views(size, mean=train_set.mean, std=train_set.std),
+                                                        method.num_views),
                          subset=subset, shard=dist.shard(batch_size) if dist.enabled else None, **kw)
     if row.prefetch:
         loader = Prefetcher(loader, device)
     return trainer, loader
+
+
+def _views(pair: list, num_views: int) -> list:
+    """The two CIFAR views repeated for a method's ``num_views`` (GSG: 4, alternating as task_data.view_configs)."""
+    return [pair[v % 2] for v in range(num_views)]
 
 
 def batches(loader, nchw: bool):
