@@ -1,10 +1,13 @@
-"""CPU threads of a run (``train.threads`` None = auto), decided once per process from the load average at start,
-and OpenMP's wait policy, set before torch starts its thread pool. Imports no torch: ``fastpnr``'s command line calls
-``prepare_environment`` before the command's module imports it.
+"""CPU threads of a run (``train.threads`` None = auto), decided once per process, and OpenMP's wait policy, set
+before torch starts its thread pool. Imports no torch: ``fastpnr``'s command line calls ``prepare_environment``
+before the command's module imports it.
 
-Why (the CPU table in BENCHMARKS.md, ``fastpnr bench_cpu``): on an idle 2-core machine 2 threads are ~1.6x faster
-than 1, but beside other CPU-bound jobs every op's thread barrier waits for a descheduled thread, and 2 threads were
-2x *slower* than 1 at load ~3 (issue 37). So auto takes the cores the load average leaves free, at least 1.
+Why (the CPU table in BENCHMARKS.md, ``fastpnr bench_cpu``, 2-core EPYC, load average 13-16 from other jobs): with
+OpenMP's threads spinning while they wait (``OMP_WAIT_POLICY=ACTIVE``; libgomp's default spins too), 2 threads were
+8x slower than 1 (4.0 vs 31 img/s) and beside a burner did not finish 3 steps in 150 s: every op's barrier waits for
+a thread that another job's process has descheduled. With ``PASSIVE`` a waiting thread sleeps, and 2 threads were
+the fastest everywhere measured (70 vs 38 img/s with 1; beside 1 burner 40 vs 19). So fastpnr sets PASSIVE and auto
+takes every core; where the user chose another wait policy, auto takes the cores the load average leaves free.
 """
 from __future__ import annotations
 
@@ -28,17 +31,25 @@ def load_average() -> float:
         return 0.0
 
 
-def threads_for(n_cores: int, load: float) -> int:
-    """The threads a CPU run takes beside ``load`` other runnable jobs: the cores left free, rounded, at least 1."""
+def threads_for(n_cores: int, load: float, passive: bool = False) -> int:
+    """The threads a CPU run takes beside ``load`` other runnable jobs: every core when OpenMP waits ``passive``ly,
+    else the cores left free, rounded, at least 1."""
+    if passive:
+        return n_cores
     return max(1, min(n_cores, int(n_cores - load + 0.5)))
+
+
+def waits_passively(environ=os.environ) -> bool:
+    """OpenMP's waiting threads sleep (``OMP_WAIT_POLICY=PASSIVE``, as ``prepare_environment`` sets it)."""
+    return environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
 
 
 def oversubscribed(n_cores: int, load: float) -> str | None:
     """One line when the machine is oversubscribed (load average above the core count), saying what to do; else None."""
     if load <= n_cores:
         return None
-    return (f"this machine is oversubscribed: load average {load:.1f} on {n_cores} cores; the run takes 1 thread and "
-            "will be slower than on an idle machine; run it when the load is lower, or stop other jobs")
+    return (f"this machine is oversubscribed: load average {load:.1f} on {n_cores} cores; the run will be several "
+            "times slower than on an idle machine: run it when the load is lower, or stop other jobs")
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,9 +60,13 @@ def machine_at_start() -> tuple[int, float]:
 
 
 def auto_threads() -> tuple[int, str]:
-    """(threads, why) for ``train.threads`` None/auto: the cores the load average at start leaves free."""
+    """(threads, why) for ``train.threads`` None/auto: every core when OpenMP waits passively, else the cores the
+    load average at start leaves free."""
     n, load = machine_at_start()
-    return threads_for(n, load), f"auto: load average {load:.1f} on {n} cores"
+    if waits_passively():
+        return threads_for(n, load, passive=True), f"auto: {n} cores, OMP_WAIT_POLICY=PASSIVE, load average {load:.1f}"
+    policy = os.environ.get("OMP_WAIT_POLICY", "unset")
+    return threads_for(n, load), f"auto: load average {load:.1f} on {n} cores, OMP_WAIT_POLICY={policy} (threads spin)"
 
 
 def prepare_environment(environ=os.environ) -> None:

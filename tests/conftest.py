@@ -10,7 +10,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
+
+# OpenMP's wait policy is read when torch loads: PASSIVE, as fastpnr's command line sets it (cpu_threads), for this
+# process and the processes the tests start
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 
 # Everything the tests, fastpnr and the processes they start create with `tempfile` lands in one private folder
 # (TMPDIR), removed when the session ends; what a test left there (instead of using tmp_path or cleaning up) fails
@@ -34,21 +38,23 @@ if "FASTPNR_CACHE" not in os.environ:
 _SESSION_CACHE = Path(os.environ["FASTPNR_CACHE"])
 
 
-def torch_threads(cores: int | None = None, load: float | None = None, own: int | None = None) -> int:
+def torch_threads(cores: int | None = None, load: float | None = None, own: int | None = None,
+                  passive: bool | None = None) -> int:
     """torch's intra-op threads for the next test: fastpnr's own policy (``cpu_threads.threads_for``: the cores the
-    load leaves free, at least 1), the suite's own ``own`` threads (torch's now) taken out of the load. Under load, each op's thread
+    load leaves free, at least 1; every core when OpenMP waits ``passive``ly), the suite's own ``own`` threads
+    (torch's now) taken out of the load. Under load, each op's thread
     barrier waits for a descheduled thread: a ResNet-18 step at 16 px took 1.8-2x the wall time with 2 threads than
     with 1 on the 2-core development machine at load average 13 (2.6x the CPU time)."""
-    from fastpnr.cpu_threads import threads_for
+    from fastpnr.cpu_threads import threads_for, waits_passively
 
     cores = cores or os.cpu_count() or 1
     load = os.getloadavg()[0] if load is None else load
     own = torch.get_num_threads() if own is None else own
-    return threads_for(cores, max(0.0, load - own))  # the running test's threads are in the load average
+    passive = waits_passively() if passive is None else passive
+    return threads_for(cores, max(0.0, load - own), passive)  # the running test's threads are in the load average
 
 
 os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads()))  # the processes tests start
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as fastpnr's command line sets it (cpu_threads.prepare_environment)
 
 
 @pytest.fixture(autouse=True)

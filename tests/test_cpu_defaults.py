@@ -83,8 +83,9 @@ def test_the_precision_option_names_auto():
 # ------------------------------------------------------------------------------------------------ threads
 @pytest.mark.parametrize("cores, load, threads", [(2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.2, 1), (2, 9.0, 1),
                                                   (8, 3.0, 5), (1, 0.0, 1)])
-def test_auto_threads_take_the_cores_the_load_leaves_free(cores, load, threads):
+def test_auto_threads_take_every_core_when_waiting_passively_else_the_cores_the_load_leaves_free(cores, load, threads):
     assert cpu_threads.threads_for(cores, load) == threads
+    assert cpu_threads.threads_for(cores, load, passive=True) == cores
 
 
 def test_the_oversubscribed_line_names_the_load_and_what_to_do():
@@ -101,7 +102,7 @@ def test_threads_auto_on_the_command_line_is_none_and_cuda_keeps_torchs_default(
     assert run_threads(cfg, torch.device("cuda")) == (None, "")
     assert run_threads(build_config("smoke", {"train.threads": 1}), CPU) == (1, "")
     threads, why = run_threads(cfg, CPU)
-    assert threads == cpu_threads.auto_threads()[0] and why.startswith("auto: load average")
+    assert threads == cpu_threads.auto_threads()[0] and why.startswith("auto: ") and "load average" in why
 
 
 def test_the_wait_policy_is_passive_unless_the_user_set_one():
@@ -123,12 +124,28 @@ def test_one_cpu_study_cell_at_a_time_takes_auto_threads_several_share_the_cores
     assert [s.threads for s in two] == [1, 1]
 
 
-@pytest.mark.parametrize("load, threads, busy", [(0.2, 2, False), (1.3, 1, False), (6.4, 1, True)])
-def test_a_cpu_run_says_its_threads_and_whether_the_machine_is_oversubscribed(monkeypatch, load, threads, busy):
+@pytest.mark.parametrize("policy, load, threads, busy", [("PASSIVE", 0.2, 2, False), ("PASSIVE", 6.4, 2, True),
+                                                          ("ACTIVE", 0.2, 2, False), ("ACTIVE", 1.3, 1, False),
+                                                          (None, 6.4, 1, True)])
+def test_a_cpu_run_says_its_threads_and_whether_the_machine_is_oversubscribed(monkeypatch, policy, load, threads, busy):
     from fastpnr.runtime import cpu_lines
 
     monkeypatch.setattr(cpu_threads, "machine_at_start", lambda: (2, load))
+    if policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
     lines = cpu_lines(build_config("smoke", {"train.precision": "fp32"}), CPU)
-    assert lines[0] == f"threads: {threads} (auto: load average {load:.1f} on 2 cores)"
+    assert lines[0].startswith(f"threads: {threads} (auto: ") and f"load average {load:.1f}" in lines[0], lines
+    assert ("OMP_WAIT_POLICY=PASSIVE" in lines[0]) == (policy == "PASSIVE")
     assert len(lines) == 1 + busy and (not busy or "oversubscribed: load average 6.4 on 2 cores" in lines[1])
     assert run_threads(build_config("smoke"), CPU)[0] == threads
+
+
+def test_the_decode_pool_takes_the_cores_the_load_leaves_free_whatever_the_wait_policy(monkeypatch):
+    from fastpnr.data import decode
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # processes, not OpenMP threads
+    for load, workers in ((0.2, 2), (3.0, 1)):
+        monkeypatch.setattr(cpu_threads, "machine_at_start", lambda load=load: (2, load))
+        assert decode.decode_workers() == workers

@@ -207,13 +207,13 @@ def read_entries(entries: Iterator, *, decode: bool, size=None, skip_corrupt: bo
 
 
 def decode_workers() -> int:
-    """Decode processes: one per core the load average at start leaves free (fastpnr's thread policy,
-    ``cpu_threads.auto_threads``), at most 8; 1 means decoding in this process. CIFAR-10 train on 2 shared cores
-    (load 3-4 from other jobs): inline 6.8 s, 1 worker 10.7-11.3 s, 2 workers 8.2-9.5 s; on an idle machine 2
-    workers took 4.6 s."""
-    from ..cpu_threads import auto_threads
+    """Decode processes: one per core the load average at start leaves free, at most 8; 1 means decoding in this
+    process. CIFAR-10 train on 2 shared cores (load 3-4 from other jobs): inline 6.8 s, 1 worker 10.7-11.3 s, 2
+    workers 8.2-9.5 s; on an idle machine 2 workers took 4.6 s. (Processes, not OpenMP threads: the passive wait
+    policy that lets a run's torch take every core does not help them.)"""
+    from ..cpu_threads import machine_at_start, threads_for
 
-    return min(8, auto_threads()[0])
+    return min(8, threads_for(*machine_at_start()))
 
 
 def _decode_in_pool(first: list[bytes], take, collect, size, workers: int) -> None:
