@@ -136,6 +136,7 @@ def main(precisions="fp32,bf16", threads="1,2", wait_policies="active,passive", 
           f"after {warmup}; load = 1-minute load average when the cell started")
     print(f"{'beside':>9} | {'method':>11} | {'precision':>9} | {'threads':>7} | {'wait':>7} | {'img/s':>7} | "
           f"{'s/step':>7} | {'cpu s':>6} | {'ratio':>6} | load")
+    table = str(table).lower() not in ("false", "0", "no", "off")  # fire passes --table false as a string
     for n in [int(b) for b in _as_list(burners)] if table else []:
         with Burners(n):
             first = None
