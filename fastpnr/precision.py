@@ -5,8 +5,10 @@ float32; fp64 keeps weights, views and losses in float64: rounding ~1e-16 instea
 in another order (2 ranks vs one process) agree to ~1e-12 after many steps instead of diverging chaotically
 (exactness checks on CPU; ~4x slower than fp32 there).
 
-auto (the default) is bf16 on CUDA, and on a CPU bf16 only where the CPU computes it natively (AMX or AVX512-BF16),
-else fp32: without them oneDNN emulates every bf16 convolution, 16x slower than fp32 on an AVX2 EPYC (issue 37).
+auto (the default) is bf16 on CUDA, and on a CPU bf16 only with AMX (its bf16 tile matmuls), else fp32: without
+native bf16 oneDNN emulates every bf16 convolution, 16x slower than fp32 on an AVX2 EPYC (issue 37); with AVX512-BF16
+alone (a 2-core AVX512-BF16 EPYC, BENCHMARKS.md) the main job's bf16 step took 2.18 CPU-s with 2 threads against
+0.51 for fp32 (16 vs 114 img/s; 1 thread: bf16 0.30 CPU-s, 86 img/s), so fp32 with every core is the faster default.
 """
 from __future__ import annotations
 
@@ -36,17 +38,20 @@ def native_cpu_bf16() -> str | None:
 
 
 def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
-    """(the precision a run uses, why): ``auto`` becomes bf16 on CUDA, bf16 on a CPU with native bf16, else fp32;
-    an explicit precision stays as it is (reason "")."""
+    """(the precision a run uses, why): ``auto`` becomes bf16 on CUDA, bf16 on a CPU with AMX, else fp32; an explicit
+    precision stays as it is (reason "")."""
     if precision != "auto":
         return precision, ""
     if device.type == "cuda":
         return "bf16", "auto: a CUDA device"
-    isa = native_cpu_bf16()
+    isa, capability = native_cpu_bf16(), torch.backends.cpu.get_cpu_capability()
+    if isa == "AMX":
+        return "bf16", f"auto: this CPU runs bf16 natively (AMX, torch reports {capability})"
     if isa is not None:
-        return "bf16", f"auto: this CPU runs bf16 natively ({isa}, torch reports {torch.backends.cpu.get_cpu_capability()})"
-    return "fp32", (f"auto: this CPU has no native bf16 (no AMX or AVX512-BF16; torch reports "
-                    f"{torch.backends.cpu.get_cpu_capability()}), where bf16 convolutions are emulated and slower")
+        return "fp32", (f"auto: this CPU has {isa} but no AMX (torch reports {capability}); there bf16 with 2 threads "
+                        "was 4x the CPU time of fp32")
+    return "fp32", (f"auto: this CPU has no native bf16 (no AMX or AVX512-BF16; torch reports {capability}), where "
+                    "bf16 convolutions are emulated and slower")
 
 
 def autocast_dtype(precision: str, device: torch.device):
