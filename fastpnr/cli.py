@@ -13,6 +13,7 @@ COMMANDS = {
     "to_beton": "write an FFCV .beton file from a dataset",
     "cache": "list the decode cache (entries, sizes, last use) and evict: --clear, --clear_older_than, --max_size",
     "bench": "side-by-side step benchmark (anchors' pipeline vs fastpnr)",
+    "bench_cpu": "CPU step table: precision x threads x OpenMP wait policy, idle and beside CPU burners; --end_to_end",
     "bench_scaling": "training img/s on 1, 2, ... processes under torchrun (same global batch), the scaling check",
     "bench_loaders": "loader throughput benchmark",
     "bench_kernels": "fused InfoNCE kernel benchmark",
@@ -82,6 +83,9 @@ def main(argv=None) -> None:
     if command not in COMMANDS:
         print(f"error: unknown command {argv[0]!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
+    from .cpu_threads import prepare_environment
+
+    prepare_environment()  # OpenMP's wait policy and the auto thread count, before the command imports torch
     try:
         module = _module(command)
     except ModuleNotFoundError as e:

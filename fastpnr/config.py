@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from .errors import ConfigError, require
 
-PRECISIONS = ("bf16", "fp16", "fp32", "fp64")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32", "fp64")  # auto: fastpnr.precision.resolve_precision
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("auto", "true", "false")
@@ -27,6 +27,7 @@ OPTIMIZERS = ("lars", "sgd")
 PROBES = ("full", "task", "off")
 FROZEN_BN = ("eval", "train")
 WANDB_MODES = ("auto", "online", "offline")
+AUTO_IS_NONE = ("train.threads",)  # Optional fields whose None is spelled "auto" on the command line too
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,8 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     device: str = "auto"                    # auto = cuda when available
-    precision: str = "bf16"               # autocast dtype of the step (fp16: CUDA only, with a GradScaler; fp64: float64 weights, exactness checks)
+    precision: str = "auto"               # autocast dtype of the step: auto = bf16 on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16), else fp32; fp16: CUDA only, with a GradScaler; fp64: float64 weights, exactness checks
+    precision_reason: str = ""              # written by the run: why train.precision has its value (auto's choice); not an input
     matmul_precision: str = "high"          # float32 matmuls outside autocast on CUDA: high = TF32, highest = exact
     seed: int = 5                         # seed of the model init, loader batches and augmentations
     deterministic: bool = False           # deterministic algorithms (slower), cudnn.benchmark off
@@ -148,7 +150,7 @@ class TrainConfig:
     steps_per_epoch: Optional[int] = None   # cap (smoke runs)
     max_tasks: Optional[int] = None         # stop after the first N tasks (a partial run; --resume --train.max_tasks M goes on)
     progress: bool = True                 # progress bar while training, decoding progress
-    threads: Optional[int] = None           # CPU threads
+    threads: Optional[int] = None           # CPU threads; None (or auto): the cores the load average at start leaves free, at least 1
     wandb: str = ""                         # Weights & Biases project to log to (pip install fastpnr[wandb]); empty: off
     wandb_entity: Optional[str] = None      # W&B entity (user or team); None: the account's default entity
     wandb_group: Optional[str] = None       # W&B run group (a study sets its folder name); None: no group
@@ -157,6 +159,8 @@ class TrainConfig:
 
     def __post_init__(self):
         require(self.precision in PRECISIONS, "train.precision", self.precision, PRECISIONS)
+        require(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1), "train.threads",
+                self.threads, "auto or an integer >= 1")
         require(self.compile in COMPILE_MODES, "train.compile", self.compile, COMPILE_MODES)
         require(self.compile == "off" or self.compile_backend == "inductor" or self.compile == "default",
                 "train.compile", self.compile, f"default with train.compile_backend={self.compile_backend!r} "
@@ -253,6 +257,13 @@ ALIASES = {  # short command-line names -> dotted fields
 }
 
 
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- presets
 # Hyper-parameters per method as shipped in csm9493/PNR bash_files/continual/cifar/*_pnr.sh (anchors §1.3).
 _CIFAR_PER_METHOD = {
@@ -297,22 +308,44 @@ _DOMAINNET_PER_METHOD = {
 # The anchors' DomainNet task order (fastpnr.data.registry.DOMAINNET_DOMAINS, cassle/methods/base.py).
 _DOMAINNET_ORDER = ("real", "quickdraw", "painting", "sketch", "infograph", "clipart")
 
+# The smoke preset: the CIFAR scripts' learning rates etc., with heads sized for a width-16 backbone (feature dim 128)
+# so that no method's heads or queue cost more than its backbone (at the anchors' sizes MoCo's 65,536-key queue, BYOL's
+# 4,096-wide heads and the GSG methods ran 4-60x slower than SimCLR at width 8 / 16 px, issue 32).
+_SMOKE_HEADS = {"simclr": {"proj_hidden": 512}, "mocov2plus": {"proj_hidden": 512, "queue_size": 4096},
+                "byol": {"proj_hidden": 512, "proj_out": 128, "pred_hidden": 512},
+                "simsiam": {"proj_hidden": 512, "proj_out": 512, "pred_hidden": 128},
+                "barlow": {"proj_hidden": 512, "proj_out": 512}, "vicreg": {"proj_hidden": 512, "proj_out": 512},
+                "simsiam_gsg": {"proj_hidden": 512, "proj_out": 512, "pred_hidden": 128},
+                "byol_gsg": {"proj_hidden": 512, "proj_out": 512, "pred_hidden": 128}}
+_SMOKE_PER_METHOD = {name: _deep_merge(_CIFAR_PER_METHOD.get(name, {}), {"method": heads})
+                     for name, heads in _SMOKE_HEADS.items()}
+# GSG's 4 views per image make its step 2-2.7x SimCLR's in CPU time (fastpnr bench_cpu --methods all, BENCHMARKS.md):
+# 20% of each task instead of 30% keeps its run within ~2x SimCLR's
+for _gsg in ("simsiam_gsg", "byol_gsg"):
+    _SMOKE_PER_METHOD[_gsg] = _deep_merge(_SMOKE_PER_METHOD[_gsg], {"data": {"train_fraction": 0.2}})
+
 # Online probe (train.online_probe): the anchors train it on CIFAR-100 only (main_pretrain.py sets the probe batch only
 # for cifar100). The ImageNet-100 and DomainNet presets, and fastpnr's own presets that use their recipes
 # (tinyimagenet100-5t, pacs-domain), leave it off: its train-mode forward of all-class labelled batches would move the
 # backbone's BN running statistics with other tasks' images.
 PRESETS: dict[str, dict] = {
-    # The README's first command: real CIFAR-10, 2 class-IL tasks, SimCLR + PNR, a few minutes on a 2-core CPU.
+    # The README's first command: real CIFAR-10, 2 class-IL tasks, SimCLR + PNR, about a minute on a 2-core CPU.
     "smoke": {
-        "description": "CIFAR-10, 2 class-IL tasks, 10% of each task, 1 epoch, SimCLR+PNR; minutes on a 2-core CPU",
-        "data": {"dataset": "cifar10", "num_tasks": 2, "train_fraction": 0.1, "test_fraction": 0.2},
-        "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
+        "description": "CIFAR-10 at 16 px, 2 class-IL tasks, 30% of each task, 1 epoch, SimCLR+PNR on a width-16 "
+                       "ResNet-18 (1/64 of the anchors' FLOPs per image) with small heads per method (projectors and "
+                       "distillers 512 wide, MoCo queue 4096; GSG's 4 views on 20% of each task) so that every method runs "
+                       "within ~2x SimCLR's time; "
+                       "linear accuracy after each task beside the random-init backbone's; ~1-2 min on a 2-core CPU",
+        "data": {"dataset": "cifar10", "num_tasks": 2, "train_fraction": 0.3, "test_fraction": 0.2, "image_size": 16},
+        "model": {"width": 16},
+        "method": {"name": "simclr"}, "regularizer": {"name": "pnr", "distill_hidden": 512},
         "optim": {"batch_size": 128, "epochs": 1, "warmup_epochs": 0, "lr": 0.3},
         "train": {"online_probe": "task", "log_every": 5},
-        # one probe fit per task: the quick-start job stays a few minutes (every other preset: eval.linear_seeds 3)
-        "eval": {"protocol": "linear", "linear_epochs": 30, "train_fraction": 0.1, "forward_transfer": False,
+        # one probe fit per task: the quick-start job stays short (every other preset: eval.linear_seeds 3); the
+        # random-init backbone's accuracy (forward_transfer) is the baseline that shows the run learned
+        "eval": {"protocol": "linear", "linear_epochs": 30, "train_fraction": 0.1, "forward_transfer": True,
                  "linear_seeds": 1},
-        "per_method": _CIFAR_PER_METHOD,
+        "per_method": _SMOKE_PER_METHOD,
     },
     "cifar100-5t": {
         "description": "CIFAR-100 class-IL, 5 tasks, 500 epochs per task, PNR CIFAR scripts (online probe)",
@@ -397,6 +430,8 @@ def _cast(value, typ, field_name):
     if origin is typing.Union:  # Optional[X]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
+        if field_name in AUTO_IS_NONE and isinstance(value, str) and value.lower() == "auto":
+            return None
         inner = [a for a in args if a is not type(None)][0]
         return _cast(value, inner, field_name)
     try:
@@ -449,13 +484,6 @@ def _make(cls, values: dict, section: str, strict_keys: set):
         raise ConfigError(f"{section}.{unknown[0]} is not a known option; allowed: {', '.join(sorted(names))}")
     kwargs = {k: _cast(v, _type_of(cls, k), f"{section}.{k}") for k, v in values.items() if k in names}
     return cls(**kwargs)
-
-
-def _deep_merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def normalize_overrides(overrides: dict) -> dict:

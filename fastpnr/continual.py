@@ -24,7 +24,7 @@ from .regularizers import task_epochs, task_phases
 from .replay import with_replay
 from .run_folder import (CHECKPOINT, NewRunFiles, check_new_run_folder, check_resume_changes, check_writable_folder,
                          config_changes, open_run_log, resume_folder, write_json)
-from .runtime import build_models, setup_process
+from .runtime import build_models, cpu_lines, resolve_auto, setup_process
 from .task_data import TaskData, cycle
 from .trainer import phase_trainer
 
@@ -45,6 +45,7 @@ class ContinualRun:
         self._signal = preempt.NEVER  # the stop request of fit() (preempt.stop_on_signals)
         # torchrun: one process per device; only rank 0 logs and writes run files (through dist.main_only)
         self.device, self.dist = setup_process(cfg, dist)
+        self.cfg = cfg = resolve_auto(cfg, self.device)  # train.precision auto: the precision for this device, and why
         self.log = self._sink = self.dist.main_only(log)
         self.write_json, self.save_file = self.dist.main_only(write_json), self.dist.main_only(atomic_save)
 
@@ -100,7 +101,7 @@ class ContinualRun:
             self._new_files = NewRunFiles(self.out)  # removed again if the run stops before its first checkpoint
         self.dist.main_only(self.out.mkdir)(parents=True, exist_ok=True)
         self.log(format_config(cfg, out=self.out.resolve()))  # the folder written, not cfg.out (None)
-        for line in config_warnings(cfg):
+        for line in config_warnings(cfg) + cpu_lines(cfg, self.device):
             self.log(line)
         self.log(f"processes: {self.dist.describe()}, per-rank batch {self.dist.local_batch(cfg.optim.batch_size)}")
         t0 = time.perf_counter()

@@ -33,7 +33,7 @@ from .errors import ConfigError, require
 from .methods import build_method
 from .precision import PARAM_DTYPES
 from .protocols import Evaluator
-from .runtime import setup_process
+from .runtime import resolve_auto, setup_process
 from .task_data import TaskData
 
 MODES = ("features", "official", "augmented")
@@ -77,6 +77,7 @@ class _Offline:
     def __init__(self, cfg, folder: Path):
         self.cfg, self.out = cfg, folder
         self.device, dist = setup_process(cfg)  # the run's device, threads and determinism: the run's numbers
+        self.cfg = cfg = resolve_auto(cfg, self.device)  # a run's config.json holds the precision auto chose
         self.data = TaskData(cfg, dist=dist, device=self.device, log=lambda *a: None)  # nothing written
         self.evaluator = Evaluator(cfg, self.data, dist)
 

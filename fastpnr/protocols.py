@@ -18,7 +18,7 @@ from . import distributed
 from . import evaluation as ev
 from .errors import require
 from .task_data import TaskData, image_array
-from .precision import AUTOCAST_DTYPES
+from .precision import autocast_dtype
 
 def loop_protocols(cfg, method) -> tuple:
     """The protocols the loop evaluates after each task: linear, kNN, the online probes where train.online_probe
@@ -85,7 +85,7 @@ class Evaluator:
         cfg, data = self.cfg, self.data
         size = data.crop_size if data.crop_size != data.image_size else None
         kw = dict(batch_size=cfg.eval.batch_size, device=self.device, mean=data.train_set.mean, std=data.train_set.std,
-                  size=size, autocast_dtype=AUTOCAST_DTYPES[cfg.train.precision])
+                  size=size, autocast_dtype=autocast_dtype(cfg.train.precision, self.device))
         # torchrun: whole eval batches dealt to the ranks, features gathered (each batch computed as in one process)
         return lambda ds, idx: self.dist.map_batches(
             lambda part: ev.extract_features(method.backbone if backbone is None else backbone, image_array(ds), part, **kw),
@@ -106,5 +106,5 @@ class Evaluator:
         lr = e.official_lr or ev.OFFICIAL_LINEAR_LR.get(cfg.method.name)
         require(lr is not None, "eval.official_lr", e.official_lr, f"a value for method {cfg.method.name!r} (no anchor lr)")
         return ev.train_official_head(method.backbone, loader, method.feat_dim, self.data.num_classes, e.official_epochs,
-                                      lr, e.official_momentum, seed, AUTOCAST_DTYPES[cfg.train.precision],
+                                      lr, e.official_momentum, seed, autocast_dtype(cfg.train.precision, self.device),
                                       progress=cfg.train.progress)

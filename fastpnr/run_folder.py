@@ -50,7 +50,7 @@ TEMPORARY = re.compile(r"\.(checkpoint|task\d+)\.pt\..+\.tmp|(config|tasks|metri
 RUN_MARKERS = ("config.json", CHECKPOINT, "metrics.json", TENSORBOARD)
 # Settings a resume may change: they cannot change the numbers (display, host-read cadence, where data is found,
 # how many tasks this session runs).
-RESUME_SAFE = ("train.progress", "train.log_every", "train.max_tasks", "data.data_dir", "data.cache_dir", "out",
+RESUME_SAFE = ("train.progress", "train.log_every", "train.precision_reason", "train.max_tasks", "data.data_dir", "data.cache_dir", "out",
                "train.wandb", "train.wandb_entity", "train.wandb_group", "train.wandb_name", "train.wandb_mode")
 
 

@@ -3,14 +3,15 @@
 run's models on the device (``build_models``)."""
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
 import torch
 
-from . import distributed
+from . import cpu_threads, distributed
 from .errors import ConfigError
-from .precision import PARAM_DTYPES
+from .precision import PARAM_DTYPES, resolve_precision
 
 
 def resolve_device(name: str) -> torch.device:
@@ -35,13 +36,48 @@ def setup_process(cfg, dist=None) -> tuple[torch.device, distributed.Dist]:
     device = resolve_device(cfg.train.device)
     dist = dist if dist is not None else distributed.from_env(device, cfg.dist)
     device = getattr(dist, "device", device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    threads = run_threads(cfg, device)[0]
+    if threads:
+        torch.set_num_threads(threads)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
     return device, dist
+
+
+def run_threads(cfg, device: torch.device) -> tuple[int | None, str]:
+    """(torch's intra-op threads for the run, why): ``train.threads``; None (auto) on a CPU: ``cpu_threads.auto_threads``
+    (the cores the load average at start leaves free); on CUDA None: torch's default."""
+    if cfg.train.threads:
+        return cfg.train.threads, ""
+    if device.type != "cpu":
+        return None, ""
+    return cpu_threads.auto_threads()
+
+
+def resolve_auto(cfg, device: torch.device):
+    """``cfg`` with ``train.precision`` auto replaced by the precision chosen for ``device`` and
+    ``train.precision_reason`` saying why (config.json records both); any other precision: ``cfg`` unchanged."""
+    if cfg.train.precision != "auto":
+        return cfg
+    precision, reason = resolve_precision("auto", device)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision, precision_reason=reason))
+
+
+def cpu_lines(cfg, device: torch.device) -> list[str]:
+    """What a run prints about its CPU settings: the precision when auto chose it, the threads and why, and one line
+    when the machine is oversubscribed at start."""
+    lines = []
+    if cfg.train.precision_reason:
+        lines.append(f"precision: {cfg.train.precision} ({cfg.train.precision_reason})")
+    if device.type == "cpu":
+        threads, why = run_threads(cfg, device)
+        lines.append(f"threads: {threads}" + (f" ({why})" if why else " (train.threads)"))
+        busy = cpu_threads.oversubscribed(*cpu_threads.machine_at_start())
+        if busy is not None:
+            lines.append(busy)
+    return lines
 
 
 def build_models(cfg, num_classes: int, device: torch.device, dist, log=print):

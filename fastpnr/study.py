@@ -108,7 +108,7 @@ class Slot:
     """Where one cell runs: GPUs (CUDA_VISIBLE_DEVICES) or, on CPU, a share of the cores."""
 
     gpus: tuple[str, ...] = ()
-    threads: int | None = None  # per process
+    threads: int | None = None  # per process; None: each cell's own choice (train.threads auto, the load at its start)
     procs: int = 1              # processes of a CPU cell (torchrun over gloo with --nproc_per_cell)
 
     @property
@@ -124,6 +124,8 @@ class Slot:
         if self.gpus:
             return f"GPU {','.join(self.gpus)}"
         procs = f"{self.procs} processes x " if self.procs > 1 else ""
+        if self.threads is None:
+            return f"CPU, {procs}auto threads"
         return f"CPU, {procs}{self.threads} thread{'s' * (self.threads != 1)}"
 
     def env(self, base: dict) -> dict:
@@ -137,10 +139,13 @@ class Slot:
 
 def make_slots(gpus, nproc_per_cell: int, jobs: int, cpu_count: int | None = None) -> list[Slot]:
     """One slot per ``nproc_per_cell`` GPUs; on CPU ``jobs`` slots, each with its share of the cores (split between
-    the cell's ``nproc_per_cell`` gloo processes)."""
+    the cell's ``nproc_per_cell`` gloo processes); one cell of one process at a time: its own auto threads (the cores
+    the load average leaves free when it starts: 2 threads beside other jobs were 2-4x slower than 1, issue 37)."""
     require(isinstance(nproc_per_cell, int) and nproc_per_cell >= 1, "nproc_per_cell", nproc_per_cell, "an integer >= 1")
     require(isinstance(jobs, int) and jobs >= 1, "jobs", jobs, "an integer >= 1")
     if gpus is None or gpus == "":
+        if jobs == 1 and nproc_per_cell == 1:
+            return [Slot()]
         threads = max(1, (cpu_count or os.cpu_count() or 1) // (jobs * nproc_per_cell))
         return [Slot(threads=threads, procs=nproc_per_cell) for _ in range(jobs)]
     ids = as_list(gpus, "gpus", int)

@@ -20,7 +20,7 @@ from .collapse import collapse_measures
 from .distributed import SINGLE
 from .errors import FastPNRError
 from .optim import build_optimizer
-from .precision import AUTOCAST_DTYPES, PARAM_DTYPES, upcast
+from .precision import PARAM_DTYPES, autocast_dtype, upcast
 
 
 class NonFiniteLossError(FastPNRError):
@@ -54,7 +54,7 @@ class Trainer:
         self.optimizer = optimizer
         self.cfg = train_cfg
         self.device = device
-        self.autocast_dtype = AUTOCAST_DTYPES[train_cfg.precision]
+        self.autocast_dtype = autocast_dtype(train_cfg.precision, device)  # auto: resolved for this device
         self.param_dtype = PARAM_DTYPES[train_cfg.precision]  # the loaders' float32 views are cast to it (fp64)
         if train_cfg.precision == "fp16" and device.type != "cuda":
             raise FastPNRError("train.precision='fp16' needs a CUDA device; allowed on CPU: bf16, fp32, fp64")

@@ -159,9 +159,11 @@ def missing(kind: str) -> str | None:
 
 
 def build_setup(row: Row, data, device: torch.device, batch_size: int, method_name="simclr",
-                regularizer_name="pnr", workers: int = 4, seed: int = 0, log=quiet, quick: bool = False, dist=None):
+                regularizer_name="pnr", workers: int = 4, seed: int = 0, log=quiet, quick: bool = False, dist=None,
+                config_overrides: dict | None = None):
     """(trainer, loader) for one row: fresh model, frozen model active, LARS, the row's loader and step options.
 
+    config_overrides: laid over the smoke preset last (``fastpnr bench_cpu``: its precision and sizes, as given).
     data: a ``BenchData`` (or a decoded dataset, for the gpu and torchvision loaders).
     dist: a ``fastpnr.distributed`` process group (torchrun): ``batch_size`` is then the global batch, each rank
     trains on its shard with global BatchNorm and the gathered losses, as ``fastpnr train`` does."""
@@ -185,6 +187,7 @@ def build_setup(row: Row, data, device: torch.device, batch_size: int, method_na
                  "train.compile": row.compile}
     if quick:
         overrides.update({"method.proj_hidden": 64, "method.proj_out": 32, "regularizer.distill_hidden": 32})
+    overrides.update(config_overrides or {})
     cfg = build_config("smoke", overrides)
     torch.manual_seed(seed)
     method = build_method(cfg.method, cfg.model, num_classes=len(train_set.classes))
@@ -208,12 +211,18 @@ def build_setup(row: Row, data, device: torch.device, batch_size: int, method_na
     kw = {"torchvision": {"num_workers": workers, "pin_memory": device.type == "cuda"},
           "ffcv": {"num_workers": max(1, workers)}, "dali": {"num_threads": max(1, workers)}}.get(row.loader, {})
     subset = data.subset if row.loader != "ffcv" else None  # the .beton holds just the subset
-    loader = make_loader(row.loader, data.source(row.loader), batch_size=batch_size, num_views=2, device=device,
-                         seed=seed, view_configs=cifar_views(size, mean=train_set.mean, std=train_set.std),
+    loader = make_loader(row.loader, data.source(row.loader), batch_size=batch_size, num_views=method.num_views, device=device,
+                         seed=seed, view_configs=_views(cifar_views(size, mean=train_set.mean, std=train_set.std),
+                                                        method.num_views),
                          subset=subset, shard=dist.shard(batch_size) if dist.enabled else None, **kw)
     if row.prefetch:
         loader = Prefetcher(loader, device)
     return trainer, loader
+
+
+def _views(pair: list, num_views: int) -> list:
+    """The two CIFAR views repeated for a method's ``num_views`` (GSG: 4, alternating as task_data.view_configs)."""
+    return [pair[v % 2] for v in range(num_views)]
 
 
 def batches(loader, nchw: bool):

@@ -10,7 +10,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
+
+# OpenMP's wait policy is read when torch loads: PASSIVE, as fastpnr's command line sets it (cpu_threads), for this
+# process and the processes the tests start
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 
 # Everything the tests, fastpnr and the processes they start create with `tempfile` lands in one private folder
 # (TMPDIR), removed when the session ends; what a test left there (instead of using tmp_path or cleaning up) fails
@@ -34,13 +38,20 @@ if "FASTPNR_CACHE" not in os.environ:
 _SESSION_CACHE = Path(os.environ["FASTPNR_CACHE"])
 
 
-def torch_threads(cores: int | None = None, load: float | None = None) -> int:
-    """torch's intra-op threads for the next test: 2 on a quiet machine, 1 when other jobs keep every core busy.
-    Under load, each op's thread barrier waits for a descheduled thread: a ResNet-18 step at 16 px took 1.8-2x the
-    wall time with 2 threads than with 1 on the 2-core development machine at load average 13 (2.6x the CPU time)."""
+def torch_threads(cores: int | None = None, load: float | None = None, own: int | None = None,
+                  passive: bool | None = None) -> int:
+    """torch's intra-op threads for the next test: fastpnr's own policy (``cpu_threads.threads_for``: the cores the
+    load leaves free, at least 1; every core when OpenMP waits ``passive``ly), the suite's own ``own`` threads
+    (torch's now) taken out of the load. Under load, each op's thread
+    barrier waits for a descheduled thread: a ResNet-18 step at 16 px took 1.8-2x the wall time with 2 threads than
+    with 1 on the 2-core development machine at load average 13 (2.6x the CPU time)."""
+    from fastpnr.cpu_threads import threads_for, waits_passively
+
     cores = cores or os.cpu_count() or 1
     load = os.getloadavg()[0] if load is None else load
-    return 1 if load > cores + 1 else min(2, cores)  # the suite's own 2 threads add up to 2 to the load
+    own = torch.get_num_threads() if own is None else own
+    passive = waits_passively() if passive is None else passive
+    return threads_for(cores, max(0.0, load - own), passive)  # the running test's threads are in the load average
 
 
 os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads()))  # the processes tests start
@@ -91,6 +102,6 @@ def tiny_overrides(data_root, **extra) -> dict:
     81 s in bf16, 8 s in fp32). Tests of the bf16 or full-width path set those fields themselves."""
     ov = {"data.data_dir": str(data_root), "data.image_size": 16, "train.precision": "fp32", "model.width": 16,
           "data.train_fraction": 0.004, "data.test_fraction": 0.01, "eval.train_fraction": 0.004, "optim.batch_size": 16, "train.steps_per_epoch": 2, "train.progress": False,
-          "eval.linear_epochs": 2, "eval.official_epochs": 1, "method.proj_hidden": 64, "method.proj_out": 32, "train.log_every": 1}
+          "eval.linear_epochs": 2, "eval.official_epochs": 1, "eval.forward_transfer": False, "method.proj_hidden": 64, "method.proj_out": 32, "train.log_every": 1}
     ov.update(extra)
     return ov

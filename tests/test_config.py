@@ -70,7 +70,7 @@ def test_overrides_are_cast_and_user_values_win():
     ({"optim.lr": -1}, "optim.lr=-1.0 is invalid; allowed: > 0"),
     ({"optim.batch_size": 2.5}, "optim.batch_size=2.5 is invalid"),
     ({"data.scenario": "task"}, "data.scenario='task' is invalid; allowed: class, data, domain"),
-    ({"train.precision": "fp8"}, "train.precision='fp8' is invalid; allowed: bf16, fp16, fp32"),
+    ({"train.precision": "fp8"}, "train.precision='fp8' is invalid; allowed: auto, bf16, fp16, fp32"),
     ({"bogus": 1}, "option 'bogus' is not known"),
     ({"data.train_fraction": 0}, "data.train_fraction=0.0 is invalid"),
     ({"model.backbone": "vit"}, "model.backbone='vit' is invalid; allowed: resnet18, resnet50"),
@@ -145,3 +145,20 @@ def test_cifar_moco_pnr_trains_the_500_epochs_of_the_other_scripts():
     """cifar/mocov2plus_pnr.sh ships --max_epochs 1 (a debug leftover; its load_task0 twin has 500)."""
     for preset in ("cifar100-5t", "cifar100-10t"):
         assert {build_config(preset, {"method": m}).optim.epochs for m in ("mocov2plus", "simclr", "byol")} == {500}
+
+
+def test_the_smoke_preset_sizes_every_methods_heads_for_its_width_16_backbone():
+    """Issue 32: no method's heads or queue dwarf the backbone in smoke (feature dim 128), the CIFAR recipes kept."""
+    from fastpnr.config import PRESETS
+    from fastpnr.methods import METHODS
+
+    for name in METHODS:
+        cfg = build_config("smoke", {"method": name})
+        m = cfg.method
+        sizes = {k: getattr(m, k) for k in ("proj_hidden", "proj_out", "pred_hidden") if hasattr(m, k)}
+        assert max(sizes.values()) <= 512 and cfg.model.width == 16 and cfg.data.image_size == 16, (name, sizes)
+        assert getattr(m, "queue_size", 0) <= 4096 and cfg.regularizer.distill_hidden == 512
+        cifar = PRESETS["cifar10-5t"]["per_method"].get(name, {}).get("optim", {})
+        assert all(getattr(cfg.optim, k) == v for k, v in cifar.items()), name  # the scripts' lr, wd, ...
+    assert build_config("smoke", {"method": "byol_gsg"}).data.train_fraction == 0.2  # 4 views per image
+    assert build_config("smoke", {"method": "mocov2plus"}).method.queue_size == 4096

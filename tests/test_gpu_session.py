@@ -17,7 +17,8 @@ import pytest
 from scripts import gpu_session as gs
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["install", "env", "tests", "bench", "kernels-bf16", "kernels-tf32", "train", "kernels-compile", "dali"]
+ORDER = ["install", "env", "tests", "bench", "kernels-bf16", "kernels-tf32", "train", "kernels-compile", "peers",
+         "dali"]
 CUDA_TESTS = ["test_bfloat16_on_cuda", "test_tf32_on_cuda", "test_cuda_graph_capture",
               "test_captured_graph_matches_eager_on_cuda", "test_cuda_prefetched_batches_equal_plain_ones",
               "test_cuda_iteration_has_no_host_sync", "test_augment_batch_has_no_host_sync_on_cuda",
@@ -198,3 +199,15 @@ def test_imagenette_subset_is_class_balanced_and_readable(tmp_path):
     names = [n for n, _ in iter_archive(tmp_path / "sub" / "train.tar")]
     assert names == ["train/a/0.jpg", "train/a/1.jpg", "train/b/0.jpg", "train/b/1.jpg", "train/c/0.jpg",
                      "train/c/1.jpg"]
+
+
+@pytest.mark.parametrize("variant", ["gpu", "cpu"])
+def test_the_peers_step_uses_existing_options_and_is_skipped_without_lightly(variant):
+    from scripts import bench_peers
+
+    step = next(s for s in gs.plan() if s.name == "peers")
+    cmd = list(getattr(step, variant))
+    assert cmd[1] == "scripts/bench_peers.py" and step.optional and step.needs == "lightly"
+    flags = {cmd[i][2:]: cmd[i + 1] for i in range(2, len(cmd), 2)}
+    assert set(flags) <= set(inspect.signature(bench_peers.main).parameters), flags
+    assert flags["device"] == ("cuda" if variant == "gpu" else "cpu")

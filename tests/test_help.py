@@ -76,7 +76,7 @@ def test_train_help_lists_every_field_with_default_allowed_and_meaning(capsys):
             if f.init and f.name != "name":
                 assert f"--{section}.{f.name} " in out, (section, f.name)
     precision = next(line for line in out.splitlines() if line.strip().startswith("--train.precision "))
-    assert "default bf16" in precision and f"allowed: {', '.join(PRECISIONS)}" in precision
+    assert "default auto" in precision and f"allowed: {', '.join(PRECISIONS)}" in precision
     probe = out.splitlines().index(next(line for line in out.splitlines() if "--train.online_probe STR" in line))
     assert f"allowed: {', '.join(PROBES)}" in out.splitlines()[probe]
     assert "the anchors' probe" in out.splitlines()[probe + 1]  # the field's comment in config.py

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import multiprocessing as mp
-import os
 import re
 from collections import deque
 from contextlib import contextmanager
@@ -193,8 +192,11 @@ def read_entries(entries: Iterator, *, decode: bool, size=None, skip_corrupt: bo
 
     try:
         first = take(INLINE_MAX + 1)
-        if len(first) <= INLINE_MAX:
+        workers = workers or decode_workers()
+        if len(first) <= INLINE_MAX or workers == 1:
             collect(0, _decode_chunk(first, size))
+            while blobs := take(CHUNK):
+                collect(len(out.members) - len(blobs), _decode_chunk(blobs, size))
         else:
             _decode_in_pool(first, take, collect, size, workers)
     finally:
@@ -204,11 +206,18 @@ def read_entries(entries: Iterator, *, decode: bool, size=None, skip_corrupt: bo
     return out
 
 
-def _decode_in_pool(first: list[bytes], take, collect, size, workers: int | None) -> None:
+def decode_workers() -> int:
+    """Decode processes: one per core the load average at start leaves free, at most 8; 1 means decoding in this
+    process. CIFAR-10 train on 2 shared cores (load 3-4 from other jobs): inline 6.8 s, 1 worker 10.7-11.3 s, 2
+    workers 8.2-9.5 s; on an idle machine 2 workers took 4.6 s. (Processes, not OpenMP threads: the passive wait
+    policy that lets a run's torch take every core does not help them.)"""
+    from ..cpu_threads import machine_at_start, threads_for
+
+    return min(8, threads_for(*machine_at_start()))
+
+
+def _decode_in_pool(first: list[bytes], take, collect, size, workers: int) -> None:
     """Main process reads ahead and submits chunks; results are collected in order (bounded queue)."""
-    # CIFAR-10 train on 2 shared cores (load 3-4 from other jobs): inline 6.8 s, 1 worker 10.7-11.3 s,
-    # 2 workers 8.2-9.5 s; on an idle machine 2 workers took 4.6 s. Hence one worker per core, main reading.
-    workers = workers or max(1, min(8, os.cpu_count() or 1))
     # fork: no re-import of the caller's __main__, workers start in milliseconds; they only run PIL and numpy.
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     pending: deque = deque()

@@ -46,10 +46,17 @@ def test_worker_pool_path_matches_inline(tmp_path, monkeypatch):
     inline = load_dataset("imagefolder", "train", tmp_path, skip_corrupt=True, cache_dir=tmp_path / "c1")
     monkeypatch.setattr(decode, "INLINE_MAX", 4)
     monkeypatch.setattr(decode, "CHUNK", 5)
+    monkeypatch.setattr(decode, "decode_workers", lambda: 2)  # a quiet machine: a pool of 2
     pooled = load_dataset("imagefolder", "train", tmp_path, skip_corrupt=True, cache_dir=tmp_path / "c2",
                           progress=True)
     assert np.array_equal(inline.images, pooled.images) and inline.members == pooled.members
     assert pooled.num_corrupt == 1 and len(pooled) == 40
+    # a busy machine (the load leaves one core): the same images decoded chunk by chunk in this process
+    monkeypatch.setattr(decode, "decode_workers", lambda: 1)
+    monkeypatch.setattr(decode, "_decode_in_pool", lambda *a: pytest.fail("no pool with one free core"))
+    chunked = load_dataset("imagefolder", "train", tmp_path, skip_corrupt=True, cache_dir=tmp_path / "c3")
+    assert np.array_equal(inline.images, chunked.images) and inline.members == chunked.members
+    assert chunked.num_corrupt == 1
 
 
 def _png_bytes() -> bytes:
