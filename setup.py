@@ -5,7 +5,7 @@ Install torch first (see README): an unpinned torch from the index pulls a multi
 from setuptools import setup
 
 PACKAGES = [
-    "fastpnr", "fastpnr.data", "fastpnr.losses", "fastpnr.methods", "fastpnr.models", "fastpnr.regularizers",
+    "fastpnr", "fastpnr.data", "fastpnr.losses", "fastpnr.methods", "fastpnr.models", "fastpnr.regularizers", "fastpnr.train", "fastpnr.system", "fastpnr.study", "fastpnr.run", "fastpnr.eval",
     "loaders", "kernels", "fastpnr.scripts",
 ]
 

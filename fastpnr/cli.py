@@ -48,7 +48,7 @@ def report_error(e: Exception) -> None:
     import os
 
     if "RANK" in os.environ and os.environ.get("WORLD_SIZE", "1") != "1":
-        from .distributed import report_error as report_once  # imports torch: only under a launcher
+        from .system.distributed import report_error as report_once  # imports torch: only under a launcher
 
         report_once(e)
     else:
@@ -83,7 +83,7 @@ def main(argv=None) -> None:
     if command not in COMMANDS:
         print(f"error: unknown command {argv[0]!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
-    from .cpu_threads import prepare_environment
+    from .system.cpu_threads import prepare_environment
 
     prepare_environment()  # OpenMP's wait policy and the auto thread count, before the command imports torch
     try:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from .errors import ConfigError, require
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32", "fp64")  # auto: fastpnr.precision.resolve_precision
+PRECISIONS = ("auto", "bf16", "fp16", "fp32", "fp64")  # auto: fastpnr.system.precision.resolve_precision
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("auto", "true", "false")
@@ -698,7 +698,7 @@ def validate_combinations(cfg: RunConfig) -> RunConfig:
     from .methods import METHODS
     from .regularizers import REGULARIZERS
 
-    from .replay import check_replay_config
+    from .regularizers.replay_loader import check_replay_config
 
     METHODS[cfg.method.name][0].check_run_config(cfg)
     REGULARIZERS[cfg.regularizer.name][0].check_run_config(cfg)

@@ -165,14 +165,14 @@ def build_setup(row: Row, data, device: torch.device, batch_size: int, method_na
 
     config_overrides: laid over the smoke preset last (``fastpnr bench_cpu``: its precision and sizes, as given).
     data: a ``BenchData`` (or a decoded dataset, for the gpu and torchvision loaders).
-    dist: a ``fastpnr.distributed`` process group (torchrun): ``batch_size`` is then the global batch, each rank
+    dist: a ``fastpnr.system.distributed`` process group (torchrun): ``batch_size`` is then the global batch, each rank
     trains on its shard with global BatchNorm and the gathered losses, as ``fastpnr train`` does."""
-    from fastpnr import distributed
+    from fastpnr.system import distributed
     from fastpnr.config import build_config
     from fastpnr.methods import build_method
-    from fastpnr.optim import build_optimizer, set_lr
+    from fastpnr.train.optim import build_optimizer, set_lr
     from fastpnr.regularizers import build_regularizer
-    from fastpnr.trainer import Trainer, compile_backbone
+    from fastpnr.train.trainer import Trainer, compile_backbone
     from loaders import Prefetcher, cifar_views, make_loader
 
     if not isinstance(data, BenchData):

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from fastpnr.cpu_threads import cores, load_average
+from fastpnr.system.cpu_threads import cores, load_average
 
 
 def _as_list(value) -> list[str]:
@@ -124,7 +124,7 @@ def main(precisions="fp32,bf16", threads="1,2", wait_policies="active,passive", 
     import torch
 
     from fastpnr.config import build_config
-    from fastpnr.precision import native_cpu_bf16, resolve_precision
+    from fastpnr.system.precision import native_cpu_bf16, resolve_precision
 
     smoke = build_config("smoke", {"method": names[0]})
     auto = resolve_precision("auto", torch.device("cpu"))

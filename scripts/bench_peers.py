@@ -3,7 +3,7 @@ img/s and the ratio in one run; and lightly's NTXentLoss against fastpnr's SimCL
 
 lightly (the SSL library a user would pick instead) is run as its documentation shows it: its ``SimCLRTransform``
 (torchvision transforms on PIL images) in DataLoader workers, its ``SimCLRProjectionHead`` and ``NTXentLoss``, a plain
-PyTorch loop with SGD. fastpnr runs its own step (``fastpnr.trainer.Trainer``: resident images and batched
+PyTorch loop with SGD. fastpnr runs its own step (``fastpnr.train.trainer.Trainer``: resident images and batched
 augmentation on the device, LARS, no online probe, no continual strategy). Both train fastpnr's ResNet-18 (CIFAR
 stem, ``--width``) with a 2-layer projector without BatchNorm (``--proj_hidden`` -> 128) on CIFAR-10's train images at
 ``--image_size`` px; img/s counts training images (batch x steps, not views), timed after ``--warmup`` steps.
@@ -169,7 +169,7 @@ def main(device="cpu", batch_size=128, width=16, image_size=16, proj_hidden=512,
     import torch
 
     from fastpnr.data import load_dataset
-    from fastpnr.precision import resolve_precision
+    from fastpnr.system.precision import resolve_precision
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():

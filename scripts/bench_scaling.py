@@ -14,7 +14,7 @@ clock on every rank) and the global batch's loss at the first and the last step.
 
 Printed per world size: per-rank batch, img/s, speed-up over the first world size, efficiency (speed-up x first
 W / W) and those losses: the same seed and global batches give the same first loss up to rounding (~1e-7 relative)
-whatever W is (the equivalence ``tests/test_distributed.py`` proves; later steps drift further apart at the preset's
+whatever W is (the equivalence ``tests/system/test_distributed.py`` proves; later steps drift further apart at the preset's
 learning rate), so a differing first loss flags a broken distributed setup. On CPU the processes share the
 machine's cores (torchrun gives each one thread): the wall times are a correctness smoke, not a scaling figure.
 """
@@ -52,7 +52,7 @@ def main(world_sizes="1,2", device="cuda", quick=False, batch_size=256, steps=50
     loader: gpu, ffcv, dali or torchvision; workers: each rank's loader threads/processes (as in fastpnr bench).
     timeout_s: the limit of one launch. result, beton_dir: internal (rank 0's figures file; --quick's .beton folder).
     """
-    from fastpnr import distributed
+    from fastpnr.system import distributed
 
     if quick:
         batch_size, steps, warmup, image_size = min(batch_size, 8), min(steps, 2), min(warmup, 1), image_size or 16
@@ -135,7 +135,7 @@ def _launch(world_size: int, args: dict, timeout_s: float):
 def _rank(device, quick, batch_size, steps, warmup, data_dir, method, regularizer, loader, workers, image_size, result,
           beton_dir):
     """One rank of a launch: build the row with the process group, time it, rank 0 writes the figures."""
-    from fastpnr import distributed
+    from fastpnr.system import distributed
 
     if result is None:
         raise FastPNRError("bench_scaling under torchrun is launched by `fastpnr bench_scaling` itself (--result)")

@@ -11,7 +11,7 @@ def main(*runs: str, protocol: str | None = None, out: str | None = None, plot: 
     """Print a markdown table of the runs (folders written by `fastpnr train`); protocol: linear, knn or online
     (default each run's own); out: also write the table (.md, .json with the curves, or .csv); plot: a .png of the
     test accuracy after each task, one line per run."""
-    from fastpnr.compare import check_outputs, markdown_table, plot_curves, summarize, write_table
+    from fastpnr.study.compare import check_outputs, markdown_table, plot_curves, summarize, write_table
     from fastpnr.errors import ConfigError
 
     if not runs:

@@ -15,7 +15,7 @@ from fastpnr.cli import run_fire
 def main(checkpoint: str, out: str = "backbone.pt"):
     """Export the online backbone of --checkpoint (RUN/task{t}.pt, or RUN/checkpoint.pt: the model where the run
     stood) to --out (default backbone.pt); prints what was written."""
-    from fastpnr.export import describe_source, export_backbone
+    from fastpnr.run.export import describe_source, export_backbone
 
     meta = export_backbone(checkpoint, out)
     stem = ("CIFAR stem: 3x3 stride-1 conv1 with padding "

@@ -50,7 +50,7 @@ DALI_IMAGES = 4096        # prepare --dali: Imagenette-112 train images carried 
 
 # The CUDA-only tests: graph capture, side stream, prefetch, host-sync-free loaders, the kernel vs float64 in
 # fp32 (3xTF32), TF32 and bf16 (test_infonce's *_on_cuda and triton_matches cases run on the GPU there).
-TEST_FILES = ("tests/kernels/test_infonce.py", "tests/trainer/test_graph_step.py", "tests/loaders/test_prefetch.py",
+TEST_FILES = ("tests/kernels/test_infonce.py", "tests/train/test_graph_step.py", "tests/loaders/test_prefetch.py",
               "tests/loaders/test_gpu_resident.py", "tests/loaders/test_gpu_aug.py")
 TEST_SELECT = "cuda or triton_matches"
 # fastpnr train: the cifar10-5t preset as shipped, first task only (2 classes, 10,000 images, 39 steps of 256 per

@@ -12,7 +12,7 @@ def main(checkpoint: str, data_dir: str | None = None, k: int | None = None, tem
          out: str | None = None):
     """kNN accuracy of a checkpoint's frozen backbone, on the whole test set and per task; unset options take the
     run's eval.knn_k / eval.knn_temperature (so the result matches the run's kNN figure: "matches_run")."""
-    from fastpnr.offline_eval import knn_eval
+    from fastpnr.eval.offline_eval import knn_eval
 
     knn_eval(checkpoint, data_dir=data_dir, k=k, temperature=temperature, train_fraction=train_fraction,
              label_fraction=label_fraction, device=device, out=out)

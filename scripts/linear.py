@@ -25,7 +25,7 @@ def main(checkpoint: str, data_dir: str | None = None, mode: str = "features", e
     --seeds N: probe fits (mean and std reported); --label_fraction F: stratified share of the labels per class.
     --per_domain (domain-IL runs): also one linear run per domain, trained and tested on that domain only.
     """
-    from fastpnr.offline_eval import linear_eval
+    from fastpnr.eval.offline_eval import linear_eval
 
     linear_eval(checkpoint, data_dir=data_dir, mode=mode, epochs=epochs, lr=lr, batch_size=batch_size,
                 momentum=momentum, seeds=seeds, train_fraction=train_fraction, label_fraction=label_fraction,

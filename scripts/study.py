@@ -48,14 +48,14 @@ def main(preset: str = "smoke", methods="simclr", regularizers="finetune,cassle,
          scenario=None, gpus=None, nproc_per_cell: int = 1, jobs: int = 1, retry_failed: bool = False,
          protocol: str | None = None, status: str | None = None, executor: str = "local", **overrides):
     """Run or continue a study; the options are listed above."""
-    from fastpnr import study as st
+    from fastpnr.study import runner as st
     from fastpnr.config import PROTOCOLS
     from fastpnr.errors import ConfigError, require
 
     if status is not None:
         study = st.load_study(Path(status))
         if study.get("executor") == "slurm":
-            from fastpnr import slurm
+            from fastpnr.study import slurm
 
             print(slurm.status_report(Path(status)))
         else:
@@ -64,7 +64,7 @@ def main(preset: str = "smoke", methods="simclr", regularizers="finetune,cassle,
     require(executor in ("local", "slurm"), "executor", executor, ("local", "slurm"))
     slurm_opts = None
     if executor == "slurm":
-        from fastpnr import slurm
+        from fastpnr.study import slurm
 
         require(gpus is None and jobs == 1, "gpus" if gpus is not None else "jobs", gpus if gpus is not None else jobs,
                 "unset with --executor slurm (--slurm.gpus_per_cell, one job per cell)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fastpnr.cli import run_fire
 from fastpnr.errors import FastPNRError
-from fastpnr.preempt import EXIT_INTERRUPTED
+from fastpnr.system.preempt import EXIT_INTERRUPTED
 
 
 def main(preset: str | None = None, out: str | None = None, resume: str | None = None, overwrite: bool = False,
@@ -29,8 +29,8 @@ def main(preset: str | None = None, out: str | None = None, resume: str | None =
                                      " before the run's first checkpoint (nothing to resume)"), file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     finally:
-        if "fastpnr.distributed" in sys.modules:  # torch was loaded: end the process group, if one was made
-            sys.modules["fastpnr.distributed"].shutdown()
+        if "fastpnr.system.distributed" in sys.modules:  # torch was loaded: end the process group, if one was made
+            sys.modules["fastpnr.system.distributed"].shutdown()
 
 
 def _train(preset, out, resume, overwrite, allow_config_change, overrides, config=None):
@@ -38,7 +38,7 @@ def _train(preset, out, resume, overwrite, allow_config_change, overrides, confi
     option values), so that a typo is one line in a second, not after `import torch` (half a minute on a busy
     machine); the checks across sections, the device and the data follow once torch is loaded."""
     from fastpnr.config import build_config, normalize_overrides
-    from fastpnr.run_folder import check_writable_folder, resume_folder
+    from fastpnr.run.folder import check_writable_folder, resume_folder
 
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # under torchrun
         resume, out, preset, overrides, config = _launched(resume, out, preset, overrides, config)
@@ -50,7 +50,7 @@ def _train(preset, out, resume, overwrite, allow_config_change, overrides, confi
                                    "--allow-config-change")
         check_writable_folder(resume_folder(resume), "--resume")  # before anything is read: one line
         normalize_overrides(overrides)  # unknown option names (their values are checked against the checkpoint's)
-        from fastpnr.continual import resume_run
+        from fastpnr.train.continual import resume_run
 
         return _done(resume_run(resume, overrides, allow_config_change=allow_config_change), resume_folder(resume))
     if allow_config_change:
@@ -62,7 +62,7 @@ def _train(preset, out, resume, overwrite, allow_config_change, overrides, confi
     # --config FILE: the file over the preset (none given: over the dataclass defaults), the options over both
     build_config(preset, overrides, config_file=config, combinations=False)  # without torch: a typo in a second
     cfg = build_config(preset, overrides, config_file=config)  # + the checks across sections (the classes: torch)
-    from fastpnr.continual import ContinualRun
+    from fastpnr.train.continual import ContinualRun
 
     name = preset or Path(config).stem
     out = out or cfg.out or f"runs/{name}-{cfg.method.name}-{cfg.regularizer.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -73,8 +73,8 @@ def _train(preset, out, resume, overwrite, allow_config_change, overrides, confi
 def _launched(resume, out, preset, overrides, config):
     """Under torchrun: every rank names the run folder; a worker torchrun restarted (--max-restarts) continues from
     the checkpoint this launch wrote, with its configuration."""
-    from fastpnr import distributed
-    from fastpnr.continual import CHECKPOINT
+    from fastpnr.system import distributed
+    from fastpnr.train.continual import CHECKPOINT
 
     if distributed.torchrun_env()[1] > 1 and not (out or resume):
         raise FastPNRError("--out RUN_DIR is required under torchrun (every rank must name the same run folder)")
@@ -86,8 +86,8 @@ def _launched(resume, out, preset, overrides, config):
 def _written_by_this_launch(checkpoint: Path) -> bool:
     """Whether this torchrun invocation wrote ``checkpoint`` (so a restarted worker continues its own run, never one
     that was in --out before: a first attempt refused on such a folder stays refused)."""
-    from fastpnr import distributed
-    from fastpnr.checkpoint import load_checkpoint
+    from fastpnr.system import distributed
+    from fastpnr.system.checkpoint import load_checkpoint
 
     if not checkpoint.is_file():
         return False
@@ -96,7 +96,7 @@ def _written_by_this_launch(checkpoint: Path) -> bool:
 
 
 def _done(metrics, out):
-    from fastpnr import distributed
+    from fastpnr.system import distributed
 
     if (distributed.torchrun_env() or (0,))[0] == 0:  # torchrun: rank 0 speaks
         print(f"run folder: {Path(out).resolve()} (metrics.json, accuracy_matrix.csv/png, tb/)")
@@ -116,7 +116,7 @@ def summary_text() -> str:
     from fastpnr.data import DATASETS
     from fastpnr.methods import METHODS
     from fastpnr.regularizers import REGULARIZERS
-    from fastpnr.run_folder import RESUME_SAFE
+    from fastpnr.run.folder import RESUME_SAFE
 
     try:
         from loaders import LOADERS

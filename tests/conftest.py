@@ -45,7 +45,7 @@ def torch_threads(cores: int | None = None, load: float | None = None, own: int 
     (torch's now) taken out of the load. Under load, each op's thread
     barrier waits for a descheduled thread: a ResNet-18 step at 16 px took 1.8-2x the wall time with 2 threads than
     with 1 on the 2-core development machine at load average 13 (2.6x the CPU time)."""
-    from fastpnr.cpu_threads import threads_for, waits_passively
+    from fastpnr.system.cpu_threads import threads_for, waits_passively
 
     cores = cores or os.cpu_count() or 1
     load = os.getloadavg()[0] if load is None else load

@@ -96,7 +96,7 @@ def test_under_torchrun_only_rank_0_prints_an_error_and_the_run_folder(monkeypat
     import importlib
     import io
 
-    from fastpnr.distributed import report_error
+    from fastpnr.system.distributed import report_error
     from fastpnr.errors import ConfigError
 
     train = importlib.import_module("scripts.train")
@@ -110,7 +110,7 @@ def test_under_torchrun_only_rank_0_prints_an_error_and_the_run_folder(monkeypat
         assert stream.getvalue() == expect and waits == ([] if rank == "0" else [30.0])
         train._done({}, "run-folder")
         assert ("run folder:" in capsys.readouterr().out) == (rank == "0")
-    from fastpnr.distributed import PeerFailure
+    from fastpnr.system.distributed import PeerFailure
 
     stream = io.StringIO()  # news of a stopped rank (maybe rank 0) is this rank's own: no wait
     report_error(PeerFailure("rank 0 stopped"), stream=stream, sleep=lambda s: (_ for _ in ()).throw(AssertionError))

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from fastpnr.config import PRESETS, build_config
-from fastpnr.continual import ContinualRun
+from fastpnr.train.continual import ContinualRun
 from fastpnr.errors import ConfigError, FastPNRError
 from scripts import train as train_script
 from tests.conftest import tiny_overrides

@@ -121,7 +121,7 @@ def test_every_example_passes_the_required_options_as_its_usage_shows_them(comma
 
 
 def test_help_shows_choices_validated_below_main(capsys):
-    """linear's --mode is checked in offline_eval.linear_eval, compare's --protocol in fastpnr.compare."""
+    """linear's --mode is checked in offline_eval.linear_eval, compare's --protocol in fastpnr.study.compare."""
     linear = _help(capsys, "linear", "--help")
     assert "allowed: features, official, augmented" in next(line for line in linear.splitlines() if line.startswith("  --mode "))
     assert "augmented: the former name of official" in linear

@@ -211,7 +211,7 @@ def decode_workers() -> int:
     process. CIFAR-10 train on 2 shared cores (load 3-4 from other jobs): inline 6.8 s, 1 worker 10.7-11.3 s, 2
     workers 8.2-9.5 s; on an idle machine 2 workers took 4.6 s. (Processes, not OpenMP threads: the passive wait
     policy that lets a run's torch take every core does not help them.)"""
-    from ..cpu_threads import machine_at_start, threads_for
+    from fastpnr.system.cpu_threads import machine_at_start, threads_for
 
     return min(8, threads_for(*machine_at_start()))
 

@@ -27,11 +27,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-import fastpnr
 from fastpnr.data.registry import DatasetSpec
 from fastpnr.data.skipped import IMAGE_SUFFIXES, Skipped
 from fastpnr.errors import DataError
-from fastpnr.folders import missing_folders, remove_empty_folders
+from fastpnr.system.folders import missing_folders, remove_empty_folders
 
 ARCHIVE_SUFFIXES = (".tar.xz", ".txz", ".tar", ".tar.gz", ".tgz", ".zip")
 # Official CIFAR pickle folders and tarballs, by dataset name.
@@ -73,7 +72,7 @@ def candidate_roots(data_dir=None) -> list[Path]:
         return [Path(data_dir).expanduser()]
     if os.environ.get("FASTPNR_DATA"):
         return [Path(os.environ["FASTPNR_DATA"]).expanduser()]
-    repo_root = Path(fastpnr.__file__).resolve().parents[1]
+    repo_root = Path(__file__).resolve().parents[2]
     roots = [repo_root.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
     return list(dict.fromkeys(r.resolve() for r in roots))
 

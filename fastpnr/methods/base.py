@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from ..distributed import SINGLE
+from fastpnr.system.distributed import SINGLE
 from ..models import build_backbone
 from ..method_configs import MethodConfig
 

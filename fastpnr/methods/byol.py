@@ -6,7 +6,7 @@ from torch import nn
 
 from ..losses import byol_loss
 from ..models import mlp
-from ..precision import upcast
+from fastpnr.system.precision import upcast
 from .base import Method
 
 

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import FastPNRError
 from ..losses import gsg_loss
-from ..precision import upcast
+from fastpnr.system.precision import upcast
 from .base import Method
 from .simsiam import simsiam_heads, static_predictor_groups
 

@@ -8,7 +8,7 @@ from ..errors import ConfigError
 from ..losses import moco_loss
 from ..losses.pnr_diagnostic import positive_logit
 from ..models import mlp
-from ..precision import upcast
+from fastpnr.system.precision import upcast
 from .base import Method
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..losses import simclr_loss
 from ..losses.pnr_diagnostic import positive_logit
 from ..models import mlp
-from ..precision import upcast
+from fastpnr.system.precision import upcast
 from .base import Method
 
 

@@ -5,7 +5,7 @@ from torch import nn
 
 from ..losses import simsiam_loss
 from ..models import mlp
-from ..precision import upcast
+from fastpnr.system.precision import upcast
 from .base import Method
 
 

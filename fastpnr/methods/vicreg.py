@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..losses import vicreg_loss
 from ..models import mlp
-from ..precision import upcast
+from fastpnr.system.precision import upcast
 from .base import Method
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..distributed import SINGLE
-from ..reservoir import ReservoirBuffer
+from fastpnr.system.distributed import SINGLE
+from .reservoir import ReservoirBuffer
 
 from ..regularizer_configs import RegularizerConfig
 

@@ -14,7 +14,7 @@ never calls ``.eval()``.
 from __future__ import annotations
 
 from ..losses import contrastive_distill, decorrelative_distill, predictive_distill, predictive_mse_distill
-from ..precision import upcast
+from fastpnr.system.precision import upcast
 from .base import DistillRegularizer
 from ..regularizer_configs import CaSSLeConfig
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..precision import upcast
+from fastpnr.system.precision import upcast
 from ..losses import pfr_distill
 from .base import FrozenModelRegularizer
 from ..regularizer_configs import PFRConfig

@@ -17,7 +17,7 @@ from ..losses.pnr_barlow import pnr_barlow_terms
 from ..losses.pnr_byol import pnr_byol_terms
 from ..losses.pnr_vicreg import pnr_vicreg_terms
 from ..losses.pnr_diagnostic import pnr_moco_logits, pnr_simclr_logits, pull_push
-from ..precision import upcast
+from fastpnr.system.precision import upcast
 from .base import DistillRegularizer
 from ..regularizer_configs import PNRConfig
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import require
-from ..precision import upcast
+from fastpnr.system.precision import upcast
 from ..losses import pocon_distill
 from .base import Regularizer
 from ..regularizer_configs import POCONConfig, RegularizerConfig

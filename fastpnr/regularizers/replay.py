@@ -1,4 +1,4 @@
-"""ER and LUMP: the replay strategies, fine-tuning plus a reservoir buffer (``fastpnr/replay.py`` does the work).
+"""ER and LUMP: the replay strategies, fine-tuning plus a reservoir buffer (``fastpnr/regularizers/replay_loader.py`` does the work).
 
 - ``er``, experience replay: every step a batch of buffered images (freshly augmented views) joins the current batch,
   and the SSL loss sees both (mammoth's ER, the standard replay baseline of the continual-SSL papers).

@@ -10,7 +10,7 @@ import pytest
 from fastpnr.data import DATASETS, load_dataset
 from fastpnr.data.decode import decode_image
 from fastpnr.errors import ConfigError, DataError
-from fastpnr.scenarios import describe_tasks, make_tasks, task_test_indices
+from fastpnr.data.scenarios import describe_tasks, make_tasks, task_test_indices
 from tests.data.utils import DOMAINNET_CLASSES, domainnet_files, write_domainnet
 
 ANCHORS_ORDER = ["real", "quickdraw", "painting", "sketch", "infograph", "clipart"]  # anchors §3.2, base.py

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from fastpnr.config import build_config
-from fastpnr.task_data import TaskData
+from fastpnr.data.task_data import TaskData
 from fastpnr.data import load_dataset
-from fastpnr.scenarios import data_splits
+from fastpnr.data.scenarios import data_splits
 from tests.data.utils import jpeg_bytes, write_tree
 
 CLASSES = ("ant", "bee", "cat", "dog")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastpnr.config import DistConfig
-from fastpnr.distributed import SINGLE, from_env
+from fastpnr.system.distributed import SINGLE, from_env
 from fastpnr.errors import ConfigError
 from fastpnr.losses import barlow_loss
 from fastpnr.losses.pnr_barlow import pnr_barlow_terms

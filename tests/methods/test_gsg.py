@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastpnr.config import ModelConfig, build_config
-from fastpnr.continual import ContinualRun
+from fastpnr.train.continual import ContinualRun
 from fastpnr.losses import gsg_pairing
 from fastpnr.methods import METHODS, build_method
 from fastpnr.methods.gsg import BYOLGSG, SimSiamGSG

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fastpnr.config import ModelConfig, build_config
-from fastpnr.continual import ContinualRun
+from fastpnr.train.continual import ContinualRun
 from fastpnr.methods import METHODS, build_method
 from tests.conftest import tiny_overrides
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastpnr.config import build_config
-from fastpnr.continual import ContinualRun
+from fastpnr.train.continual import ContinualRun
 from tests.conftest import tiny_overrides
 
 CONTRASTIVE_KEYS = {"diag_positive", "diag_frozen_positive", "diag_pseudo_negatives", "diag_gap"}
@@ -66,7 +66,7 @@ def test_the_diagnostic_is_logged_and_changes_no_number_of_the_run(data_root, tm
 
 def test_the_diagnostic_goes_to_tensorboard_at_every_log_step(data_root, tmp_path):
     pytest.importorskip("tensorboard", reason="tensorboard is not installed")
-    from tests.trainer.test_run_folder import _events
+    from tests.run.test_run_folder import _events
 
     _run(data_root, tmp_path, "simclr")
     events = _events(tmp_path / "tb")

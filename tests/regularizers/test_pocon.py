@@ -7,10 +7,10 @@ from torch import nn
 from fastpnr.config import OptimConfig, TrainConfig, build_config
 from fastpnr.errors import ConfigError
 from fastpnr.methods import build_method
-from fastpnr.optim import build_optimizer
+from fastpnr.train.optim import build_optimizer
 from fastpnr.regularizers import Regularizer, build_regularizer
 from fastpnr.regularizers.pocon import POCON, pocon_phase_epochs
-from fastpnr.trainer import Trainer
+from fastpnr.train.trainer import Trainer
 
 
 def _build(method="barlow", _model_zero_init=None, **reg):

@@ -5,7 +5,7 @@ import os
 import signal
 import sys
 
-from fastpnr import continual
+from fastpnr.train import continual
 
 _save = continual.ContinualRun._save
 

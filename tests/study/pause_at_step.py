@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from fastpnr import preempt, trainer
+from fastpnr.system import preempt
+from fastpnr.train import trainer
 
 _run_step, _handle = trainer.Trainer.run_step, preempt.StopRequest._handle
 _calls, _signalled = [0], [False]

@@ -5,7 +5,7 @@ import os
 import signal
 import sys
 
-from fastpnr import trainer
+from fastpnr.train import trainer
 
 _run_step = trainer.Trainer.run_step
 _calls = [0]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from fastpnr.study_report import diagnostic_curves, write_plots
+from fastpnr.study.report import diagnostic_curves, write_plots
 
 
 def _cell(out, name, method, reg, seed, epochs, status="done"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fastpnr.compare import MIN_SPAN, honest_ylim
-from fastpnr.study_report import curves_figure, matrices_figure
+from fastpnr.study.compare import MIN_SPAN, honest_ylim
+from fastpnr.study.report import curves_figure, matrices_figure
 
 pytest.importorskip("matplotlib")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fastpnr import slurm, study
+from fastpnr.study import slurm, runner as study
 from fastpnr.cli import main as fastpnr
 from tests.conftest import tiny_overrides
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastpnr import preempt, study
+from fastpnr.system import preempt
+from fastpnr.study import runner as study
 from fastpnr.cli import main as fastpnr
 from tests.conftest import tiny_overrides
 

@@ -1,0 +1,1 @@
+"""evaluation: features, linear probe, kNN, the official protocol, collapse measures, offline evaluation."""

@@ -1,0 +1,1 @@
+"""the run folder: its files, metrics, progress display, TensorBoard/wandb, export."""

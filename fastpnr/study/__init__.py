@@ -1,0 +1,1 @@
+"""studies: grids of runs, their reports, comparisons, paired statistics, Slurm."""
