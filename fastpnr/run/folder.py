@@ -33,14 +33,15 @@ from pathlib import Path
 import numpy as np
 
 from fastpnr.errors import ConfigError, DataError
-from fastpnr.data.task_data import TASK_INDICES
 from fastpnr.system.folders import missing_folders, remove_empty_folders
 
 CHECKPOINT = "checkpoint.pt"
 TENSORBOARD = "tb"
 # Everything fastpnr writes into a run folder (the module docstring lists what each holds).
 WANDB = "wandb"  # wandb_log.WANDB_FOLDER: the run's wandb files (train.wandb), unless WANDB_DIR is set
-RUN_FILES = ("config.json", "tasks.json", TASK_INDICES, CHECKPOINT, "metrics.json", "accuracy_matrix.csv",
+# tasks_indices.npz: data.task_data.TASK_INDICES, written by TaskData (named here without importing the data room,
+# which loads torch: `fastpnr train` checks --out before torch loads)
+RUN_FILES = ("config.json", "tasks.json", "tasks_indices.npz", CHECKPOINT, "metrics.json", "accuracy_matrix.csv",
              "accuracy_matrix.png", TENSORBOARD, WANDB)
 TASK_MODEL = re.compile(r"task\d+\.pt")
 # Atomic writes cut short: checkpoint.atomic_save's ".checkpoint.pt.XXXX.tmp", write_json's "x.json.tmp",

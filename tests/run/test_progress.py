@@ -75,7 +75,7 @@ def test_a_run_prints_its_log_above_its_bar_while_the_bar_is_up(monkeypatch, tmp
     written = []
     monkeypatch.setattr(std.tqdm, "write", classmethod(lambda cls, s, *a, **k: written.append(s)))
     run = ContinualRun(build_config("smoke", {"train.progress": True, "optim.epochs": 1}), tmp_path)
-    run.steps, run.start_task, run.start_epoch = [2, 2], 0, 0
+    run.steps, run.start_task, run.start_epoch, run.metrics = [2, 2], 0, 0, {}  # as fit() sets them
     run._open_display(None)  # what fit() does once the data and the model are ready
     run.log("cuda_graph: running the step eagerly")  # the Trainer and GraphStep get this log
     run._teardown()

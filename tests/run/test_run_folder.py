@@ -234,3 +234,11 @@ def test_killed_twice_then_resumed_run_has_each_tensorboard_step_once(data_root,
     assert sorted(s for t, s in events if t == "eval/linear_test_accuracy") == [0, 1]
     recorded = json.loads((out / "metrics.json").read_text())["resume_config_changes"]
     assert recorded == [{"task": 0, "epoch": 1, "phase": "evaluate", "changes": {"eval.knn_k": [20, 5]}}]
+
+
+def test_the_run_files_name_the_split_file_that_task_data_writes():
+    # run/folder.py names tasks_indices.npz literally (importing the data room would load torch before --out is checked)
+    from fastpnr.data.task_data import TASK_INDICES
+    from fastpnr.run.folder import RUN_FILES
+
+    assert TASK_INDICES in RUN_FILES
