@@ -17,8 +17,9 @@ COMMANDS = {
     "bench_scaling": "training img/s on 1, 2, ... processes under torchrun (same global batch), the scaling check",
     "bench_loaders": "loader throughput benchmark",
     "bench_kernels": "fused InfoNCE kernel benchmark",
+    "bench_vit": "ViT MoCo v3 + PNR step benchmark, one img/s row per attention kernel (flash, efficient, math)",
     "profile": "torch.profiler trace of training steps",
-    "export": "write a trained model's backbone (task{t}.pt) as a torchvision-layout ResNet state_dict",
+    "export": "write a trained model's backbone (task{t}.pt) as a torchvision-layout ResNet (a ViT: timm-layout) state_dict",
 }
 
 

@@ -18,12 +18,13 @@ from .errors import ConfigError, require
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32", "fp64")  # auto: fastpnr.system.precision.resolve_precision
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
-COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")
-CUDA_GRAPH_MODES = ("auto", "true", "false")
-BACKBONE_NAMES = ("resnet18", "resnet50")  # fastpnr.models.BACKBONES' keys (that module needs torch; a test keeps them equal)  # auto: capture on CUDA, eager elsewhere without a word  # torch.compile modes; the step has its own graph
+COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")  # torch.compile modes; the step has its own graph
+CUDA_GRAPH_MODES = ("auto", "true", "false")  # auto: capture on CUDA, eager elsewhere without a word
+# fastpnr.models.BACKBONES' keys (that module needs torch; a test keeps them equal)
+BACKBONE_NAMES = ("resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base")
 SCENARIOS = ("class", "data", "domain")
 PROTOCOLS = ("linear", "knn", "online", "official")
-OPTIMIZERS = ("lars", "sgd")
+OPTIMIZERS = ("lars", "sgd", "adamw")
 PROBES = ("full", "task", "off")
 FROZEN_BN = ("eval", "train")
 WANDB_MODES = ("auto", "online", "offline")
@@ -86,12 +87,18 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "resnet18"            # ResNet architecture of the encoder
+    backbone: str = "resnet18"            # encoder: resnet18, resnet50, vit_tiny, vit_small, vit_base
     cifar_stem: bool = True               # 3x3 stride-1 first convolution and no max-pool (small images)
     stem_padding: int = 2                   # the anchors' quirk (not 1)
     zero_init_residual: Optional[bool] = None  # zero-init the last BN of each residual block; None: true for pocon (its authors'), else false
     channels_last: bool = True            # NHWC memory format for the model and the views
     width: int = 64                       # ResNet base width (layers w, 2w, 4w, 8w); 64 = the anchors'
+    patch_size: int = 16                  # ViT: patch side in pixels (4 at 32 px, 8 at 64 px, 16 at 224 px)
+    image_size: Optional[int] = None      # ViT: input side in pixels; None: the data's crop size (resolved at build)
+    pos_embed: str = "learned"            # ViT position embeddings: learned, or sincos (MoCo v3's fixed 2-D table)
+    drop_path: float = 0.0                # ViT stochastic depth rate of the last block (linear in depth from 0)
+    freeze_patch_embed: bool = False      # ViT: keep the random patch projection (MoCo v3's stop-grad-conv1)
+    depth: Optional[int] = None           # ViT blocks; None: the standard 12 (fewer: scaled-down CPU studies)
 
     def __post_init__(self):
         require(self.backbone in BACKBONE_NAMES, "model.backbone", self.backbone, sorted(BACKBONE_NAMES))
@@ -101,7 +108,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = "lars"               # lars (SGD + LARS trust ratio) or plain sgd with momentum
+    optimizer: str = "lars"               # lars (SGD + LARS trust ratio), plain sgd with momentum, or adamw
+    betas: tuple = (0.9, 0.999)           # AdamW's (beta1, beta2)
     lr: float = 0.4                       # base learning rate of the backbone and heads (see scale_lr_by_batch)
     weight_decay: float = 1e-4            # L2 weight decay of the backbone and heads
     momentum: float = 0.9                 # SGD momentum
@@ -122,6 +130,8 @@ class OptimConfig:
         require(self.lr > 0, "optim.lr", self.lr, "> 0")
         require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
         require(0 <= self.momentum < 1, "optim.momentum", self.momentum, "0 <= momentum < 1")
+        require(len(self.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas),
+                "optim.betas", self.betas, "two numbers in [0, 1)")
         require(self.classifier_lr > 0, "optim.classifier_lr", self.classifier_lr, "> 0")
         require(isinstance(self.batch_size, int) and self.batch_size >= 2, "optim.batch_size", self.batch_size, "an integer >= 2")
         require(isinstance(self.epochs, int) and self.epochs >= 1, "optim.epochs", self.epochs, "an integer >= 1")
@@ -278,6 +288,15 @@ _CIFAR_PER_METHOD = {
                "data": {"min_scale": 0.2, "solarize_prob": (0.1, 0.1)}, "regularizer": {"neg_weight": 23.0, "pos_weight": 25.0}},
     "simsiam": {"optim": {"lr": 0.5, "classifier_lr": 0.1, "weight_decay": 1e-5}},
 }
+# MoCo v3's ViT recipe (facebookresearch/moco-v3 CONFIG.md; docs/FIDELITY.md "MoCo v3"): AdamW, lr 1.5e-4 x batch/256,
+# weight decay 0.1 on every parameter, warm-up from 0 then cosine per step, t 0.2, momentum 0.99 -> 1 (cosine).
+# classifier_lr: ours (the online probe shares the optimizer: an AdamW step, not SGD's 0.1).
+_MOCOV3 = {"optim": {"optimizer": "adamw", "lr": 1.5e-4, "weight_decay": 0.1, "exclude_bias_n_norm": False,
+                     "warmup_start_lr": 0.0, "schedule_interval": "step", "classifier_lr": 1e-3},
+           "method": {"temperature": 0.2, "base_tau": 0.99, "final_tau": 1.0}}
+_CIFAR_PER_METHOD["mocov3"] = _MOCOV3
+# The smoke preset's MoCo v3: heads of 512 (the paper's 4096 would be most of a small ViT's CPU step).
+_MOCOV3_SMOKE = {**_MOCOV3, "method": {**_MOCOV3["method"], "proj_hidden": 512, "pred_hidden": 512}}
 # ImageNet-100 scripts (anchors §1.3): 400 epochs, DALI recipe (blur 1.0/0.1).
 _IN100_PER_METHOD = {
     "simclr": {"optim": {"lr": 0.4, "weight_decay": 1e-4}, "method": {"temperature": 0.2}},
@@ -288,6 +307,7 @@ _IN100_PER_METHOD = {
     "barlow": {"optim": {"lr": 0.4, "weight_decay": 1e-4}, "method": {"scale": 0.1}, "regularizer": {"neg_weight": 1.0}},
     "vicreg": {"optim": {"lr": 0.4, "weight_decay": 1e-4}, "data": {"min_scale": 0.2, "solarize_prob": (0.1, 0.1), "blur_prob": (0.5, 0.5)},
                "regularizer": {"neg_weight": 23.0, "pos_weight": 25.0}},
+    "mocov3": _MOCOV3,
 }
 
 # Data-IL scripts change only the negative weights (anchors §1.3: BYOL 0.1, Barlow 0.1, VICReg 5).
@@ -324,6 +344,12 @@ _SMOKE_PER_METHOD = {name: _deep_merge(_CIFAR_PER_METHOD.get(name, {}), {"method
 for _gsg in ("simsiam_gsg", "byol_gsg"):
     _SMOKE_PER_METHOD[_gsg] = _deep_merge(_SMOKE_PER_METHOD[_gsg], {"data": {"train_fraction": 0.2}})
 
+
+def _VIT_MODEL(backbone: str, patch_size: int) -> dict:  # noqa: N802 - reads as a constant in PRESETS
+    """A ViT preset's model: MoCo v3's fixed sin-cos positions and random (frozen) patch projection."""
+    return {"backbone": backbone, "patch_size": patch_size, "pos_embed": "sincos", "freeze_patch_embed": True}
+
+
 # Online probe (train.online_probe): the anchors train it on CIFAR-100 only (main_pretrain.py sets the probe batch only
 # for cifar100). The ImageNet-100 and DomainNet presets, and fastpnr's own presets that use their recipes
 # (tinyimagenet100-5t, pacs-domain), leave it off: its train-mode forward of all-class labelled batches would move the
@@ -345,7 +371,7 @@ PRESETS: dict[str, dict] = {
         # random-init backbone's accuracy (forward_transfer) is the baseline that shows the run learned
         "eval": {"protocol": "linear", "linear_epochs": 30, "train_fraction": 0.1, "forward_transfer": True,
                  "linear_seeds": 1},
-        "per_method": _SMOKE_PER_METHOD,
+        "per_method": {**_SMOKE_PER_METHOD, "mocov3": _MOCOV3_SMOKE},
     },
     "cifar100-5t": {
         "description": "CIFAR-100 class-IL, 5 tasks, 500 epochs per task, PNR CIFAR scripts (online probe)",
@@ -369,6 +395,19 @@ PRESETS: dict[str, dict] = {
         "data": {"dataset": "tinyimagenet100", "num_tasks": 5, "blur_prob": (1.0, 0.1)},
         "model": {"cifar_stem": True}, "method": {"name": "simclr"}, "regularizer": {"name": "pnr"},
         "optim": {"epochs": 200}, "train": {"online_probe": "off"}, "per_method": _IN100_PER_METHOD,
+    },
+    # ViT presets (docs/FIDELITY.md "ViT presets"): MoCo v3's ViT recipe on the stream of their ResNet counterparts.
+    "cifar100-5t-vit": {
+        "description": "CIFAR-100 class-IL, 5 tasks, ViT-Tiny/4 at 32 px, MoCo v3 + PNR, 500 epochs per task (online probe)",
+        "data": {"dataset": "cifar100", "num_tasks": 5}, "model": _VIT_MODEL("vit_tiny", 4),
+        "method": {"name": "mocov3"}, "regularizer": {"name": "pnr", "frozen_bn": "train"},  # as cifar100-5t (§2.0)
+        "optim": {"epochs": 500, "warmup_epochs": 40}, "eval": {"protocol": "online"}, "per_method": _CIFAR_PER_METHOD,
+    },
+    "tinyimagenet100-5t-vit": {
+        "description": "Tiny-ImageNet-100 (64 px) class-IL, 5 tasks, ViT-Small/8, MoCo v3 + PNR, 200 epochs per task",
+        "data": {"dataset": "tinyimagenet100", "num_tasks": 5, "blur_prob": (1.0, 0.1)},
+        "model": _VIT_MODEL("vit_small", 8), "method": {"name": "mocov3"}, "regularizer": {"name": "pnr"},
+        "optim": {"epochs": 200, "warmup_epochs": 40}, "train": {"online_probe": "off"}, "per_method": _IN100_PER_METHOD,
     },
     "imagenet100-5t": {
         "description": "ImageNet-100 (imagefolder) class-IL, 5 tasks, 400 epochs, 224 px, the anchors' IN-100 recipe"
@@ -563,7 +602,7 @@ def build_config(preset: str | None = "smoke", overrides: Optional[dict] = None,
         sections["model"] = strategy_model_defaults(sections["model"], reg_name)
         cfg = RunConfig(method=method_cfg, regularizer=reg_cfg, out=merged.get("out"), **sections)
         if combinations:
-            validate_combinations(cfg)
+            cfg = validate_combinations(cfg)
     except ConfigError as e:
         raise _blame_file(e, config_file, from_file, user) from None
     check_extras(cfg)
@@ -700,10 +739,32 @@ def validate_combinations(cfg: RunConfig) -> RunConfig:
 
     from .regularizers.replay_loader import check_replay_config
 
+    cfg = resolve_vit_input(cfg)
     METHODS[cfg.method.name][0].check_run_config(cfg)
     REGULARIZERS[cfg.regularizer.name][0].check_run_config(cfg)
     check_replay_config(cfg)
     return cfg
+
+
+def resolve_vit_input(cfg: RunConfig) -> RunConfig:
+    """A ViT's position table is built for one input size: ``model.image_size`` (None: the training crop, which must
+    also be the size the evaluation sees), checked against ``model.patch_size``. ResNets pass unchanged."""
+    from .data.registry import get_spec
+    from .models import is_vit
+    from .models.vit import check_vit
+
+    m, d = cfg.model, cfg.data
+    if not is_vit(m.backbone):
+        return cfg
+    eval_size = d.image_size or get_spec(d.dataset).native_size
+    crop = d.crop_size or eval_size
+    size = m.image_size if m.image_size is not None else crop
+    require(size is not None, "model.image_size", size, f"a size in pixels for {d.dataset} (its images come in "
+            "every size): set data.image_size")
+    require(crop in (None, size) and eval_size in (None, size), "model.image_size", size,
+            f"the training crop ({crop} px) and the evaluated image size ({eval_size} px): a ViT takes one input size")
+    check_vit(m.backbone, m.patch_size, size, m.pos_embed, m.drop_path, m.depth)
+    return dataclasses.replace(cfg, model=dataclasses.replace(m, image_size=size))
 
 
 def format_config(cfg: RunConfig, out=None) -> str:

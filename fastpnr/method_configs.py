@@ -3,6 +3,7 @@ config file against them before it imports torch. ``fastpnr.methods`` pairs each
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from .errors import require
 
@@ -121,9 +122,31 @@ class BYOLGSGConfig(SimSiamGSGConfig):
         check_tau(self)
 
 
+@dataclass(frozen=True)
+class MoCoV3Config(MethodConfig):
+    proj_hidden: int = 4096               # hidden width of projector and predictor (--moco-mlp-dim)
+    proj_out: int = 256                   # output width of projector and predictor (--moco-dim)
+    pred_hidden: int = 4096               # predictor hidden width
+    proj_layers: Optional[int] = None     # projector Linear layers; None: 3 on a ViT, 2 on a ResNet (the paper's)
+    temperature: float = 0.2              # t of the loss (ViT: 0.2; the paper's ResNet-50: 1.0)
+    base_tau: float = 0.99                # EMA momentum at the start of a task (cosine schedule)
+    final_tau: float = 1.0                # EMA momentum at the end
+    loss_backend: str = "auto"            # auto: the fused Triton InfoNCE kernel on CUDA, the PyTorch reference elsewhere
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.pred_hidden >= 1, "method.pred_hidden", self.pred_hidden, ">= 1")
+        require(self.proj_layers is None or self.proj_layers >= 2, "method.proj_layers", self.proj_layers,
+                "None (3 on a ViT, 2 on a ResNet) or an integer >= 2")
+        require(self.temperature > 0, "method.temperature", self.temperature, "> 0")
+        require(self.loss_backend in LOSS_BACKENDS, "method.loss_backend", self.loss_backend, LOSS_BACKENDS)
+        check_tau(self)
+
+
 METHOD_CONFIGS = {
     "simclr": SimCLRConfig,
     "mocov2plus": MoCoV2PlusConfig,
+    "mocov3": MoCoV3Config,
     "byol": BYOLConfig,
     "simsiam": SimSiamConfig,
     "barlow": BarlowConfig,

@@ -9,8 +9,10 @@ Steps, in order (``plan()``): install the carried wheels; the environment; the C
 stream, prefetch, the kernel in fp32/TF32/bf16 against the float64 reference); ``fastpnr bench`` at batch 256 (the
 anchors' row, the gpu loader eager/graph x 1/2 streams, ffcv, dali, torchvision); the kernel at the SimCLR-PNR and
 MoCo-PNR sizes against eager PyTorch in bf16 and TF32; 195 real training steps of ``fastpnr train --preset
-cifar10-5t`` (first task, 5 epochs); then, only if time is left, the kernel against torch.compile, lightly's SimCLR
-step against fastpnr's (``scripts/bench_peers.py``, where lightly is installed) and DALI's two views at 96/112 px (needs DALI's wheels already on the machine: at 256 MiB they do not fit in one call's carry).
+cifar10-5t`` (first task, 5 epochs); ``fastpnr bench_vit``: the ViT-Small/8 MoCo v3 + PNR step (64 px, bf16, batch 256)
+in img/s with flash, memory-efficient and math attention; then, only if time is left, the kernel against torch.compile,
+lightly's SimCLR step against fastpnr's (``scripts/bench_peers.py``, where lightly is installed) and DALI's two views at
+96/112 px (needs DALI's wheels already on the machine: at 256 MiB they do not fit in one call's carry).
 
 Every step runs under its time box in its own process group (killed with it); a global deadline (``BUDGET_S``)
 skips an optional step whose box no longer fits and cuts the others short. Each step's outcome (ok, failed,
@@ -97,16 +99,19 @@ def plan(py: str = "python3", work: str = "/tmp/fastpnr-gpu-session") -> list[St
         Step("install", 20, "env.log", ("bash", "-c", install), (py, "-m", "pip", "--version")),
         Step("env", 20, "env.log", (py, "-m", "scripts.gpu_session", "env"),
              (py, "-m", "scripts.gpu_session", "env", "--cpu")),
-        Step("tests", 100, "tests.log", pytest, (*pytest[:-2], "--collect-only", "-k", TEST_SELECT)),
-        Step("bench", 130, "bench.log", (*fp, "bench", "--device", "cuda", "--batch_size", "256", "--steps", "50",
+        Step("tests", 90, "tests.log", pytest, (*pytest[:-2], "--collect-only", "-k", TEST_SELECT)),
+        Step("bench", 120, "bench.log", (*fp, "bench", "--device", "cuda", "--batch_size", "256", "--steps", "50",
                                          "--warmup", "10"),
              (*fp, "bench", "--device", "cpu", "--quick", "--rows", "0,1")),
         Step("kernels-bf16", 40, "kernels.log", (*kernels, "--dtype=bfloat16", "--compile=False"), kernels_cpu),
         Step("kernels-tf32", 40, "kernels.log", (*kernels, "--dtype=float32", "--matmul_precision=high",
                                                  "--compile=False"),
              (*kernels_cpu, "--matmul_precision=high")),
-        Step("train", 100, "train.log", (*train, *_flags({**TRAIN_OVERRIDES, "train.device": "cuda"})),
+        Step("train", 90, "train.log", (*train, *_flags({**TRAIN_OVERRIDES, "train.device": "cuda"})),
              (*train, *_flags({**TRAIN_OVERRIDES, **TRAIN_CPU_OVERRIDES}))),
+        Step("vit", 30, "bench.log", (*fp, "bench_vit", "--device", "cuda", "--batch_size", "256", "--steps", "30",
+                                      "--warmup", "5"),
+             (*fp, "bench_vit", "--device", "cpu", "--quick", "--backends", "flash,math")),
         Step("kernels-compile", 30, "kernels.log", (*fp, "bench_kernels", "--sizes=wide", "--iters=30",
                                                     "--dtype=bfloat16", "--compile=True"), kernels_cpu, optional=True),
         # lightly's SimCLR step against fastpnr's (scripts/bench_peers.py): only where lightly and torchvision are

@@ -7,7 +7,8 @@
 #   bash scripts/gpu_session.sh --dry-run          # the plan: steps in order, commands, time boxes (sum <= 540 s)
 #   bash scripts/gpu_session.sh run --cpu          # every step's CPU quick variant: the plumbing, tested here
 # Then one device call, as prepare prints it: command 'bash scripts/gpu_session.sh run', carry [".carry"],
-# timeout_s 580. It writes env.log, tests.log, bench.log, kernels.log, train.log, dali.log and summary.json (every
+# timeout_s 580. It writes env.log, tests.log, bench.log (with the ViT-Small step of `fastpnr bench_vit`), kernels.log,
+# train.log, dali.log and summary.json (every
 # step's status, seconds and log tail, rewritten after each step) to $OUT, and prints a summary table last.
 # DALI: its wheel set (256 MiB) does not fit in one call's 64 MiB, so the dali step is skipped unless that set was
 # staged in /root/dali/w on the same warm machine by earlier calls (shared/DEPS.md) and prepare --dali was used.

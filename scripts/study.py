@@ -11,6 +11,8 @@
     --regularizers A,B          continual strategies (default finetune,cassle,pnr)
     --seeds 5,6,7               train.seed of the cells (default 5)
     --scenario S[,S]            data.scenario per cell (default: the preset's)
+    --backbones A,B             model.backbone per cell, e.g. resnet18,vit_tiny (default: the preset's); the report's
+                                rows are then "method (backbone)"; a ViT's --model.patch_size is shared
     --out DIR                   the study folder: one run folder per cell, report.md/.json and PNGs
     --gpus 0,1,2,3              run one cell per GPU at a time (CUDA_VISIBLE_DEVICES); default: on CPU
     --nproc_per_cell N          each cell under torchrun on N of the GPUs (DDP); without --gpus, N gloo processes
@@ -45,7 +47,7 @@ from fastpnr.cli import run_fire
 
 
 def main(preset: str = "smoke", methods="simclr", regularizers="finetune,cassle,pnr", seeds=5, out: str | None = None,
-         scenario=None, gpus=None, nproc_per_cell: int = 1, jobs: int = 1, retry_failed: bool = False,
+         scenario=None, backbones=None, gpus=None, nproc_per_cell: int = 1, jobs: int = 1, retry_failed: bool = False,
          protocol: str | None = None, status: str | None = None, executor: str = "local", **overrides):
     """Run or continue a study; the options are listed above."""
     from fastpnr.study import runner as st
@@ -81,7 +83,8 @@ def main(preset: str = "smoke", methods="simclr", regularizers="finetune,cassle,
         methods=tuple(st.as_list(methods, "methods")), regularizers=tuple(st.as_list(regularizers, "regularizers")),
         seeds=tuple(st.as_list(seeds, "seeds", int)), shared=st.normalize_shared(overrides),
         slots=tuple(st.make_slots(gpus, nproc_per_cell, jobs)), nproc_per_cell=nproc_per_cell,
-        retry_failed=retry_failed, protocol=protocol)
+        retry_failed=retry_failed, protocol=protocol,
+        backbones=tuple(st.as_list(backbones, "backbones")) if backbones is not None else None)
     try:
         states = st.run_study(opts) if slurm_opts is None else slurm.run_slurm_study(opts, slurm_opts)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the cells were stopped and keep their checkpoints

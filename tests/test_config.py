@@ -73,7 +73,7 @@ def test_overrides_are_cast_and_user_values_win():
     ({"train.precision": "fp8"}, "train.precision='fp8' is invalid; allowed: auto, bf16, fp16, fp32"),
     ({"bogus": 1}, "option 'bogus' is not known"),
     ({"data.train_fraction": 0}, "data.train_fraction=0.0 is invalid"),
-    ({"model.backbone": "vit"}, "model.backbone='vit' is invalid; allowed: resnet18, resnet50"),
+    ({"model.backbone": "vit"}, "model.backbone='vit' is invalid; allowed: resnet18, resnet50, vit_base, vit_small, vit_tiny"),
     ({"model.width": 0}, "model.width=0 is invalid; allowed: an integer >= 1"),
     ({"regularizer.frozen_bn": "off"}, "regularizer.frozen_bn='off' is invalid; allowed: eval, train"),
     ({"train.matmul_precision": "tf32"}, "train.matmul_precision='tf32' is invalid; allowed: highest, high, medium"),

@@ -17,7 +17,7 @@ import pytest
 from scripts import gpu_session as gs
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["install", "env", "tests", "bench", "kernels-bf16", "kernels-tf32", "train", "kernels-compile", "peers",
+ORDER = ["install", "env", "tests", "bench", "kernels-bf16", "kernels-tf32", "train", "vit", "kernels-compile", "peers",
          "dali"]
 CUDA_TESTS = ["test_bfloat16_on_cuda", "test_tf32_on_cuda", "test_cuda_graph_capture",
               "test_captured_graph_matches_eager_on_cuda", "test_cuda_prefetched_batches_equal_plain_ones",
@@ -93,7 +93,7 @@ def test_every_fastpnr_command_of_the_plan_uses_existing_options(variant):
 
             assert set(flags.get("sizes", "small").split(",")) <= set(CASES)
         checked.add(name)
-    assert checked == {"bench", "bench_kernels", "train", "bench_loaders"}
+    assert checked == {"bench", "bench_kernels", "train", "bench_loaders", "bench_vit"}
 
 
 def test_the_cuda_test_selection_collects_every_cuda_test():

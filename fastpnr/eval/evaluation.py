@@ -226,7 +226,8 @@ def heatmap_figure(matrix: list[list[float]], title: str = "accuracy a[i][j] (%)
 # SGD lr by method (SimSiam 30.0 from CaSSLe; the GSG variants take their base method's), momentum 0.0 (PNR; CaSSLe
 # 0.9), weight decay 0, batch 256, 100 epochs, MultiStep at 60 and 80 with gamma 0.1.
 OFFICIAL_LINEAR_LR = {"simclr": 1.0, "mocov2plus": 3.0, "byol": 3.0, "barlow": 0.1, "vicreg": 0.3, "simsiam": 30.0,
-                      "simsiam_gsg": 30.0, "byol_gsg": 3.0}
+                      "simsiam_gsg": 30.0, "byol_gsg": 3.0,
+                      "mocov3": 3.0}  # facebookresearch/moco-v3 CONFIG.md: main_lincls.py --lr=3 for its ViTs
 OFFICIAL_DECAY_AT = (0.6, 0.8)  # MultiStep milestones as shares of the epochs ([60, 80] of 100)
 
 

@@ -5,11 +5,13 @@ from fastpnr.losses.cassle import contrastive_distill, decorrelative_distill, pr
 from fastpnr.losses.gsg import gsg_loss, gsg_pairing
 from fastpnr.losses.infonce import multi_block_infonce
 from fastpnr.losses.moco import moco_loss
+from fastpnr.losses.mocov3 import mocov3_loss
 from fastpnr.losses.pfr import pfr_distill
 from fastpnr.losses.pocon import pocon_distill
 from fastpnr.losses.pnr_barlow import pnr_barlow_regularizer
 from fastpnr.losses.pnr_byol import pnr_byol_regularizer
 from fastpnr.losses.pnr_moco import pnr_moco_loss
+from fastpnr.losses.pnr_mocov3 import pnr_mocov3_loss
 from fastpnr.losses.pnr_simclr import pnr_simclr_loss
 from fastpnr.losses.pnr_vicreg import pnr_vicreg_regularizer
 from fastpnr.losses.simclr import simclr_loss
@@ -26,12 +28,14 @@ __all__ = [
     "gsg_pairing",
     "invariance_loss",
     "moco_loss",
+    "mocov3_loss",
     "multi_block_infonce",
     "pfr_distill",
     "pocon_distill",
     "pnr_barlow_regularizer",
     "pnr_byol_regularizer",
     "pnr_moco_loss",
+    "pnr_mocov3_loss",
     "pnr_simclr_loss",
     "pnr_vicreg_regularizer",
     "predictive_distill",

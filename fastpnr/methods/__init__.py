@@ -2,10 +2,11 @@
 from .barlow import BarlowTwins
 from .base import FrozenEncoder, Method
 from .byol import BYOL
-from ..method_configs import (BarlowConfig, BYOLConfig, BYOLGSGConfig, MethodConfig, MoCoV2PlusConfig, SimCLRConfig,
-                      SimSiamConfig, SimSiamGSGConfig, VICRegConfig)
+from ..method_configs import (BarlowConfig, BYOLConfig, BYOLGSGConfig, MethodConfig, MoCoV2PlusConfig, MoCoV3Config,
+                                SimCLRConfig, SimSiamConfig, SimSiamGSGConfig, VICRegConfig)
 from .gsg import BYOLGSG, SimSiamGSG
 from .mocov2plus import MoCoV2Plus
+from .mocov3 import MoCoV3
 from .simclr import SimCLR
 from .simsiam import SimSiam
 from .vicreg import VICReg
@@ -13,6 +14,7 @@ from .vicreg import VICReg
 METHODS = {
     "simclr": (SimCLR, SimCLRConfig),
     "mocov2plus": (MoCoV2Plus, MoCoV2PlusConfig),
+    "mocov3": (MoCoV3, MoCoV3Config),
     "byol": (BYOL, BYOLConfig),
     "simsiam": (SimSiam, SimSiamConfig),
     "barlow": (BarlowTwins, BarlowConfig),

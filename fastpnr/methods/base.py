@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fastpnr.system.distributed import SINGLE
-from ..models import build_backbone
+from ..models import backbone_from_config
 from ..method_configs import MethodConfig
 
 
@@ -29,9 +29,7 @@ class Method(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model_cfg, self.num_classes = model_cfg, num_classes  # a second network of the same kind (POCON's expert)
-        self.backbone = build_backbone(model_cfg.backbone, cifar_stem=model_cfg.cifar_stem,
-                                       stem_padding=model_cfg.stem_padding, zero_init_residual=model_cfg.zero_init_residual,
-                                       width=model_cfg.width)
+        self.backbone = backbone_from_config(model_cfg)
         self.feat_dim = self.backbone.feat_dim
         self.build_heads()
         self.classifier = nn.Linear(self.feat_dim, num_classes)  # online probe on detached features

@@ -1,6 +1,6 @@
 """Pseudo-Negative Regularization (Cha, Cho & Moon, ICML 2024), anchors §2.
 
-- SimCLR-PNR and MoCo-PNR (symmetric): from task 1 on the base loss is *replaced* by the PNR loss, whose main term
+- SimCLR-PNR, MoCo-PNR and MoCo v3-PNR (symmetric; MoCo v3's is fastpnr's own, ``losses/pnr_mocov3.py``): from task 1 on the base loss is *replaced* by the PNR loss, whose main term
   gets the previous model's embeddings as extra negatives and whose regularization term gets the current ones.
 - BYOL-, Barlow-, VICReg-PNR (asymmetric): the base loss is kept; the distill-predicted current projection is pulled
   toward the frozen output of the same view and pushed from the frozen output of the other view.
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..losses import pnr_moco_loss, pnr_simclr_loss
+from ..losses import pnr_moco_loss, pnr_mocov3_loss, pnr_simclr_loss
 from ..losses.pnr_barlow import pnr_barlow_terms
 from ..losses.pnr_byol import pnr_byol_terms
 from ..losses.pnr_vicreg import pnr_vicreg_terms
@@ -23,7 +23,7 @@ from ..regularizer_configs import PNRConfig
 
 # (pos_weight = distill_lamb, neg_weight = negative_lamb) defaults as shipped for CIFAR-100 (anchors §2.6).
 DEFAULT_WEIGHTS = {"byol": (1.0, 0.5), "simsiam": (1.0, 0.5), "barlow": (1.0, 1.0), "vicreg": (25.0, 23.0)}
-CONTRASTIVE = ("simclr", "mocov2plus")
+CONTRASTIVE = ("simclr", "mocov2plus", "mocov3")
 
 
 class PNR(DistillRegularizer):
@@ -49,6 +49,12 @@ class PNR(DistillRegularizer):
             loss = pnr_simclr_loss(z1, z2, u1, u2, f1, f2, temperature=self.cfg.distill_temperature,
                                    backend=method.cfg.loss_backend)
             return loss, {"pnr_simclr": loss.detach(), **pnr_simclr_logits(z1, z2, f1, f2)}
+        if self.kind == "mocov3":
+            # the global batch: its momentum keys and frozen embeddings are the negatives
+            batch = self.dist.loss_batch(*(upcast(x) for x in (*out["p"], *out["k"])), u1, u2, f1, f2)
+            loss = pnr_mocov3_loss(*batch, temperature=method.cfg.temperature,
+                                   distill_temperature=self.cfg.distill_temperature, backend=method.cfg.loss_backend)
+            return loss, {"pnr_mocov3": loss.detach()}
         if self.kind == "mocov2plus":
             (q1, q2), (k1, k2), queue = out["q"], out["k"], out["queue"]
             p1, p2 = F.normalize(u1, dim=-1), F.normalize(u2, dim=-1)

@@ -1,4 +1,4 @@
-"""The backbone of a trained model as a plain ResNet state_dict (``fastpnr export``, ``fastpnr.load_backbone``).
+"""The backbone of a trained model as a plain ResNet (torchvision) or ViT (timm) state_dict (``fastpnr export``, ``fastpnr.load_backbone``).
 
 The exported file (``torch.load``-able with ``weights_only=True``) is a dict:
 
@@ -15,6 +15,11 @@ The exported file (``torch.load``-able with ``weights_only=True``) is a dict:
 
 fastpnr's ResNet (``models.resnet``) is written in torchvision's layout, so the keys map one to one; the exporter
 checks that the backbone's keys are exactly those of a fresh fastpnr ResNet of the same shape before writing.
+
+A ViT (``models.vit``) is exported in timm's layout (``layout`` "timm"; cls_token, pos_embed, patch_embed.proj,
+blocks.N..., norm; no head) with ``timm_name``, ``patch_size``, ``image_size`` and ``pos_embed`` instead of width and
+stem: ``timm.create_model(timm_name, img_size=image_size, patch_size=patch_size, num_classes=0)`` loads its
+state_dict unchanged (``depth`` not None: a scaled-down ViT; add ``depth=depth``).
 """
 from __future__ import annotations
 
@@ -71,6 +76,30 @@ def build_resnet(meta: dict) -> nn.Module:
                           width=meta["width"])
 
 
+def build_from_meta(meta: dict) -> nn.Module:
+    """A fresh fastpnr backbone of the shape ``meta`` describes: a ViT (layout "timm") or a ResNet."""
+    if meta.get("layout") != "timm":
+        return build_resnet(meta)
+    from fastpnr.models import build_vit
+
+    return build_vit(meta["arch"], meta["patch_size"], meta["image_size"], pos_embed=meta.get("pos_embed", "learned"),
+                     depth=meta.get("depth"))
+
+
+def _arch_meta(model: dict) -> dict:
+    """What rebuilds the backbone of a run whose ``model`` config is ``model``."""
+    from fastpnr.models import is_vit
+    from fastpnr.models.vit import TIMM_NAMES
+
+    arch = model.get("backbone", "resnet18")
+    if is_vit(arch):
+        return {"arch": arch, "layout": "timm", "timm_name": TIMM_NAMES[arch], "patch_size": int(model["patch_size"]),
+                "image_size": int(model["image_size"]), "pos_embed": model.get("pos_embed", "learned"),
+                "depth": model.get("depth")}
+    return {"arch": arch, "width": int(model.get("width", 64)), "stem": _stem(model),
+            "stem_padding": int(model.get("stem_padding", 2)), "layout": "torchvision"}
+
+
 def backbone_from_model_file(path: str | os.PathLike) -> dict:
     """The exported form (module docstring) of a ``task{t}.pt`` or ``checkpoint.pt``."""
     obj = _read(path)
@@ -91,10 +120,8 @@ def backbone_from_model_file(path: str | os.PathLike) -> dict:
 
     data = cfg.get("data", {})
     spec = get_spec(data.get("dataset", "cifar10"))
-    meta = {"format": FORMAT, "version": VERSION, "arch": model.get("backbone", "resnet18"),
-            "width": int(model.get("width", 64)), "stem": _stem(model), "stem_padding": int(model.get("stem_padding", 2)),
-            "layout": "torchvision"}
-    fresh = build_resnet(meta)
+    meta = {"format": FORMAT, "version": VERSION, **_arch_meta(model)}
+    fresh = build_from_meta(meta)
     expected = set(fresh.state_dict())
     if set(state) != expected:
         extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
@@ -140,14 +167,14 @@ def export_backbone(path: str | os.PathLike, out: str | os.PathLike) -> dict:
 
 
 def load_backbone(path: str | os.PathLike, map_location="cpu") -> nn.Module:
-    """A fastpnr ResNet holding the weights of ``path`` (an exported backbone, or a ``task{t}.pt`` /
+    """A fastpnr ResNet or ViT holding the weights of ``path`` (an exported backbone, or a ``task{t}.pt`` /
     ``checkpoint.pt`` directly), in eval mode; ``.export_info`` holds the file's metadata (stem, normalize, ...)."""
     obj = _read(path)
     meta = obj if obj.get("format") == FORMAT else backbone_from_model_file(path)
     if meta.get("version", VERSION) > VERSION:
         raise DataError(f"{path}: exported by a newer fastpnr (format version {meta['version']}); allowed: "
                         f"<= {VERSION}")
-    model = build_resnet(meta)
+    model = build_from_meta(meta)
     model.load_state_dict(meta["state_dict"])
     model.export_info = {k: v for k, v in meta.items() if k != "state_dict"}
     return model.to(map_location).eval()

@@ -23,10 +23,11 @@ class Cell:
     regularizer: str
     seed: int
     scenario: str | None = None     # None: the preset's
+    backbone: str | None = None     # model.backbone; None: the preset's (or the shared option's)
 
     @property
     def key(self) -> tuple:
-        return (self.preset, self.scenario, self.method, self.regularizer, self.seed)
+        return (self.preset, self.scenario, self.method, self.regularizer, self.seed, self.backbone)
 
     @property
     def step_groups(self) -> tuple[tuple, ...]:
@@ -38,11 +39,13 @@ class Cell:
     def overrides(self, shared: dict) -> dict:
         ov = {**strategy_options(self.regularizer, shared), "method": self.method, "regularizer": self.regularizer,
               "seed": self.seed}
-        return {**ov, "scenario": self.scenario} if self.scenario else ov
+        ov = {**ov, "scenario": self.scenario} if self.scenario else ov
+        return {**ov, "model.backbone": self.backbone} if self.backbone else ov
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "preset": self.preset, "scenario": self.scenario, "method": self.method,
-                "regularizer": self.regularizer, "seed": self.seed}
+        d = {"name": self.name, "preset": self.preset, "scenario": self.scenario, "method": self.method,
+             "regularizer": self.regularizer, "seed": self.seed}
+        return {**d, "backbone": self.backbone} if self.backbone else d
 
 
 def regularizer_fields(regularizer: str) -> set[str]:

@@ -78,6 +78,8 @@ def cell_entry(cell: Cell, state: CellState, summary) -> dict:
                      forgetting_by_task=list(summary.forgetting_by_task), accuracy_matrix=[list(r) for r in summary.matrix])
     if state.status == "failed":
         entry["error"] = state.record.get("error")
+    if cell.backbone:  # a backbone axis: a table row (and its fine-tuning baseline) is a method on one backbone
+        entry["method"] = f"{cell.method} ({cell.backbone})"
     return entry
 
 

@@ -41,7 +41,7 @@ POLL_S = 0.2
 # Set per cell by the grid: a shared override of these would make every cell the same.
 GRID_OPTIONS = {"method": "methods", "method.name": "methods", "regularizer": "regularizers",
                 "regularizer.name": "regularizers", "seed": "seeds", "train.seed": "seeds", "preset": "preset",
-                "out": "out", "resume": "out"}
+                "out": "out", "resume": "out", "model.backbone": "backbones"}
 # Shared options a rerun may change: they do not change what a cell computes.
 RUNTIME_OPTIONS = ("train.progress", "train.threads", "train.log_every", "data_dir", "data.data_dir")
 
@@ -62,28 +62,34 @@ def as_list(value, name: str, cast=str) -> list:
     return out
 
 
-def make_grid(presets, scenarios, methods, regularizers, seeds, known: list[Cell] = ()) -> list[Cell]:
-    """Seeds outermost (a first complete table comes early); a cell already in ``known`` keeps its name."""
+def make_grid(presets, scenarios, methods, regularizers, seeds, known: list[Cell] = (), backbones=None) -> list[Cell]:
+    """Seeds outermost (a first complete table comes early); a cell already in ``known`` keeps its name. Several
+    ``backbones`` put the backbone before the method in the names (``vit_tiny-mocov3-pnr-s5``)."""
     by_key = {c.key: c for c in known}
     cells = []
     for preset in presets:
         for scenario in scenarios or [None]:
             for seed in seeds:
-                for method in methods:
-                    for reg in regularizers:
-                        prefix = [preset] * (len(presets) > 1) + [scenario] * (len(scenarios or ()) > 1)
-                        cell = Cell("-".join([*prefix, method, reg, f"s{seed}"]), preset, method, reg, seed, scenario)
-                        cells.append(by_key.get(cell.key, cell))
+                for backbone in backbones or [None]:
+                    for method in methods:
+                        for reg in regularizers:
+                            prefix = ([preset] * (len(presets) > 1) + [scenario] * (len(scenarios or ()) > 1)
+                                      + [backbone] * (len(backbones or ()) > 1))
+                            cell = Cell("-".join([*prefix, method, reg, f"s{seed}"]), preset, method, reg, seed,
+                                        scenario, backbone)
+                            cells.append(by_key.get(cell.key, cell))
     return cells
 
 
-def check_grid(presets, scenarios, methods, regularizers, shared: dict) -> None:
+def check_grid(presets, scenarios, methods, regularizers, shared: dict, backbones=None) -> None:
     from fastpnr.config import PRESETS, SCENARIOS
     from fastpnr.methods import METHODS
+    from fastpnr.models import BACKBONES
     from fastpnr.regularizers import REGULARIZERS
 
     for name, values, allowed in (("preset", presets, PRESETS), ("scenario", scenarios or [], SCENARIOS),
-                                  ("methods", methods, METHODS), ("regularizers", regularizers, REGULARIZERS)):
+                                  ("methods", methods, METHODS), ("regularizers", regularizers, REGULARIZERS),
+                                  ("backbones", backbones or [], BACKBONES)):
         bad = [v for v in values if v not in allowed]
         require(not bad, name, bad[0] if bad else None, sorted(allowed) if name != "scenario" else allowed)
     for key in shared:
@@ -378,6 +384,7 @@ class StudyOptions:
     nproc_per_cell: int = 1
     retry_failed: bool = False
     protocol: str | None = None         # report protocol; None: each run's own
+    backbones: tuple[str, ...] | None = None  # model.backbone per cell; None: the preset's
 
 
 def plan(cells: list[Cell], out: Path, retry_failed: bool) -> tuple[list[Cell], dict[str, CellState]]:
@@ -413,7 +420,7 @@ def record_invalid(out: Path, cell: Cell, error: str) -> None:
 def run_study(opts: StudyOptions, log=print) -> dict[str, CellState]:
     """Run (or continue) the study in ``opts.out``; returns the final state of every cell."""
     out = opts.out
-    check_grid(opts.presets, opts.scenarios, opts.methods, opts.regularizers, opts.shared)
+    check_grid(opts.presets, opts.scenarios, opts.methods, opts.regularizers, opts.shared, opts.backbones)
     out.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(out)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
@@ -432,7 +439,7 @@ def _run_locked(opts: StudyOptions, log) -> dict[str, CellState]:
     study = load_study(out)
     check_same_options(study, opts.shared, out)
     known = known_cells(study)
-    grid = make_grid(opts.presets, opts.scenarios, opts.methods, opts.regularizers, opts.seeds, known)
+    grid = make_grid(opts.presets, opts.scenarios, opts.methods, opts.regularizers, opts.seeds, known, opts.backbones)
     cells = merge_cells(known, grid)
     queue, states = plan(grid, out, opts.retry_failed)
     errors = validate_cells(queue, opts.shared)

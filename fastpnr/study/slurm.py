@@ -442,7 +442,7 @@ def run_slurm_study(opts: st.StudyOptions, slurm: SlurmOptions, log=print) -> di
     """Submit the cells of the study that need a job (none twice); write the report from what has finished."""
     submitit = require_submitit()
     out = opts.out
-    st.check_grid(opts.presets, opts.scenarios, opts.methods, opts.regularizers, opts.shared)
+    st.check_grid(opts.presets, opts.scenarios, opts.methods, opts.regularizers, opts.shared, opts.backbones)
     check_cluster(slurm, out)
     out.mkdir(parents=True, exist_ok=True)
     lock = st.acquire_lock(out)
@@ -457,7 +457,8 @@ def _submit_locked(submitit, opts: st.StudyOptions, slurm: SlurmOptions, log) ->
     study = st.load_study(out)
     st.check_same_options(study, opts.shared, out)
     known = st.known_cells(study)
-    grid = st.make_grid(opts.presets, opts.scenarios, opts.methods, opts.regularizers, opts.seeds, known)
+    grid = st.make_grid(opts.presets, opts.scenarios, opts.methods, opts.regularizers, opts.seeds, known,
+                        opts.backbones)
     cells = st.merge_cells(known, grid)
     jobs, queue = load_jobs(out), squeue()
     states = {c.name: cell_state(out / c.name, jobs.get(c.name, []), queue)[0] for c in cells}

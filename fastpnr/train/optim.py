@@ -85,13 +85,19 @@ def _sgd_update(params, updates, lr) -> None:
     torch._foreach_sub_(params, torch._foreach_mul(updates, lr))
 
 
-def build_optimizer(groups: list[dict], cfg) -> LARS:
-    """LARS (``optim.optimizer=lars``) or plain momentum SGD (``sgd``) over the method's parameter groups."""
+def build_optimizer(groups: list[dict], cfg) -> torch.optim.Optimizer:
+    """LARS (``optim.optimizer=lars``), plain momentum SGD (``sgd``) or AdamW (``adamw``) over the
+    method's parameter groups."""
     base_lr = cfg.effective_lr(cfg.lr)
     for g in groups:
         g.setdefault("lr", base_lr)
         g.setdefault("weight_decay", cfg.weight_decay)
         g["base_lr"] = g["lr"]
+    if cfg.optimizer == "adamw":
+        from .adamw import AdamW
+
+        return AdamW(groups, lr=base_lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                     exclude_bias_n_norm=cfg.exclude_bias_n_norm)
     return LARS(groups, lr=base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.lars_eta,
                 clip=cfg.lars_clip, exclude_bias_n_norm=cfg.exclude_bias_n_norm, lars=cfg.optimizer == "lars")
 

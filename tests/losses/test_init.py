@@ -5,6 +5,8 @@ import fastpnr.losses as losses
 FIXED = {
     "simclr_loss": ["z1", "z2", "temperature", "backend"],
     "moco_loss": ["q", "k", "queue", "temperature", "backend"],
+    "mocov3_loss": ["q1", "q2", "k1", "k2", "temperature", "backend"],
+    "pnr_mocov3_loss": ["q1", "q2", "k1", "k2", "p1", "p2", "f1", "f2", "temperature", "distill_temperature", "backend"],
     "byol_loss": ["p", "z"],
     "simsiam_loss": ["p", "z"],
     "barlow_loss": ["z1", "z2", "lamb", "scale", "correlation"],
