@@ -22,7 +22,9 @@ COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")  # torch.compil
 CUDA_GRAPH_MODES = ("auto", "true", "false")  # auto: capture on CUDA, eager elsewhere without a word
 # fastpnr.models.BACKBONES' keys (that module needs torch; a test keeps them equal)
 BACKBONE_NAMES = ("resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base")
-SCENARIOS = ("class", "data", "domain")
+SCENARIOS = ("class", "data", "domain", "stream")  # stream: data.stream_of cut into chunks
+STREAM_OF = ("class", "data", "domain")
+BOUNDARIES = ("unknown", "known")
 PROTOCOLS = ("linear", "knn", "online", "official")
 OPTIMIZERS = ("lars", "sgd", "adamw")
 PROBES = ("full", "task", "off")
@@ -38,7 +40,8 @@ class DataConfig:
     image_size: Optional[int] = None        # resize at load time (e.g. Tiny-ImageNet to 32 for a CIFAR-like setting)
     resize: str = "stretch"                 # stretch: whole image; center: shorter side x256/224 + centre crop
     scenario: str = "class"               # class-, data- or domain-incremental task split
-    num_tasks: int = 5                    # number of tasks the stream is split into
+    num_tasks: int = 5                    # number of tasks the stream is split into (scenario stream: its chunks)
+    stream_of: str = "class"                # scenario stream: the order of the chunks (class-, data-, domain-IL)
     split_seed: int = 5                     # class-IL permutation seed (anchors: seed_everything(5))
     data_split_seed: int = 42               # data-IL random_split seed (anchors: Generator().manual_seed(42))
     domain_order: Optional[tuple] = None    # domain-IL task order; default: the dataset's order
@@ -62,6 +65,7 @@ class DataConfig:
     def __post_init__(self):
         require(self.scenario in SCENARIOS, "data.scenario", self.scenario, SCENARIOS)
         require(isinstance(self.num_tasks, int) and self.num_tasks >= 1, "data.num_tasks", self.num_tasks, "an integer >= 1")
+        require(self.stream_of in STREAM_OF, "data.stream_of", self.stream_of, STREAM_OF)
         require(0 < self.train_fraction <= 1, "data.train_fraction", self.train_fraction, "0 < fraction <= 1")
         require(0 < self.test_fraction <= 1, "data.test_fraction", self.test_fraction, "0 < fraction <= 1")
         require(0 < self.min_scale <= 1, "data.min_scale", self.min_scale, "0 < min_scale <= 1")
@@ -124,6 +128,7 @@ class OptimConfig:
     min_lr: float = 0.0                   # learning rate at the end of the cosine decay
     scale_lr_by_batch: bool = True          # effective lr = lr * batch_size / 256
     schedule_interval: str = "epoch"        # the anchors step the scheduler per epoch
+    warmup_steps: int = 0                   # scenario stream: linear warm-up steps, then a constant lr over the stream
 
     def __post_init__(self):
         require(self.optimizer in OPTIMIZERS, "optim.optimizer", self.optimizer, OPTIMIZERS)
@@ -137,6 +142,8 @@ class OptimConfig:
         require(isinstance(self.epochs, int) and self.epochs >= 1, "optim.epochs", self.epochs, "an integer >= 1")
         require(0 <= self.warmup_epochs, "optim.warmup_epochs", self.warmup_epochs, ">= 0")
         require(self.schedule_interval in ("epoch", "step"), "optim.schedule_interval", self.schedule_interval, ("epoch", "step"))
+        require(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps,
+                "an integer >= 0")
 
     def effective_lr(self, lr: float) -> float:
         return lr * self.batch_size / 256 if self.scale_lr_by_batch else lr
@@ -166,6 +173,7 @@ class TrainConfig:
     wandb_group: Optional[str] = None       # W&B run group (a study sets its folder name); None: no group
     wandb_name: Optional[str] = None        # W&B run name; None: the run folder's name
     wandb_mode: str = "auto"                # auto: online with a W&B login (WANDB_API_KEY, ~/.netrc, WANDB_MODE), else offline
+    boundaries: str = "unknown"             # scenario stream: known tells the strategy each chunk's start (begin_task)
 
     def __post_init__(self):
         require(self.precision in PRECISIONS, "train.precision", self.precision, PRECISIONS)
@@ -186,6 +194,7 @@ class TrainConfig:
         require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "train.steps_per_epoch", self.steps_per_epoch, "None or >= 1")
         require(self.max_tasks is None or self.max_tasks >= 1, "train.max_tasks", self.max_tasks, "None or an integer >= 1")
         require(self.wandb_mode in WANDB_MODES, "train.wandb_mode", self.wandb_mode, WANDB_MODES)
+        require(self.boundaries in BOUNDARIES, "train.boundaries", self.boundaries, BOUNDARIES)
 
 
 @dataclass(frozen=True)
@@ -207,6 +216,8 @@ class EvalConfig:
     train_fraction: float = 1.0             # share of the labelled train set used to fit the probe
     batch_size: int = 512                   # feature extraction
     forward_transfer: bool = True           # also evaluate the random-init model (b_j) for forward transfer
+    every_steps: int = 50                   # scenario stream: kNN on every chunk's test images every N steps (and at the end)
+    stream_linear: bool = False             # scenario stream: the linear probe too at every such point (slower)
 
     def __post_init__(self):
         require(self.protocol in PROTOCOLS, "eval.protocol", self.protocol, PROTOCOLS)
@@ -220,6 +231,8 @@ class EvalConfig:
                 self.official_batch_size, "an integer >= 1")
         require(0 <= self.official_momentum < 1, "eval.official_momentum", self.official_momentum, "0 <= momentum < 1")
         require(self.knn_k >= 1, "eval.knn_k", self.knn_k, ">= 1")
+        require(isinstance(self.every_steps, int) and self.every_steps >= 1, "eval.every_steps", self.every_steps,
+                "an integer >= 1")
         require(0 < self.train_fraction <= 1, "eval.train_fraction", self.train_fraction, "0 < fraction <= 1")
 
 
@@ -372,6 +385,17 @@ PRESETS: dict[str, dict] = {
         "eval": {"protocol": "linear", "linear_epochs": 30, "train_fraction": 0.1, "forward_transfer": True,
                  "linear_seeds": 1},
         "per_method": {**_SMOKE_PER_METHOD, "mocov3": _MOCOV3_SMOKE},
+    },
+    # Online continual SSL (issue 35): a class-ordered stream of 20 chunks seen once each, kNN along the stream.
+    "stream": {
+        "description": "CIFAR-10 at 16 px, a class-ordered stream of 20 chunks x 1 pass, ResNet-18 width 8, fp32, "
+                       "SimCLR, kNN every 100 steps; minutes on a 2-core CPU",
+        "data": {"dataset": "cifar10", "image_size": 16, "scenario": "stream", "stream_of": "class", "num_tasks": 20},
+        "model": {"width": 8}, "method": {"name": "simclr"}, "regularizer": {"name": "finetune"},
+        "optim": {"batch_size": 64, "epochs": 1, "warmup_epochs": 0, "lr": 0.3},
+        "train": {"precision": "fp32", "online_probe": "off", "log_every": 20},
+        "eval": {"protocol": "knn", "every_steps": 100, "train_fraction": 0.2, "forward_transfer": False},
+        "per_method": _CIFAR_PER_METHOD,
     },
     "cifar100-5t": {
         "description": "CIFAR-100 class-IL, 5 tasks, 500 epochs per task, PNR CIFAR scripts (online probe)",
@@ -743,6 +767,9 @@ def validate_combinations(cfg: RunConfig) -> RunConfig:
     METHODS[cfg.method.name][0].check_run_config(cfg)
     REGULARIZERS[cfg.regularizer.name][0].check_run_config(cfg)
     check_replay_config(cfg)
+    from .data.stream import check_stream_config
+
+    check_stream_config(cfg)
     return cfg
 
 

@@ -21,6 +21,7 @@ class RegularizerConfig:
     replay_batch: Optional[int] = None    # buffer images per step; None: optim.batch_size (UCL buffer.get_data(batch_size))
     mix_alpha: float = 0.4                # LUMP: mixing weight lambda ~ Beta(alpha, alpha), one per batch (UCL configs L29)
     lump_first_view: str = "recipe"       # LUMP's replayed first view: recipe (the run's view 1 recipe) or plain (the authors': crop 0.08-1, flip, normalize)
+    refresh_every: Optional[int] = None   # stream (cassle, pnr, pfr): steps between refreshes of the frozen model
 
     def __post_init__(self):
         require(self.replay in REPLAY_MODES, "regularizer.replay", self.replay, REPLAY_MODES)
@@ -33,6 +34,8 @@ class RegularizerConfig:
                 LUMP_FIRST_VIEWS)
         require(self.lump_first_view == "recipe" or self.replay == "lump", "regularizer.lump_first_view",
                 self.lump_first_view, f"recipe with regularizer.replay {self.replay} (plain is LUMP's)")
+        require(self.refresh_every is None or (isinstance(self.refresh_every, int) and self.refresh_every >= 1),
+                "regularizer.refresh_every", self.refresh_every, "None or an integer >= 1 (steps)")
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,41 @@ class LUMPConfig(RegularizerConfig):
         require(self.replay == "lump", "regularizer.replay", self.replay, "lump with --regularizer lump (er: --regularizer er)")
 
 
+# CLA (regularizers/cla.py): online, task-free streams
+CLA_WEIGHT = 0.1          # omega: the authors' strategies' default (docs/FIDELITY.md)
+CLA_EMA_MOMENTUM = 0.999  # m of CLA-E's EMA: the authors' default (docs/FIDELITY.md)
+
+
+@dataclass(frozen=True)
+class CLAEConfig(CaSSLeConfig):
+    name: str = "cla_e"
+    weight: Optional[float] = CLA_WEIGHT  # omega, the alignment loss's weight
+    ema_momentum: float = CLA_EMA_MOMENTUM  # m: the past model theta' <- m theta' + (1 - m) theta after each step
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(isinstance(self.ema_momentum, (int, float)) and 0 < self.ema_momentum < 1,
+                "regularizer.ema_momentum", self.ema_momentum, "0 < momentum < 1")
+
+
+@dataclass(frozen=True)
+class CLARConfig(RegularizerConfig):
+    name: str = "cla_r"
+    replay: str = "er"                    # CLA-R replays as ER does (a buffer batch joins each batch)
+    weight: float = CLA_WEIGHT            # omega, the alignment loss's weight
+    distill_hidden: int = 2048            # hidden width of the predictor g
+    distill_temperature: float = 0.2      # temperature of the contrastive alignment (SimCLR, MoCo)
+    barlow_lamb: float = 5e-3             # off-diagonal weight of the decorrelative alignment (Barlow)
+    barlow_scale: float = 0.1             # scale of the decorrelative alignment
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.replay == "er", "regularizer.replay", self.replay, "er with --regularizer cla_r")
+        require(self.weight >= 0, "regularizer.weight", self.weight, ">= 0")
+        require(self.distill_hidden >= 1, "regularizer.distill_hidden", self.distill_hidden, ">= 1")
+        require(self.distill_temperature > 0, "regularizer.distill_temperature", self.distill_temperature, "> 0")
+
+
 REGULARIZER_CONFIGS = {
     "finetune": RegularizerConfig,
     "pnr": PNRConfig,
@@ -142,4 +180,6 @@ REGULARIZER_CONFIGS = {
     "er": ERConfig,
     "lump": LUMPConfig,
     "pocon": POCONConfig,
+    "cla_e": CLAEConfig,
+    "cla_r": CLARConfig,
 }

@@ -121,13 +121,20 @@ class TaskData:
         self.test_set = load_dataset(d.dataset, eval_split, d.data_dir, **kw)
         self.num_corrupt = int(self.train_set.num_corrupt + self.test_set.num_corrupt)
         self.corrupt_images = self.train_set.corrupt_images + self.test_set.corrupt_images  # metrics.json
-        self.tasks = make_tasks(d.scenario, self.train_set, d.num_tasks, seed=d.split_seed, data_seed=d.data_split_seed,
-                                domain_order=d.domain_order)
+        self.stream = d.scenario == "stream"  # the chunks are the tasks of the split; the loop trains one (stream.py)
+        if self.stream:
+            from .stream import make_stream_chunks
+
+            self.tasks = make_stream_chunks(d.stream_of, self.train_set, d.num_tasks, seed=d.split_seed,
+                                            data_seed=d.data_split_seed, domain_order=d.domain_order)
+        else:
+            self.tasks = make_tasks(d.scenario, self.train_set, d.num_tasks, seed=d.split_seed,
+                                    data_seed=d.data_split_seed, domain_order=d.domain_order)
         self.seeds = seeds = _split_seeds(d, len(self.tasks))  # recorded in tasks.json
         self.task_train = [_subsample(t.train_indices, d.train_fraction, s)
                            for t, s in zip(self.tasks, seeds["train_subsample"])]
         test_all = _subsample(np.arange(len(self.test_set)), d.test_fraction, seeds["test_subsample"])
-        parts = task_test_indices(d.scenario, self.tasks, self.test_set)
+        parts = task_test_indices(d.stream_of if self.stream else d.scenario, self.tasks, self.test_set)
         # Positions inside ``test_all`` of each task's test images.
         pos = {int(i): k for k, i in enumerate(test_all)}
         self.test_indices = test_all
@@ -165,15 +172,31 @@ class TaskData:
         return (f"{self.cfg.data.dataset} train={len(self.train_set)} test={len(self.test_indices)} "
                 f"tasks={[len(t) for t in self.task_train]} corrupt={self.num_corrupt}{self.data_note}")
 
-    def steps_per_epoch(self, task: int) -> int:
-        """Steps of an epoch of ``task``: whole batches (drop_last: fixed shapes), at most ``train.steps_per_epoch``."""
+    def loop_tasks(self) -> int:
+        """The tasks the loop trains: the scenario's, or one for the stream (its chunks in one loader)."""
+        return 1 if self.stream else len(self.task_train)
+
+    def stream_steps(self) -> int:
+        """The stream's steps: every chunk's whole batches times optim.epochs, at most ``train.steps_per_epoch``."""
+        from .stream import chunk_steps
+
+        self.steps_per_epoch(int(np.argmin([len(t) for t in self.task_train])), cap=False)  # the smallest chunk's check
+        total = sum(chunk_steps([len(t) for t in self.task_train], self.cfg.optim.batch_size, self.cfg.optim.epochs))
+        cap = self.cfg.train.steps_per_epoch
+        return min(total, cap) if cap else total
+
+    def steps_per_epoch(self, task: int, cap: bool = True) -> int:
+        """Steps of an epoch of ``task``: whole batches (drop_last: fixed shapes), at most ``train.steps_per_epoch``
+        (the stream: its one task's steps, ``stream_steps``)."""
+        if self.stream and cap:
+            return self.stream_steps()
         n, b = len(self.task_train[task]), self.cfg.optim.batch_size
         if n < b:
             raise ConfigError(f"optim.batch_size={b} is invalid; allowed: <= the smallest task's {n} training images "
                               "(lower --optim.batch_size N or raise --data.train_fraction F)")
         steps = n // b
-        cap = self.cfg.train.steps_per_epoch
-        return min(steps, cap) if cap else steps
+        limit = self.cfg.train.steps_per_epoch if cap else None
+        return min(steps, limit) if limit else steps
 
     def probe_train_indices(self) -> np.ndarray:
         """The labelled train images of the probes: eval.train_fraction, then eval.label_fraction per class."""
@@ -223,7 +246,16 @@ class TaskData:
         """(training loader, online-probe loader or None) of task ``task``, seeded by ``task_seed``: the task's images
         in a method's ``num_views`` views; the probe's (``train.online_probe full``) is eval_train in the last view."""
         views, seed = self.view_configs(num_views), self.task_seed(task)
-        loader = self.loader(self.task_train[task], num_views, views, seed=seed)
+        if self.stream:  # the loop's one task: every chunk in order (the Prefetcher wraps the whole stream)
+            from loaders import Prefetcher
+
+            from .stream import StreamLoader
+
+            inner = self.loader(np.concatenate(self.task_train), num_views, views, seed=seed).loader
+            loader = Prefetcher(StreamLoader(inner, self.task_train, self.cfg.optim.epochs), self.device,
+                                ahead=None if self.cfg.data.prefetch else False)
+        else:
+            loader = self.loader(self.task_train[task], num_views, views, seed=seed)
         if self.cfg.train.online_probe != "full":
             return loader, None
         return loader, self.loader(self.eval_train, 1, [views[-1]], seed=seed + 500)

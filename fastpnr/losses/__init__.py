@@ -1,6 +1,7 @@
 """Pure loss functions: tensors and floats in, a scalar tensor out. Equations in each docstring."""
 from fastpnr.losses.barlow import barlow_loss
 from fastpnr.losses.byol import byol_loss
+from fastpnr.losses.cla import alignment_loss
 from fastpnr.losses.cassle import contrastive_distill, decorrelative_distill, predictive_distill, predictive_mse_distill
 from fastpnr.losses.gsg import gsg_loss, gsg_pairing
 from fastpnr.losses.infonce import multi_block_infonce
@@ -19,6 +20,7 @@ from fastpnr.losses.simsiam import simsiam_loss
 from fastpnr.losses.vicreg import covariance_loss, invariance_loss, variance_loss, vicreg_loss
 
 __all__ = [
+    "alignment_loss",
     "barlow_loss",
     "byol_loss",
     "contrastive_distill",

@@ -1,8 +1,9 @@
 """Continual strategies registry: name -> (Regularizer class, config dataclass)."""
 from .base import DistillRegularizer, FrozenModelRegularizer, Regularizer
 from .cassle import CaSSLe
-from ..regularizer_configs import (CaSSLeConfig, ERConfig, LUMPConfig, PFRConfig, PNRConfig, POCONConfig,
-                      RegularizerConfig)
+from .cla import CLAE, CLAR
+from ..regularizer_configs import (CaSSLeConfig, CLAEConfig, CLARConfig, ERConfig, LUMPConfig, PFRConfig, PNRConfig,
+                                  POCONConfig, RegularizerConfig)
 from .pfr import PFR
 from .pnr import PNR
 from .pocon import POCON
@@ -15,6 +16,8 @@ REGULARIZERS = {
     "er": (Regularizer, ERConfig),
     "lump": (Regularizer, LUMPConfig),
     "pocon": (POCON, POCONConfig),
+    "cla_e": (CLAE, CLAEConfig),  # online, task-free (data.scenario stream): cla.py
+    "cla_r": (CLAR, CLARConfig),
 }
 
 

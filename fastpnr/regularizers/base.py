@@ -103,13 +103,23 @@ class FrozenModelRegularizer(Regularizer):
     def begin_task(self, method, task: int) -> None:
         super().begin_task(method, task)
         if task >= 1:
-            # The previous task's *online* encoder + projector (not the EMA networks), as the anchors.
-            self.frozen.backbone.load_state_dict(method.backbone.state_dict())
-            self.frozen.projector.load_state_dict(method.projector.state_dict())
-            self._set_has_frozen(True)
+            self.take_frozen(method)
         self.frozen.train(self.cfg.frozen_bn == "train")
         for p in self.frozen.parameters():
             p.requires_grad_(False)
+
+    def take_frozen(self, method) -> None:
+        """The frozen model := the *online* encoder + projector now (not the EMA networks), as the anchors."""
+        self.frozen.backbone.load_state_dict(method.backbone.state_dict())
+        self.frozen.projector.load_state_dict(method.projector.state_dict())
+        self._set_has_frozen(True)
+
+    def stream_step(self, method, step: int) -> None:
+        """On a stream, after ``step`` steps: the frozen model refreshed every ``regularizer.refresh_every`` steps
+        (a task-free stream has no task end to take it at)."""
+        every = self.cfg.refresh_every
+        if every is not None and step % every == 0:
+            self.take_frozen(method)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -141,18 +151,26 @@ class DistillRegularizer(FrozenModelRegularizer):
         self.distill_weight = 1.0  # lambda_d; subclasses set it
 
     def distill_lr_scale(self) -> float:
-        """BYOL-style distillers (predictive, BYOL-PNR): lr if distill_lamb >= 1 else lr / distill_lamb (anchors §1.1)."""
-        if self.kind in ("byol", "simsiam") and self.distill_weight < 1:
-            return 1.0 / max(self.distill_weight, 1e-12)
-        return 1.0
+        return distill_lr_scale(self.kind, self.distill_weight)
 
     def param_groups(self, optim_cfg):
-        lr = optim_cfg.effective_lr(optim_cfg.lr) * self.distill_lr_scale()
-        return [{"name": "distill_predictor", "params": list(self.distill_predictor.parameters()), "lr": lr,
-                 "weight_decay": optim_cfg.weight_decay}]
+        return distill_param_groups(self.distill_predictor, optim_cfg, self.distill_lr_scale())
 
     def predict(self, method, out) -> list[torch.Tensor]:
         return [self.distill_predictor(z) for z in method.distill_input(out)[:2]]
+
+
+def distill_lr_scale(kind: str, weight: float) -> float:
+    """BYOL-style distillers (predictive, BYOL-PNR): lr if distill_lamb >= 1 else lr / distill_lamb (anchors §1.1)."""
+    if kind in ("byol", "simsiam") and weight < 1:
+        return 1.0 / max(weight, 1e-12)
+    return 1.0
+
+
+def distill_param_groups(predictor, optim_cfg, lr_scale: float) -> list[dict]:
+    """The distill predictor's own parameter group: the base lr times ``lr_scale``, the base weight decay."""
+    return [{"name": "distill_predictor", "params": list(predictor.parameters()),
+             "lr": optim_cfg.effective_lr(optim_cfg.lr) * lr_scale, "weight_decay": optim_cfg.weight_decay}]
 
 
 def method_kind(method) -> str:

@@ -13,7 +13,7 @@ never calls ``.eval()``.
 """
 from __future__ import annotations
 
-from ..losses import contrastive_distill, decorrelative_distill, predictive_distill, predictive_mse_distill
+from ..losses import alignment_loss
 from fastpnr.system.precision import upcast
 from .base import DistillRegularizer
 from ..regularizer_configs import CaSSLeConfig
@@ -27,21 +27,20 @@ class CaSSLe(DistillRegularizer):
         self.weight = DEFAULT_WEIGHT.get(self.kind, 1.0) if cfg.weight is None else cfg.weight
         self.distill_weight = self.weight
 
+    log_name = "cassle"  # the logged term
+
     def penalty(self, method, out, frozen_out):
-        f1, f2 = (upcast(f) for f in frozen_out["z"])
-        u1, u2 = (upcast(u) for u in self.predict(method, out))
+        loss = self.weight * self.aligned(self.predict(method, out), frozen_out["z"])
+        return loss, {self.log_name: loss.detach()}
+
+    def aligned(self, predicted, past) -> "torch.Tensor":
+        """The distillation (alignment) loss of the predicted current projections to the past ones (two views)."""
+        f1, f2 = (upcast(f) for f in past)
+        u1, u2 = (upcast(u) for u in predicted)
         if self.kind in ("simclr", "mocov2plus"):  # batch-coupled: the global batch
             u1, u2, f1, f2 = self.dist.loss_batch(u1, u2, f1, f2)
-        elif self.kind == "barlow":
+        elif self.kind == "barlow":  # as the official code on dist.barlow_gpus GPUs when set
             u1, u2, f1, f2 = self.dist.barlow_batch(u1, u2, f1, f2)
-        if self.kind in ("simclr", "mocov2plus"):
-            loss = contrastive_distill(u1, u2, f1, f2, temperature=self.cfg.distill_temperature)
-        elif self.kind == "barlow":
-            loss = decorrelative_distill(u1, u2, f1, f2, lamb=self.cfg.barlow_lamb, scale=self.cfg.barlow_scale,
-                                         correlation=self.dist.barlow_correlation())
-        elif self.kind == "vicreg":
-            loss = predictive_mse_distill(u1, u2, f1, f2)
-        else:
-            loss = predictive_distill(u1, u2, f1, f2)
-        loss = self.weight * loss
-        return loss, {"cassle": loss.detach()}
+        return alignment_loss(self.kind, u1, u2, f1, f2, temperature=self.cfg.distill_temperature,
+                              barlow_lamb=self.cfg.barlow_lamb, barlow_scale=self.cfg.barlow_scale,
+                              correlation=self.dist.barlow_correlation() if self.kind == "barlow" else None)

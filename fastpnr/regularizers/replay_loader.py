@@ -69,15 +69,23 @@ def check_buffer_fills(buffer_size: int, task0_images: int, detail: str) -> None
             f"<= {task0_images}, the images task 0 streams ({detail}), so that the buffer is full when task 1 starts")
 
 
-def with_replay(loader, regularizer, seed: int, task0_steps: int, epochs: int, batch_size: int):
-    """``loader`` itself without replay; else a ``ReplayLoader`` over it (checks the buffer fills during task 0)."""
+def with_replay(loader, regularizer, seed: int, task0_steps: int, epochs: int, batch_size: int,
+                per_step: bool = False, skip: int = 0):
+    """``loader`` itself without replay; else a ``ReplayLoader`` over it (checks the buffer fills during task 0).
+    ``per_step`` (the stream): draws seeded per step, resumable inside the epoch from step ``skip``."""
     cfg = regularizer.cfg
     if cfg.replay == "none":
         return loader
-    check_buffer_fills(cfg.buffer_size, task0_steps * batch_size * epochs,
-                       f"{task0_steps} steps x batch {batch_size} x {epochs} epochs")
+    if per_step:
+        require(cfg.buffer_size <= task0_steps * batch_size, "regularizer.buffer_size", cfg.buffer_size,
+                f"<= {task0_steps * batch_size}, the images the stream holds ({task0_steps} steps x batch "
+                f"{batch_size}), so that the buffer fills")
+    else:
+        check_buffer_fills(cfg.buffer_size, task0_steps * batch_size * epochs,
+                           f"{task0_steps} steps x batch {batch_size} x {epochs} epochs")
     return ReplayLoader(loader, regularizer.replay_buffer, cfg.replay, replay_batch_size(cfg, batch_size), seed,
-                        regularizer.dist, cfg.mix_alpha, plain_first_view=cfg.lump_first_view == "plain")
+                        regularizer.dist, cfg.mix_alpha, plain_first_view=cfg.lump_first_view == "plain",
+                        per_step=per_step, skip=skip)
 
 
 def plain_view(view):
@@ -100,7 +108,7 @@ class ReplayLoader:
     """
 
     def __init__(self, loader, buffer, mode: str, replay_batch: int, seed: int, dist, alpha: float,
-                 plain_first_view: bool = False):
+                 plain_first_view: bool = False, per_step: bool = False, skip: int = 0):
         from loaders.gpu_aug import augment_batch, draw_rows
 
         if getattr(loader, "resident", None) != "device":
@@ -116,6 +124,11 @@ class ReplayLoader:
         if plain_first_view:
             self.replay_recipes[0] = plain_view(self.replay_recipes[0])
         self.epoch = 0
+        # per_step: every step's draws from generators seeded by (seed, epoch, stream, step), so that a run resumed
+        # at step ``skip`` of an epoch draws what the uninterrupted run drew; the first ``skip`` batches pass
+        # untouched (their replay is in the checkpointed buffer), but the last one's entry into the buffer, which
+        # the uninterrupted run made after its checkpoint
+        self.per_step, self.skip = per_step, int(skip)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -139,15 +152,27 @@ class ReplayLoader:
             views = [self._augment(x, cfg, augment_gen) for cfg in self.replay_recipes]
         return views, self.loader.labels[rows]
 
-    def __iter__(self):
-        from loaders.seeding import epoch_generator, epoch_seed
+    def _draws(self, step: int | None):
+        """(reservoir, pick, augment generators, host rng of lam): of the epoch, or of its step ``step``."""
+        from loaders.seeding import epoch_seed
 
         device = self.loader.images.device
-        reservoir_gen = epoch_generator(self.seed, self.epoch, RESERVOIR, device)
-        pick_gen = epoch_generator(self.seed, self.epoch, REPLAY_PICK, device)
-        augment_gen = epoch_generator(self.seed, self.epoch, REPLAY_AUGMENT, device)
-        mix_rng = np.random.default_rng(epoch_seed(self.seed, self.epoch, MIX))  # lam on the host: no device read
-        for views, labels, indices in self.loader:
+        key = (self.epoch,) if step is None else (self.epoch, step)
+        gens = [torch.Generator(device=device).manual_seed(epoch_seed(self.seed, key[0], s, *key[1:]))
+                for s in (RESERVOIR, REPLAY_PICK, REPLAY_AUGMENT)]
+        return (*gens, np.random.default_rng(epoch_seed(self.seed, key[0], MIX, *key[1:])))  # lam: no device read
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0  # a resume's skip applies to its first epoch only
+        reservoir_gen, pick_gen, augment_gen, mix_rng = self._draws(None)
+        for step, (views, labels, indices) in enumerate(self.loader):
+            if self.per_step:
+                reservoir_gen, pick_gen, augment_gen, mix_rng = self._draws(step)
+                if step < skip:
+                    yield views, labels, indices
+                    if step == skip - 1:
+                        self.buffer.add(self.dist.gather(indices), reservoir_gen)
+                    continue
             if self.buffer.filled() >= self.replay_batch:
                 replayed, replayed_labels = self.replayed_views(pick_gen, augment_gen)
                 if self.mode == "er":

@@ -36,21 +36,36 @@ def reservoir_update(slots: torch.Tensor, seen: torch.Tensor, new: torch.Tensor,
 
     Within the batch the last item aimed at a slot wins (``scatter_reduce`` amax of arrival positions: order-free and
     deterministic), as the sequential loop ``slots[target_j] = new_j`` for j = 0..n-1."""
-    size, n = slots.shape[0], new.shape[0]
-    targets = reservoir_targets(seen, n, size, u)
-    position = torch.arange(n, device=slots.device)
-    winner = torch.full((size + 1,), -1, dtype=torch.long, device=slots.device)  # slot `size`: the dropped items
+    winner = reservoir_winners(slots.shape[0], seen, new.shape[0], u)
+    return take_winners(slots, new, winner), seen + new.shape[0]
+
+
+def reservoir_winners(size: int, seen: torch.Tensor, num_new: int, u: torch.Tensor) -> torch.Tensor:
+    """(size,) int64: per slot the arriving item (its position 0..n-1) that ends in it, -1 where none does."""
+    targets = reservoir_targets(seen, num_new, size, u)
+    position = torch.arange(num_new, device=u.device)
+    winner = torch.full((size + 1,), -1, dtype=torch.long, device=u.device)  # slot `size`: the dropped items
     winner.scatter_reduce_(0, torch.where(targets >= 0, targets, size), position, reduce="amax")
-    winner = winner[:size]
-    return torch.where(winner >= 0, new[winner.clamp(min=0)], slots), seen + n
+    return winner[:size]
+
+
+def take_winners(old: torch.Tensor, new: torch.Tensor, winner: torch.Tensor) -> torch.Tensor:
+    """``old`` (size, ...) with the rows that ``winner`` names replaced by those rows of ``new``."""
+    keep = (winner < 0).reshape(-1, *([1] * (old.dim() - 1)))
+    return torch.where(keep, old, new[winner.clamp(min=0)])
 
 
 def sample_without_replacement(slots: torch.Tensor, n: int, u: torch.Tensor) -> torch.Tensor:
     """``n`` distinct filled slots' indices, uniformly (``np.random.choice(filled, n, replace=False)`` of UCL
     utils/buffer.py L96-100): the filled slots sorted by a uniform key ``u`` (size,), empty ones last. The caller
     ensures at least ``n`` slots are filled."""
+    return slots[sample_positions(slots, n, u)]
+
+
+def sample_positions(slots: torch.Tensor, n: int, u: torch.Tensor) -> torch.Tensor:
+    """The slots (positions) ``sample_without_replacement`` draws."""
     key = u + (slots < 0).to(u.dtype) * 2.0  # u < 1: every empty slot sorts after every filled one
-    return slots[torch.argsort(key)[:n]]
+    return torch.argsort(key)[:n]
 
 
 class ReservoirBuffer(nn.Module):

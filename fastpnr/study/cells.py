@@ -116,6 +116,8 @@ def write_json(path: Path, obj) -> None:
 
 def _tasks(folder: Path) -> tuple[int, int | None]:
     m = _read_json(folder / "metrics.json")
+    if "stream" in m:  # a stream is the loop's one task (its chunks are the columns of its one matrix row)
+        return len(m.get("accuracy_matrix", [])), 1
     num = m.get("num_tasks") or _read_json(folder / "config.json").get("data", {}).get("num_tasks")
     return len(m.get("accuracy_matrix", [])), num
 

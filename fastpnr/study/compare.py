@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fastpnr.config import PROTOCOLS
 from fastpnr.errors import DataError, require
+from fastpnr.eval.stream_eval import plot_stream, stream_figures
 from fastpnr.eval.evaluation import ContinualMetrics, mean_and_std
 
 TABLE_SUFFIXES = (".md", ".json", ".csv")
@@ -50,6 +51,7 @@ class RunSummary:
     matrix: tuple[tuple[float, ...], ...] = ()  # the protocol's accuracy matrix, finished rows
     tasks_done: int = 0
     num_tasks: int = 0
+    stream_curve: tuple = ()  # a stream run's evaluation points (metrics.json "stream" "curve"); empty otherwise
 
 
 def _read_json(path: Path) -> dict:
@@ -92,6 +94,8 @@ def summarize_metrics(folder: Path, cfg: dict, m: dict, protocol: str | None = N
     ips = [x for x in m.get("images_per_second", []) if x]
     data = cfg.get("data", {})
     num_tasks = m.get("num_tasks", data.get("num_tasks", 0))
+    # a stream (one row over its chunks): A_T over all chunks, the average accuracy and forgetting along the stream
+    stream = stream_figures(m, proto) or {}
     return RunSummary(
         run=folder.name, method=cfg.get("method", {}).get("name", "?"),
         regularizer=cfg.get("regularizer", {}).get("name", "?"),
@@ -99,14 +103,16 @@ def summarize_metrics(folder: Path, cfg: dict, m: dict, protocol: str | None = N
         tasks=f"{cm.tasks_done}/{num_tasks or '?'}", protocol=proto,
         final_acc=curve[-1] if curve else float("nan"),
         final_acc_std=curve_std[-1] if len(per_fit) > 1 and curve_std else None,
-        final_avg_acc=cm.final_average_accuracy(), final_avg_acc_std=_std_over_fits(per_fit),
-        avg_inc_acc=cm.average_incremental_accuracy(), forgetting=cm.forgetting(),
+        final_avg_acc=stream.get("final_avg_acc", cm.final_average_accuracy()), final_avg_acc_std=_std_over_fits(per_fit),
+        avg_inc_acc=stream.get("avg_inc_acc", cm.average_incremental_accuracy()),
+        forgetting=stream.get("forgetting", cm.forgetting()),
         fwd_transfer=cm.forward_transfer(random_init) if random_init else None,
         img_per_s=sum(ips) / len(ips) if ips else None, train_min=sum(m.get("task_time_s", [])) / 60.0,
         curve=curve, curve_std=tuple(curve_std) if len(per_fit) > 1 else (),
         acc_by_task=tuple(ContinualMetrics(matrix[: k + 1]).final_average_accuracy() for k in range(cm.tasks_done)),
         forgetting_by_task=tuple(cm.forgetting_per_task()), matrix=tuple(tuple(row) for row in matrix),
-        tasks_done=cm.tasks_done, num_tasks=int(num_tasks or 0))
+        tasks_done=cm.tasks_done, num_tasks=int(num_tasks or 0),
+        stream_curve=tuple(m["stream"]["curve"]) if stream else ())
 
 
 def _std_over_fits(matrices: list) -> float | None:
@@ -201,6 +207,9 @@ def plot_curves(rows: list[RunSummary], path) -> Path:
     check_outputs(plot=path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if rows and all(r.stream_curve for r in rows):  # streams: kNN accuracy against the step
+        plot_stream({f"{r.run} ({r.method}+{r.regularizer})": list(r.stream_curve) for r in rows}, path, "knn")
+        return path
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
         ax.errorbar(range(len(r.curve)), r.curve, yerr=r.curve_std or None, marker="o", capsize=3,

@@ -14,6 +14,7 @@ from pathlib import Path
 from .compare import format_value, honest_ylim, markdown, summarize
 from fastpnr.errors import FastPNRError
 from fastpnr.eval.evaluation import mean_and_std
+from fastpnr.eval.stream_eval import plot_study_streams
 from .paired import paired_difference
 from .cells import (STUDY_FILE, Cell, CellState, _read_json, error_line, git_commit, progress_line, read_state,
                     write_json)
@@ -415,7 +416,8 @@ def write_plots(out: Path, entries: list[dict]) -> list[str]:
             fig.savefig(out / f"{stem}{suffix}.png", dpi=110)
             _pyplot().close(fig)
             names.append(f"{stem}{suffix}.png")
-    return names
+    stream = plot_study_streams(out, entries)  # stream runs: accuracy over the stream, per strategy
+    return names + ([stream] if stream else [])
 
 
 # ------------------------------------------------------------------------------------------------ the report

@@ -27,6 +27,7 @@ from fastpnr.run.folder import (CHECKPOINT, NewRunFiles, check_new_run_folder, c
 from .build import build_models
 from fastpnr.system.runtime import cpu_lines, resolve_auto, setup_process
 from fastpnr.data.task_data import TaskData, cycle
+from . import stream_loop
 from .trainer import phase_trainer
 from fastpnr.system.checkpoint import write_json
 
@@ -83,7 +84,7 @@ class ContinualRun:
             raise
         finally:
             self._teardown()
-        T = self.cfg.data.num_tasks
+        T = loop_tasks(self.cfg)
         if self.last_task < T:
             self.log(f"stopped after {task_label(self.last_task - 1, T)} (train.max_tasks={self.last_task}); continue with "
                      f"--resume {self.out} --train.max_tasks {T}")
@@ -111,7 +112,8 @@ class ContinualRun:
             self.data = TaskData(cfg, self.out, self.dist, self.device, log=lambda *a, **k: self.log(*a, **k))
         self.log(f"data: {self.data.summary()} ({time.perf_counter() - t0:.1f}s)")
         self.evaluator = Evaluator(cfg, self.data, self.dist, status=self._status)
-        self.steps = [self.data.steps_per_epoch(t) for t in range(len(self.data.task_train))]
+        self.steps = [self.data.steps_per_epoch(t) for t in range(self.data.loop_tasks())]
+        self.stream = stream_loop.StreamRun(self) if self.data.stream else None  # eval.every_steps, refreshes
         self.write_json(self.out / "config.json", cfg.to_dict())  # from here on the folder holds a run
         # the method (backbone, heads, EMA networks) and the strategy (frozen model, distillers) on the device
         self.method, self.regularizer = build_models(cfg, self.data.num_classes, self.device, self.dist, self.log)
@@ -161,7 +163,7 @@ class ContinualRun:
 
     def _open_display(self, ckpt: dict | None) -> None:
         """The progress bar (or per-epoch lines; the run's log goes above the bar) and the TensorBoard scalars."""
-        T = self.cfg.data.num_tasks
+        T = loop_tasks(self.cfg)
         self.last_task = min(T, self.cfg.train.max_tasks or T)  # train.max_tasks: a partial run stops after these
         total = sum(s * self._task_epochs(t) for t, s in enumerate(self.steps[:self.last_task]))
         # each task's training steps, in metrics.json: a study's ETA counts the steps its cells have left
@@ -181,7 +183,7 @@ class ContinualRun:
     # ------------------------------------------------------------------------------------------ task, phase, epoch
     def _task_epochs(self, task: int) -> int:
         """The epochs of task ``task``: optim.epochs, or the sum over the regularizer's phases (POCON)."""
-        return task_epochs(self.cfg.regularizer, task, self.cfg.optim.epochs)
+        return task_epochs(self.cfg.regularizer, task, loop_epochs(self.cfg))
 
     def _train_task(self, task: int, ckpt: dict | None) -> None:
         """Task ``task``: its phases in order (each with a fresh optimizer and schedule, as the anchors fresh per
@@ -196,12 +198,12 @@ class ContinualRun:
             set_rng_state(ckpt["rng"])
         loader, probe_loader = data.task_loaders(task, self.method.num_views)
         loader = with_replay(loader, self.regularizer, data.task_seed(task), self.steps[0], self._task_epochs(0),
-                             cfg.optim.batch_size)
+                             cfg.optim.batch_size, per_step=data.stream, skip=first_step)
         # this task's time so far: its earlier attempts' (a kill mid-task), from the checkpoint, then this one's
         earlier = ckpt.get("task_clock") if ckpt is not None and (first_epoch > 0 or first_step > 0) else None
         self.task_clock = run_metrics.TaskClock.resumed(task, earlier)
         start = 0
-        for name, n in task_phases(cfg.regularizer, task, cfg.optim.epochs):  # (name, epochs): one, or POCON's
+        for name, n in task_phases(cfg.regularizer, task, loop_epochs(cfg)):  # (name, epochs): one, or POCON's
             if first_epoch < start + n:
                 inside = first_epoch > start or (first_epoch == start and first_step > 0)  # resumed inside the phase
                 trainer = phase_trainer(self.method, self.regularizer, task, name, cfg, self.device, self.dist, self.log,
@@ -224,11 +226,12 @@ class ContinualRun:
         """One epoch (from ``start_step`` when resumed inside it): steps, TensorBoard scalars, progress, the task's
         clock, checkpoint. ``phase``: (its first epoch in the task, its epochs, the task's epochs); schedules run over
         the phase. A stop signal: the checkpoint after the step in flight, then exit."""
-        cfg, T, steps = self.cfg, self.cfg.data.num_tasks, self.steps[task]
+        cfg, T, steps = self.cfg, loop_tasks(self.cfg), self.steps[task]
         start, n, E = phase
         lr = set_lr(trainer.optimizer, epoch - start, n, cfg.optim)
         if lr is not None and start_step == 0:  # at the epoch's first step (a resume inside the epoch logged it)
             self._scalar("train/lr", lr, self.global_step + 1)
+        after_step = self.stream.after_step(trainer, task, epoch, start_step) if self.stream is not None else None
         loader.set_epoch(epoch)
         probe_iter = cycle(probe_loader, epoch) if probe_loader is not None else None
         phase_name = self._phase_name(task, epoch)
@@ -243,7 +246,7 @@ class ContinualRun:
 
         means, stopped_at = trainer.train_epoch(loader, probe_iter, epoch, epoch_start, steps * n, steps,
                                                 progress=self.progress.bar, on_log=on_log, start_step=start_step,
-                                                stop=self._signal, on_skipped=on_skipped)
+                                                stop=self._signal, on_skipped=on_skipped, after_step=after_step)
         if stopped_at is not None:
             self._save(task, epoch, trainer.optimizer, trainer, next_step=stopped_at)
             self._stop_if_requested(task, epoch, step=stopped_at)
@@ -269,7 +272,7 @@ class ContinualRun:
 
     def _checkpoint_label(self, task: int, epoch: int, phase: str, step: int = 0) -> str:
         """Where a checkpoint (next_task, next_epoch, phase, next_step) stands, in the words of the progress lines."""
-        T = self.cfg.data.num_tasks
+        T = loop_tasks(self.cfg)
         if phase == "random_init":
             return "the random-init evaluation"
         if phase == "evaluate":
@@ -280,7 +283,7 @@ class ContinualRun:
 
     def _phase_name(self, task: int, epoch: int) -> str | None:
         """The phase that epoch ``epoch`` of task ``task`` trains in, where the task has several (POCON), else None."""
-        phases = task_phases(self.cfg.regularizer, task, self.cfg.optim.epochs)
+        phases = task_phases(self.cfg.regularizer, task, loop_epochs(self.cfg))
         start = 0
         for name, n in phases:
             if epoch < start + n:
@@ -313,9 +316,11 @@ class ContinualRun:
 
     def _finish_task(self, task: int) -> None:
         """Evaluate the trained task; save task{t}.pt, metrics.json, then the checkpoint of the next task."""
-        cfg, T = self.cfg, self.cfg.data.num_tasks
+        cfg, T = self.cfg, loop_tasks(self.cfg)
         self._eval_label = f"evaluating {task_label(task, T)}"
         self._evaluate(task)
+        if self.stream is not None:
+            self.stream.record_final()
         self.save_file({"config": cfg.to_dict(), "task": task, "method": self.method.state_dict()}, self.out / f"task{task}.pt")
         self.dist.main_only(run_metrics.write_metrics)(self.out, self.metrics, cfg)
         if self.writer is not None:  # wandb (train.wandb): the heatmap and the metrics after this task
@@ -348,13 +353,23 @@ class _Interrupted(Exception):
     pass
 
 
+def loop_tasks(cfg) -> int:
+    """The tasks the loop trains: data.num_tasks, or one for the stream (its chunks are inside the one loader)."""
+    return 1 if cfg.data.scenario == "stream" else cfg.data.num_tasks
+
+
+def loop_epochs(cfg) -> int:
+    """The loop's epochs per task: optim.epochs, or one for the stream (its passes per chunk are inside the loader)."""
+    return 1 if cfg.data.scenario == "stream" else cfg.optim.epochs
+
+
 def resume_run(path, overrides: dict | None = None, allow_config_change: bool = False, log=print) -> dict:
     """Continue the run in ``path`` (a run folder or its checkpoint.pt) from its last checkpoint, with the configuration
     it was started with plus ``overrides`` (dotted, as on the command line; see ``run_folder.RESUME_SAFE``)."""
     run_dir = resume_folder(path)
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
     cfg = config_with_overrides(ckpt["config"], overrides or {})
-    if ckpt["next_task"] >= cfg.data.num_tasks:
-        raise FastPNRError(f"the run in {run_dir} is already complete ({cfg.data.num_tasks} tasks); see metrics.json")
+    if ckpt["next_task"] >= loop_tasks(cfg):
+        raise FastPNRError(f"the run in {run_dir} is already complete ({loop_tasks(cfg)} tasks); see metrics.json")
     run = ContinualRun(cfg, run_dir, resume=True, log=log, allow_config_change=allow_config_change, checkpoint=ckpt)
     return run.fit()

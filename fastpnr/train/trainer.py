@@ -157,13 +157,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ the epoch
     def train_epoch(self, loader, probe_iter, epoch: int, step_offset: int, total_steps: int, steps: int,
-                    progress=None, on_log=None, start_step: int = 0, stop=None, on_skipped=None):
+                    progress=None, on_log=None, start_step: int = 0, stop=None, on_skipped=None, after_step=None):
         """Run steps ``start_step..steps-1`` from ``loader`` (an epoch). Returns (the host means of the logged terms,
         the steps done when ``stop`` (``preempt.StopRequest``) was requested at a step boundary, else None).
 
         Resuming mid-epoch replays the loader's first ``start_step`` batches untrained: an epoch's batches are a
         function of (seed, epoch), so the steps after them see the batches of the uninterrupted run. ``on_skipped``
-        runs after them (the checkpoint's RNG state back in place)."""
+        runs after them (the checkpoint's RNG state back in place). ``after_step(done)``: after each step, outside
+        it (the stream's evaluation points, frozen-model refreshes and checkpoints)."""
         self.method.train()
         self.regularizer.train()
         sums: dict[str, float] = {}
@@ -212,6 +213,8 @@ class Trainer:
                     progress.set_postfix(loss=f"{host['loss']:.3f}", img_s=f"{ips:.0f}")
             if progress is not None:
                 progress.update(1)
+            if after_step is not None:
+                after_step(done)
             # a stop signal is read between steps (a Python int, no sync); across ranks only at the log steps,
             # where the ranks sync anyway, so that all stop after the same step
             synced = not self.dist.enabled or done % self.cfg.log_every == 0
