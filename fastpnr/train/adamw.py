@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .optim import LARS, _sgd_update
+from .optim import LARS, _sgd_update, groups_with_grads
 
 
 class AdamW(torch.optim.Optimizer):
@@ -26,11 +26,7 @@ class AdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
+        for group, params, grads in groups_with_grads(self):
             lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
             b1, b2 = group["betas"]
             m, v, steps = self._state(params)

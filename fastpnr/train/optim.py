@@ -20,6 +20,14 @@ import math
 import torch
 
 
+def groups_with_grads(optimizer):
+    """(group, its parameters that have a gradient, their gradients) of each param group that has any."""
+    for group in optimizer.param_groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        if params:
+            yield group, params, [p.grad for p in params]
+
+
 class LARS(torch.optim.Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.02,
                  clip: bool = True, exclude_bias_n_norm: bool = True, lars: bool = True, eps: float = 1e-8):
@@ -30,11 +38,7 @@ class LARS(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
+        for group, params, grads in groups_with_grads(self):
             wd, lr = group["weight_decay"], group["lr"]
             adapt = [p for p in params if group["lars"] and not (group["exclude_bias_n_norm"] and p.ndim == 1)]
             if adapt:
