@@ -13,6 +13,8 @@ never calls ``.eval()``.
 """
 from __future__ import annotations
 
+import torch
+
 from ..losses import alignment_loss
 from fastpnr.system.precision import upcast
 from .base import DistillRegularizer
@@ -33,7 +35,7 @@ class CaSSLe(DistillRegularizer):
         loss = self.weight * self.aligned(self.predict(method, out), frozen_out["z"])
         return loss, {self.log_name: loss.detach()}
 
-    def aligned(self, predicted, past) -> "torch.Tensor":
+    def aligned(self, predicted, past) -> torch.Tensor:
         """The distillation (alignment) loss of the predicted current projections to the past ones (two views)."""
         f1, f2 = (upcast(f) for f in past)
         u1, u2 = (upcast(u) for u in predicted)

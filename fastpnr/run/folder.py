@@ -24,13 +24,10 @@ A run folder (``--out``; ``RUN_FILES``):
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 from pathlib import Path
-
-import numpy as np
 
 from fastpnr.errors import ConfigError, DataError
 from fastpnr.system.folders import missing_folders, remove_empty_folders
