@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastpnr.system.atomic import write_json
+
 FORMAT_VERSION = 2  # 2: keys on content (1 keyed on paths and mtimes)
 HASH_MEMO = "content-hashes.json"
 HASH_MEMO_MAX = 4096  # files remembered; the least recently used are forgotten (then hashed again when seen)
@@ -157,13 +159,10 @@ def save(folder: Path, images: np.ndarray, labels: np.ndarray, domain_ids: np.nd
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(obj))
-        os.replace(tmp, path)
+        write_json(path, obj, indent=None)
     except OSError:  # a read-only cache: hashes are recomputed next time
-        tmp.unlink(missing_ok=True)
+        pass
 
 
 # ----------------------------------------------------------------------------------------------- list / evict

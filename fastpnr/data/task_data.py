@@ -15,7 +15,7 @@ import numpy as np
 
 from fastpnr.system import distributed
 from fastpnr.errors import ConfigError
-from fastpnr.system.checkpoint import write_json
+from fastpnr.system.atomic import atomic_file, write_json
 from fastpnr.system.runtime import resolve_device
 from .scenarios import stratified_subset
 
@@ -46,9 +46,8 @@ def _write_task_indices(path: Path, task_train, test_all, test_parts, eval_train
     arrays = {f"task{t}": np.asarray(idx, np.int64) for t, idx in enumerate(task_train)}
     arrays.update({f"test_task{t}": np.asarray(test_all, np.int64)[p] for t, p in enumerate(test_parts)})
     arrays.update(test=np.asarray(test_all, np.int64), eval_train=np.asarray(eval_train, np.int64))
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_file(path) as f:  # a file object: np.savez appends no ".npz"
+        np.savez(f, **arrays)
 
 
 def _data_note(datasets) -> str:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastpnr.system.atomic import atomic_file
+
 
 # --------------------------------------------------------------------------------------------- features
 def eval_batches(images: np.ndarray, indices: np.ndarray, batch_size: int, device, mean, std, size: int | None = None,
@@ -191,7 +193,8 @@ def save_heatmap(matrix: list[list[float]], path, title: str = "accuracy a[i][j]
     import matplotlib.pyplot as plt
 
     fig = heatmap_figure(matrix, title, std)
-    fig.savefig(path, dpi=120)
+    with atomic_file(path) as f:
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)
 
 

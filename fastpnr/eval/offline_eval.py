@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from . import evaluation as ev
+from fastpnr.system.atomic import write_json
 from fastpnr.system.checkpoint import load_checkpoint
 from fastpnr.config import config_from_dict
 from fastpnr.errors import ConfigError, require
@@ -204,7 +205,7 @@ def linear_eval(checkpoint: str, data_dir: str | None = None, mode: str = "featu
     fits = run.evaluator.rows(task, method, protocols=(protocol,))[protocol]
     result = _report(run, ckpt, protocol, mode, fits, changed, extra)
     if out:
-        Path(out).write_text(json.dumps(result, indent=2))
+        write_json(out, result)
     return result
 
 
@@ -219,5 +220,5 @@ def knn_eval(checkpoint: str, data_dir: str | None = None, k: int | None = None,
     fits = run.evaluator.rows(_last_trained_task(ckpt), method, protocols=("knn",))["knn"]
     result = _report(run, ckpt, "knn", "knn", fits, changed)
     if out:
-        Path(out).write_text(json.dumps(result, indent=2))
+        write_json(out, result)
     return result

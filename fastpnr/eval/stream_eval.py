@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import evaluation as ev
+from fastpnr.system.atomic import atomic_file
 
 
 def new_stream_metrics(chunk_starts, every_steps: int) -> dict:
@@ -93,11 +94,9 @@ def plot_stream(curves: dict, path: Path, protocol: str, chunk_starts=None, titl
     ax.set_title(title or f"{protocol} accuracy over the stream")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(path) as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def stream_figures(m: dict, protocol: str) -> dict | None:

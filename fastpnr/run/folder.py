@@ -30,6 +30,7 @@ import shutil
 from pathlib import Path
 
 from fastpnr.errors import ConfigError, DataError
+from fastpnr.system.atomic import atomic_file, temporary_target
 from fastpnr.system.folders import missing_folders, remove_empty_folders
 
 CHECKPOINT = "checkpoint.pt"
@@ -41,9 +42,6 @@ WANDB = "wandb"  # wandb_log.WANDB_FOLDER: the run's wandb files (train.wandb), 
 RUN_FILES = ("config.json", "tasks.json", "tasks_indices.npz", CHECKPOINT, "metrics.json", "accuracy_matrix.csv",
              "accuracy_matrix.png", TENSORBOARD, WANDB)
 TASK_MODEL = re.compile(r"task\d+\.pt")
-# Atomic writes cut short: checkpoint.atomic_save's ".checkpoint.pt.XXXX.tmp", write_json's "x.json.tmp",
-# task_data._write_task_indices's "tasks_indices.npz.tmp.npz".
-TEMPORARY = re.compile(r"\.(checkpoint|task\d+)\.pt\..+\.tmp|(config|tasks|metrics)\.json\.tmp|tasks_indices\.npz\.tmp\.npz")
 # A folder holding one of these holds a run.
 RUN_MARKERS = ("config.json", CHECKPOINT, "metrics.json", TENSORBOARD)
 # Settings a resume may change: they cannot change the numbers (display, host-read cadence, where data is found,
@@ -57,8 +55,12 @@ def run_files(out: Path) -> list[Path]:
     """The files and folders fastpnr wrote in ``out``."""
     if not out.is_dir():
         return []
-    return sorted(p for p in out.iterdir()
-                  if p.name in RUN_FILES or TASK_MODEL.fullmatch(p.name) or TEMPORARY.fullmatch(p.name))
+    return sorted(p for p in out.iterdir() if _run_file(p.name) or _run_file(temporary_target(p.name) or ""))
+
+
+def _run_file(name: str) -> bool:
+    """A name fastpnr writes into a run folder (a temporary one, left by an atomic write cut short, names its target)."""
+    return name in RUN_FILES or bool(TASK_MODEL.fullmatch(name))
 
 
 def holds_run(out: Path) -> list[str]:
@@ -259,12 +261,10 @@ def prune_events(path: Path, last_steps: dict) -> None:
         kept = [r for r in records if _keep(Event.FromString(r), last_steps)]
         if len(kept) == len(records):
             continue
-        tmp = file.with_name(file.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_file(file) as f:
             writer = RecordWriter(f)
             for r in kept:
                 writer.write(r)
-        os.replace(tmp, file)
 
 
 def _keep(event, last_steps: dict) -> bool:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from fastpnr.eval import evaluation as ev
-from fastpnr.system.checkpoint import write_json
+from fastpnr.system.atomic import write_json
 
 
 def new_metrics() -> dict:

@@ -107,13 +107,6 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def write_json(path: Path, obj) -> None:
-    """Atomic: a reader (``--status``, another study) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def _tasks(folder: Path) -> tuple[int, int | None]:
     m = _read_json(folder / "metrics.json")
     if "stream" in m:  # a stream is the loop's one task (its chunks are the columns of its one matrix row)

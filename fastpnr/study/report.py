@@ -16,8 +16,8 @@ from fastpnr.errors import FastPNRError
 from fastpnr.eval.evaluation import mean_and_std
 from fastpnr.eval.stream_eval import plot_study_streams
 from .paired import paired_difference
-from .cells import (STUDY_FILE, Cell, CellState, _read_json, error_line, git_commit, progress_line, read_state,
-                    write_json)
+from fastpnr.system.atomic import write_json
+from .cells import STUDY_FILE, Cell, CellState, _read_json, error_line, git_commit, progress_line, read_state
 
 # (report.json key, column title, RunSummary field)
 METRICS = (("final_average_accuracy", "A_T", "final_avg_acc"),

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastpnr.errors import ConfigError, FastPNRError, require
+from fastpnr.system.atomic import write_json
 from fastpnr.system.preempt import EXIT_CHECKPOINTED
 from .cells import (CELL_FILE, CHECKPOINT, LOG_FILE, STUDY_FILE, Cell, CellState, _alive, _read_json, _tasks,
-                    error_line, eta_s, fmt_duration, git_commit, progress_line, read_state, regularizer_fields,
-                    strategy_options, write_json)
+                    error_line, fmt_duration, git_commit, progress_line, read_state, regularizer_fields)
 
 LOCK_FILE = "study.lock"
 KEEP_ON_RESTART = (LOG_FILE, CELL_FILE)

@@ -16,7 +16,6 @@ left the queue is what its cell's record says.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re

@@ -1,16 +1,15 @@
-"""Atomic files (temp file + os.replace): checkpoints holding everything needed to resume exactly, and JSON."""
+"""Checkpoints holding everything needed to resume exactly, written atomically (``atomic``)."""
 from __future__ import annotations
 
-import json
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import distributed
+from .atomic import atomic_file
 from fastpnr.errors import DataError
 
 
@@ -48,20 +47,9 @@ def loop_state(cfg, where: dict, method, regularizer, optimizer, trainer, metric
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
-    """Write ``obj`` with torch.save to a temp file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``obj`` with torch.save, atomically, on the disk before the rename (``atomic.atomic_file``)."""
+    with atomic_file(path, "wb", fsync=True) as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dict:
@@ -101,24 +89,3 @@ def unreadable_checkpoint(path: Path, exc: Exception) -> DataError:
         hint = (f"to evaluate, task{{t}}.pt, the model after task t, may serve{present}; to resume, restore an "
                 "earlier copy of checkpoint.pt (--resume reads only it)")
     return DataError(f"checkpoint {path} is truncated or corrupt ({size} bytes; torch.load: {cause}); {hint}")
-
-
-def write_json(path: Path, obj) -> None:
-    """``obj`` as indented JSON, atomically (temp file + rename); numpy scalars and arrays as numbers and lists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (np.ndarray,)):
-        return o.tolist()
-    if isinstance(o, tuple):
-        return list(o)
-    return str(o)

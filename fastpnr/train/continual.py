@@ -29,7 +29,7 @@ from fastpnr.system.runtime import cpu_lines, resolve_auto, setup_process
 from fastpnr.data.task_data import TaskData, cycle
 from . import stream_loop
 from .trainer import phase_trainer
-from fastpnr.system.checkpoint import write_json
+from fastpnr.system.atomic import write_json
 
 
 class ContinualRun:

@@ -1,7 +1,6 @@
 """The run's progress display: notices above the bar, evaluation time out of the ETA, per-epoch lines without a bar."""
 from __future__ import annotations
 
-import pytest
 
 from fastpnr.run.progress import TrainProgress
 

@@ -30,8 +30,9 @@ def _fake_run(folder):
     """The files of a run, plus files of the user's own."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "tasks.json", "tasks_indices.npz", "metrics.json", "accuracy_matrix.csv", "checkpoint.pt", "task0.pt",
-                 "task1.pt", ".checkpoint.pt.abc123.tmp"):
+                 "task1.pt", ".checkpoint.pt.abc12345.tmp", ".metrics.json.0123abcd.tmp"):  # two atomic writes cut short
         (folder / name).write_text("x")
+    (folder / ".notes.txt.0123abcd.tmp").write_text("mine")  # a temporary file, but not of a file fastpnr writes
     (folder / "tb").mkdir()
     (folder / "tb" / "events.out.tfevents.1").write_text("x")
     (folder / "notes.txt").write_text("mine")
@@ -55,7 +56,7 @@ def test_new_run_refuses_a_folder_holding_a_run_and_overwrite_deletes_only_run_f
     assert "already holds a run" in msg and f"--resume {run}" in msg and "--overwrite" in msg
     assert (run / "checkpoint.pt").exists()  # refused: nothing deleted
     check_new_run_folder(run, overwrite=True)
-    assert sorted(p.name for p in run.iterdir()) == ["mine", "notes.txt", "task_notes.pt"]
+    assert sorted(p.name for p in run.iterdir()) == [".notes.txt.0123abcd.tmp", "mine", "notes.txt", "task_notes.pt"]
     assert (run / "mine" / "checkpoint.pt").read_text() == "mine"
 
 
@@ -64,8 +65,9 @@ def test_new_run_files_removes_what_the_run_made_and_nothing_that_was_there(tmp_
     made = NewRunFiles(nested)
     _fake_run(nested)
     made.remove()
-    assert sorted(p.name for p in nested.iterdir()) == ["mine", "notes.txt", "task_notes.pt"]  # the user's stay
-    for p in ("mine/checkpoint.pt", "mine", "notes.txt", "task_notes.pt"):
+    assert sorted(p.name for p in nested.iterdir()) == [".notes.txt.0123abcd.tmp", "mine", "notes.txt",
+                                                         "task_notes.pt"]  # the user's stay
+    for p in (".notes.txt.0123abcd.tmp", "mine/checkpoint.pt", "mine", "notes.txt", "task_notes.pt"):
         (nested / p).unlink() if (nested / p).is_file() else (nested / p).rmdir()
     made.remove()  # empty now: the folders it made go, up to the first that existed
     assert list(tmp_path.iterdir()) == []

@@ -5,7 +5,6 @@ locally; a cell requeued (``scontrol requeue``) mid-task resumed to the uninterr
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
