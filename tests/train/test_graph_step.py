@@ -67,13 +67,15 @@ def _batches(n, probe, seed=1):
     return out
 
 
-def _trajectory(trainer, optim_cfg, batches, rehearse=False):
+def _trajectory(trainer, optim_cfg, batches, rehearse=False, before_step=None):
     losses = []
     if rehearse:  # the capture path's warm-up: steps that must leave no trace
         trainer.graph.refill(*batches[0])
         trainer.graph.warmup()
     for i, (views, labels, pb) in enumerate(batches):
         set_lr(trainer.optimizer, i / 2, 3, optim_cfg)  # an lr that changes between steps (step schedule)
+        if before_step is not None:
+            before_step(trainer, i)
         logs = trainer.run_step(views, labels, pb, i, len(batches))
         losses.append({k: v.detach().clone() for k, v in logs.items()})
     return losses
@@ -81,7 +83,8 @@ def _trajectory(trainer, optim_cfg, batches, rehearse=False):
 
 @pytest.mark.parametrize("method_name, reg_name, probe", [("simclr", "pnr", "task"), ("mocov2plus", "pnr", "full"),
                                                           ("byol", "cassle", "off"), ("barlow", "pfr", "off"),
-                                                          ("barlow", "pocon", "off")])
+                                                          ("barlow", "pocon", "off"), ("simclr", "cla_e", "off"),
+                                                          ("byol", "cla_e", "task")])
 @pytest.mark.parametrize("rehearse", [False, True])
 def test_graph_step_matches_eager_trajectory(method_name, reg_name, probe, rehearse):
     eager, optim_cfg = _build(method_name, reg_name, cuda_graph=False, probe=probe)
@@ -101,6 +104,39 @@ def test_graph_step_matches_eager_trajectory(method_name, reg_name, probe, rehea
     assert all(isinstance(lr, torch.Tensor) and lr.ndim == 0 for lr in lrs)
     for ge, gg in zip(eager.optimizer.param_groups, graph.optimizer.param_groups):
         assert float(gg["lr"]) == pytest.approx(ge["lr"], rel=1e-6)
+
+
+REPLAYED = 3  # CLA-R: the last rows of each batch are replayed images
+
+
+def _cla_r_replay(trainer, i):
+    """What the ReplayLoader does before a CLA-R step: draw REPLAYED slots, their stored projections into ``picked``
+    (in place from the second draw on: a captured graph reads that tensor). The buffer is filled once, at step 0,
+    with 2 * REPLAYED images whose stored projections differ, so every step aligns to other targets."""
+    buffer = trainer.regularizer.replay_buffer
+    gen = torch.Generator(device=buffer.features.device).manual_seed(100 + i)
+    if i == 0:
+        buffer.pending = torch.randn(2 * REPLAYED, buffer.features.shape[1], generator=gen,
+                                     device=buffer.features.device)
+        buffer.add(torch.arange(2 * REPLAYED, device=buffer.features.device), gen)
+    buffer.sample(REPLAYED, gen)
+
+
+def test_cla_r_graph_step_matches_eager_with_a_replaying_buffer():
+    """CLA-R's alignment is active (the buffer replays) and its targets change every step; the graph path follows the
+    eager one bit for bit, the projections waiting to enter the buffer included."""
+    eager, optim_cfg = _build("simclr", "cla_r", cuda_graph=False, probe="off")
+    graph, _ = _build("simclr", "cla_r", cuda_graph=True, probe="off")
+    batches = _batches(STEPS, "off")
+    ref = _trajectory(eager, optim_cfg, batches, before_step=_cla_r_replay)
+    got = _trajectory(graph, optim_cfg, batches, before_step=_cla_r_replay)
+    assert eager.regularizer.active and all(float(r["cla"]) > 0 for r in ref)
+    assert len({round(float(r["cla"]), 6) for r in ref}) == STEPS  # other targets at every step
+    for r, g in zip(ref, got):
+        for k in r:
+            torch.testing.assert_close(g[k], r[k], **TOL, msg=lambda m, k=k: f"{k}: {m}")
+    torch.testing.assert_close(graph.regularizer.replay_buffer.pending, eager.regularizer.replay_buffer.pending, **TOL)
+    assert graph.regularizer.replay_buffer.pending.shape[0] == B - REPLAYED
 
 
 def test_static_buffers_are_refilled_in_place_and_reallocated_on_new_shapes():
@@ -231,10 +267,13 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @needs_cuda
 @pytest.mark.parametrize("two_streams", [False, True])
-def test_captured_graph_matches_eager_on_cuda(two_streams):
-    """On CUDA the step is really captured and replayed; its trajectory follows the eager one (kernels may differ)."""
+@pytest.mark.parametrize("method_name, reg_name, probe", [("mocov2plus", "pnr", "full"), ("simclr", "cla_e", "off"),
+                                                          ("simclr", "cla_r", "off")])
+def test_captured_graph_matches_eager_on_cuda(two_streams, method_name, reg_name, probe):
+    """On CUDA the step is really captured and replayed; its trajectory follows the eager one (kernels may differ).
+    CLA-E: the EMA update inside the graph; CLA-R: the replayed rows' stored projections refilled in place."""
     def build(cuda_graph):
-        trainer, optim_cfg = _build("mocov2plus", "pnr", cuda_graph=cuda_graph, probe="full")
+        trainer, optim_cfg = _build(method_name, reg_name, cuda_graph=cuda_graph, probe=probe)
         dev = torch.device("cuda")
         trainer.method.to(dev)
         trainer.regularizer.to(dev)
@@ -245,10 +284,11 @@ def test_captured_graph_matches_eager_on_cuda(two_streams):
     torch.backends.cudnn.deterministic = True
     eager, optim_cfg = build(False)
     graph, _ = build(True)
-    batches = [([v.cuda() for v in views], labels.cuda(), tuple(t.cuda() for t in pb))
-               for views, labels, pb in _batches(STEPS, "full")]
-    ref = _trajectory(eager, optim_cfg, batches)
-    got = _trajectory(graph, optim_cfg, batches)
+    batches = [([v.cuda() for v in views], labels.cuda(), None if pb is None else tuple(t.cuda() for t in pb))
+               for views, labels, pb in _batches(STEPS, probe)]
+    replay = _cla_r_replay if reg_name == "cla_r" else None
+    ref = _trajectory(eager, optim_cfg, batches, before_step=replay)
+    got = _trajectory(graph, optim_cfg, batches, before_step=replay)
     assert graph.graph.captured, graph.graph.reason
     for r, g in zip(ref, got):
         torch.testing.assert_close(g["loss"], r["loss"], rtol=1e-3, atol=1e-3)
