@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fastpnr.system import preempt
-from fastpnr.study import cells
 from fastpnr.study import runner as study
+from fastpnr.study.cells import eta_s
 from fastpnr.cli import main as fastpnr
 from tests.conftest import tiny_overrides
 
@@ -123,9 +123,9 @@ def test_eta_from_the_mean_wall_time_of_finished_cells():
     pending = study.CellState("pending")
     states = [done, done2, running, pending, pending]
     # mean 150 s per cell: running has 150 - 50 left, two pending 300; two slots -> 200 s
-    assert cells.eta_s(states, slots=2, now=1050.0) == pytest.approx(200.0)
+    assert eta_s(states, slots=2, now=1050.0) == pytest.approx(200.0)
     assert "2/5 done, 1 running, 0 failed, 2 to run" in study.progress_line(states, 2, 10.0, 1050.0)
-    assert cells.eta_s([pending], slots=1, now=0.0) is None
+    assert eta_s([pending], slots=1, now=0.0) is None
 
 
 def test_eta_counts_the_steps_each_cell_has_left_at_the_measured_seconds_per_step(tmp_path):
@@ -139,9 +139,9 @@ def test_eta_counts_the_steps_each_cell_has_left_at_the_measured_seconds_per_ste
     states = [done, running, pending, pending, interrupted]
     # running 600 - 100 s; pending pocon as its siblings (300 and 400 steps) 700 s; pending finetune as its sibling
     # (100 steps) 200 s; interrupted 300 steps 600 s: 2000 s on two slots
-    assert cells.eta_s(states, slots=2, now=1100.0, cells=cells) == pytest.approx(1000.0)
+    assert eta_s(states, slots=2, now=1100.0, cells=cells) == pytest.approx(1000.0)
     # without the cells every unknown count is the mean of the known ones, (100 + 300 + 400) / 3 steps
-    assert cells.eta_s(states, slots=1, now=1100.0) == pytest.approx(500 + 2 * 2 * 800 / 3 + 600)
+    assert eta_s(states, slots=1, now=1100.0) == pytest.approx(500 + 2 * 2 * 800 / 3 + 600)
     assert "ETA 0:16:40" in study.progress_line(states, 2, 10.0, 1100.0, cells)
     folder = tmp_path / "run"
     folder.mkdir()
