@@ -400,8 +400,15 @@ def diagnostic_figure(out: Path, group: list[dict]):
     return fig
 
 
+def _is_stream(out: Path, entry: dict) -> bool:
+    """A cell of a stream run: its figures are the curves over the stream (its one matrix row is not a task sequence)."""
+    path = out / entry["name"] / "metrics.json"
+    return path.exists() and "stream" in _read_json(path)
+
+
 def write_plots(out: Path, entries: list[dict]) -> list[str]:
-    groups = _groups(entries)
+    """The task figures of the task-based cells, per (preset, scenario), and the stream curves of the stream cells."""
+    groups = _groups([e for e in entries if not _is_stream(out, e)])
     names = []
     for (preset, scenario), group in groups.items():
         suffix = "" if len(groups) == 1 else "-" + "-".join(str(p) for p in (preset, scenario) if p)

@@ -22,7 +22,7 @@ def test_a_stream_study_of_finetune_er_cla_and_pnr_reports_the_stream_figures(da
     fastpnr([str(a) for a in ["study", "--preset", "stream", "--methods", "simclr", "--regularizers", ",".join(regs),
                               "--seeds", 5, "--out", out, "--jobs", 2, *[a for k, v in ov.items() for a in (f"--{k}", v)]]])
     report = json.loads((out / "report.json").read_text())
-    assert "stream_curves.png" in report["plots"] and (out / "stream_curves.png").stat().st_size > 0
+    assert report["plots"] == ["stream_curves.png"] and (out / "stream_curves.png").stat().st_size > 0
     assert [(c["regularizer"], c["status"]) for c in report["cells"]] == [(r, "done") for r in regs]
     for cell in report["cells"]:
         m = json.loads((out / cell["name"] / "metrics.json").read_text())
@@ -59,3 +59,18 @@ def test_compare_reads_a_streams_figures_and_plots_its_curve(tmp_path):
     assert ra.avg_inc_acc == pytest.approx((60 + 55 + 160 / 3) / 3)
     assert rb.forgetting == pytest.approx(5.0) and len(rb.stream_curve) == 3
     assert plot_curves([ra, rb], tmp_path / "c.png").stat().st_size > 0
+
+
+def test_a_study_of_streams_plots_their_curves_and_no_task_figures(tmp_path):
+    """A stream's one matrix row is not a task sequence: no A_k curve, 1 x chunks heatmap or one-point diagnostic."""
+    from fastpnr.study.report import write_plots
+
+    rows = [[40.0, 10.0, 10.0], [35.0, 45.0, 10.0], [30.0, 40.0, 50.0]]
+    entries = []
+    for reg in ("finetune", "pnr"):
+        _stream_run(tmp_path, reg, rows)
+        entries.append({"name": reg, "method": "simclr", "regularizer": reg, "preset": "stream", "scenario": None,
+                        "seed": 5, "status": "done", "metrics": {"final_average_accuracy": 40.0},
+                        "accuracy_after_task": [40.0], "forgetting_by_task": [0.0], "accuracy_matrix": rows[-1:]})
+    assert write_plots(tmp_path, entries) == ["stream_curves.png"]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["stream_curves.png"]
