@@ -140,6 +140,13 @@ class LUMPConfig(RegularizerConfig):
 # CLA (regularizers/cla.py): online, task-free streams
 CLA_WEIGHT = 0.1          # omega: the authors' strategies' default (docs/FIDELITY.md)
 CLA_EMA_MOMENTUM = 0.999  # m of CLA-E's EMA: the authors' default (docs/FIDELITY.md)
+# ssl: the method's own loss (the authors' classes' default); cosine: -cos row by row (their command line's default)
+CLA_CRITERIA = ("ssl", "cosine")
+CLA_STORED = ("first", "mean")  # CLA-R's stored projection: the first view's, or the views' mean (the authors')
+
+
+def _check_cla_criterion(criterion) -> None:
+    require(criterion in CLA_CRITERIA, "regularizer.align_criterion", criterion, CLA_CRITERIA)
 
 
 @dataclass(frozen=True)
@@ -147,11 +154,13 @@ class CLAEConfig(CaSSLeConfig):
     name: str = "cla_e"
     weight: Optional[float] = CLA_WEIGHT  # omega, the alignment loss's weight
     ema_momentum: float = CLA_EMA_MOMENTUM  # m: the past model theta' <- m theta' + (1 - m) theta after each step
+    align_criterion: str = "ssl"          # ssl: the method's own loss in CaSSLe's form; cosine: -cos row by row
 
     def __post_init__(self):
         super().__post_init__()
         require(isinstance(self.ema_momentum, (int, float)) and 0 < self.ema_momentum < 1,
                 "regularizer.ema_momentum", self.ema_momentum, "0 < momentum < 1")
+        _check_cla_criterion(self.align_criterion)
 
 
 @dataclass(frozen=True)
@@ -163,10 +172,17 @@ class CLARConfig(RegularizerConfig):
     distill_temperature: float = 0.2      # temperature of the contrastive alignment (SimCLR, MoCo)
     barlow_lamb: float = 5e-3             # off-diagonal weight of the decorrelative alignment (Barlow)
     barlow_scale: float = 0.1             # scale of the decorrelative alignment
+    align_criterion: str = "ssl"          # ssl: the method's own loss in CaSSLe's form; cosine: -cos row by row
+    stored_projection: str = "first"      # stored when an image enters: the first view's projection, or the views' mean
+    stored_refresh: float = 1.0           # alpha: at each replay stored <- alpha stored + (1 - alpha) current (1: never)
 
     def __post_init__(self):
         super().__post_init__()
         require(self.replay == "er", "regularizer.replay", self.replay, "er with --regularizer cla_r")
+        _check_cla_criterion(self.align_criterion)
+        require(self.stored_projection in CLA_STORED, "regularizer.stored_projection", self.stored_projection, CLA_STORED)
+        require(isinstance(self.stored_refresh, (int, float)) and 0 <= self.stored_refresh <= 1,
+                "regularizer.stored_refresh", self.stored_refresh, "0 <= alpha <= 1")
         require(self.weight >= 0, "regularizer.weight", self.weight, ">= 0")
         require(self.distill_hidden >= 1, "regularizer.distill_hidden", self.distill_hidden, ">= 1")
         require(self.distill_temperature > 0, "regularizer.distill_temperature", self.distill_temperature, "> 0")

@@ -45,4 +45,5 @@ class CaSSLe(DistillRegularizer):
             u1, u2, f1, f2 = self.dist.barlow_batch(u1, u2, f1, f2)
         return alignment_loss(self.kind, u1, u2, f1, f2, temperature=self.cfg.distill_temperature,
                               barlow_lamb=self.cfg.barlow_lamb, barlow_scale=self.cfg.barlow_scale,
-                              correlation=self.dist.barlow_correlation() if self.kind == "barlow" else None)
+                              correlation=self.dist.barlow_correlation() if self.kind == "barlow" else None,
+                              criterion=getattr(self.cfg, "align_criterion", "ssl"))

@@ -9,9 +9,12 @@ Both variants add ``omega * L_align`` to the method's SSL loss (``fastpnr.losses
   its own copy: with BYOL or MoCo, whose target network is another EMA, there are two. Active from the first step
   (the EMA starts as a copy of the initial model); no boundary is needed.
 - ``cla_r``: ER's reservoir (``regularizer.replay er``: a buffer batch joins each batch, ``replay_loader.py``) whose
-  slots also keep each image's projection (the first view's, ``method.distill_input``) from the step it entered
+  slots also keep each image's projection (``method.distill_input``: the first view's, or with
+  ``regularizer.stored_projection mean`` the views' mean, as the authors) from the step it entered
   (``FeatureReservoir``); the replayed rows' current projections of both views, through g, are aligned to the stored
-  ones. Active once the buffer holds a replay batch.
+  ones. With ``regularizer.stored_refresh`` alpha < 1 (the authors' command line: 0.5) each replay moves the stored
+  projection towards the views' mean of the current ones: ``stored <- alpha stored + (1 - alpha) current``. Active
+  once the buffer holds a replay batch.
 """
 from __future__ import annotations
 
@@ -64,17 +67,23 @@ class FeatureReservoir(ReservoirBuffer):
 
     ``pending``: the projections of the step's batch (this rank's rows; set in ``end_of_step``, checkpointed: the
     batch enters after the step, when the loader asks for the next one); ``gather`` makes them the global batch's.
-    ``sample`` keeps the drawn slots' projections in ``picked`` for the step's alignment."""
+    ``sample`` keeps the drawn slots' projections in ``picked`` for the step's alignment and their slots in
+    ``positions``; ``replayed_now`` (this rank's replayed rows' current projections, set in ``end_of_step``) refreshes
+    those slots, ``stored <- refresh * stored + (1 - refresh) * now``, before the batch enters (``refresh`` 1: never)."""
 
-    def __init__(self, size: int, dim: int):
+    def __init__(self, size: int, dim: int, refresh: float = 1.0):
         super().__init__(size)
+        self.refresh = float(refresh)
         self.register_buffer("features", torch.zeros(size, dim))
         self.register_buffer("pending", torch.zeros(0, dim))
+        self.register_buffer("positions", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("replayed_now", torch.zeros(0, dim))
         self.gather = lambda x: x
         self.picked = None
 
     @torch.no_grad()
     def add(self, indices: torch.Tensor, gen: torch.Generator) -> None:
+        self._refresh_replayed()
         u = torch.rand(indices.shape[0], generator=gen, device=self.slots.device, dtype=torch.float64)
         winner = reservoir_winners(self.size, self.seen, indices.shape[0], u)
         feats = self.gather(self.pending).to(self.features.dtype)
@@ -91,16 +100,29 @@ class FeatureReservoir(ReservoirBuffer):
         u = torch.rand(self.size, generator=gen, device=self.slots.device, dtype=torch.float64)
         positions = sample_positions(self.slots, n, u)
         rows = self.features[positions]
+        if self.refresh < 1.0:
+            self.positions = positions
         if self.picked is None or self.picked.shape != rows.shape:
             self.picked = rows
         else:  # in place: a captured CUDA graph reads this tensor's address
             self.picked.copy_(rows)
         return self.slots[positions]
 
+    def _refresh_replayed(self) -> None:
+        """The last replay's slots move towards their rows' current projections (once: the slots are then cleared)."""
+        if self.refresh >= 1.0 or self.positions.numel() == 0 or self.replayed_now.numel() == 0:
+            return
+        now = self.gather(self.replayed_now).to(self.features.dtype)
+        require(now.shape[0] == self.positions.shape[0], "replayed projections", now.shape[0],
+                f"{self.positions.shape[0]} (one per replayed image)")
+        self.features[self.positions] = self.refresh * self.features[self.positions] + (1.0 - self.refresh) * now
+        self.positions = self.positions[:0]
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "pending"
-        if key in state_dict:  # its rows are the per-rank batch's: not known at construction
-            self.pending = torch.empty_like(state_dict[key], device=self.pending.device)
+        for name in ("pending", "positions", "replayed_now"):  # sized by the batch: not known at construction
+            key = prefix + name
+            if key in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -112,7 +134,7 @@ class CLAR(Regularizer):
         from ..models import mlp
 
         dim = method.proj_dim
-        self.replay_buffer = FeatureReservoir(cfg.buffer_size, dim)
+        self.replay_buffer = FeatureReservoir(cfg.buffer_size, dim, refresh=cfg.stored_refresh)
         self.replay_buffer.gather = lambda x: self.dist.gather(x)  # self.dist: set by the run after construction
         self.distill_predictor = mlp(dim, cfg.distill_hidden, dim)
         self.kind = method_kind(method)
@@ -147,10 +169,15 @@ class CLAR(Regularizer):
 
     @torch.no_grad()
     def end_of_step(self, out, frozen_out) -> None:
-        """The current rows' first-view projections wait to enter the buffer (after the step, ``FeatureReservoir``)."""
-        z = self._distill_input(out)[0]
+        """The current rows' projections (first view, or the views' mean) wait to enter the buffer, and the replayed
+        rows' views' mean to refresh their slots (both after the step, ``FeatureReservoir``)."""
+        z1, z2 = (z.detach().float() for z in self._distill_input(out)[:2])
         r = self._replayed().shape[0] if self.active else 0
-        self.replay_buffer.pending = z[:z.shape[0] - r].detach().float()
+        mean = 0.5 * (z1 + z2)
+        stored = mean if self.cfg.stored_projection == "mean" else z1
+        self.replay_buffer.pending = stored[:stored.shape[0] - r]
+        if r and self.cfg.stored_refresh < 1.0:
+            self.replay_buffer.replayed_now = mean[stored.shape[0] - r:]
 
     def stream_step(self, method, step: int) -> None:
         """Nothing to refresh: the past is in the buffer."""
@@ -160,4 +187,4 @@ def alignment(kind, u1, u2, f1, f2, c) -> torch.Tensor:
     from ..losses import alignment_loss
 
     return alignment_loss(kind, u1, u2, f1, f2, temperature=c.distill_temperature, barlow_lamb=c.barlow_lamb,
-                          barlow_scale=c.barlow_scale)
+                          barlow_scale=c.barlow_scale, criterion=c.align_criterion)

@@ -78,3 +78,18 @@ def test_alignment_is_smallest_when_the_prediction_is_the_past():
     f = rand(5, 3, seed=7).detach()
     assert float(alignment_loss("byol", f, f, f, f, temperature=T, barlow_lamb=LAMB, barlow_scale=SCALE)) == \
         pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("kind", sorted(REFS))
+@pytest.mark.parametrize("variant", ["cla_e", "cla_r"])
+def test_the_cosine_criterion_is_minus_the_mean_cosine_for_every_kind(kind, variant):
+    """The authors' command-line criterion: -1/2 sum_v mean_i cos(u_v,i, sg f_v,i), whatever the method."""
+    b, d = 5, 4
+    u1, u2 = rand(b, d, seed=11), rand(b, d, seed=12)
+    f1 = rand(b, d, seed=13)
+    f2 = f1 if variant == "cla_r" else rand(b, d, seed=14)
+    ours = alignment_loss(kind, u1, u2, f1, f2, temperature=T, barlow_lamb=LAMB, barlow_scale=SCALE,
+                          criterion="cosine")
+    ref = -0.5 * sum(mean(cos(u[i], f[i].detach()) for i in range(b)) for u, f in ((u1, f1), (u2, f2)))
+    assert_values_and_grads(ours, ref, [u1, u2])
+    assert_no_grad(ours, [f1, f2])

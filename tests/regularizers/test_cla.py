@@ -53,6 +53,55 @@ def test_feature_reservoir_keeps_each_slots_projection_from_when_it_entered():
         assert torch.equal(buf.picked[i], buf.features[slots.index(index)])
 
 
+def test_feature_reservoir_refreshes_the_replayed_slots_once_before_the_batch_enters():
+    """stored <- alpha stored + (1 - alpha) now at the last replay's slots, once; other slots keep their projection."""
+    size, dim, alpha = 8, 3, 0.25
+    buf = FeatureReservoir(size, dim, refresh=alpha)
+    gen = torch.Generator().manual_seed(0)
+    buf.pending = torch.randn(4, dim, generator=gen)
+    buf.add(torch.arange(4), gen)  # 4 of 8 slots: the next adds fill empty slots, overwriting nothing
+    before = buf.features.clone()
+    buf.sample(2, torch.Generator().manual_seed(1))
+    positions = buf.positions.clone()
+    assert positions.shape == (2,) and torch.equal(buf.picked, before[positions])
+    now = torch.randn(2, dim, generator=gen)
+    buf.replayed_now = now
+    buf.pending = torch.randn(2, dim, generator=gen)
+    buf.add(torch.arange(4, 6), gen)
+    expected = before.clone()
+    expected[positions] = alpha * before[positions] + (1 - alpha) * now
+    assert torch.allclose(buf.features[:4], expected[:4], rtol=0, atol=1e-7)
+    assert buf.positions.numel() == 0  # applied once: the next add, without a replay, refreshes nothing
+    kept = buf.features.clone()
+    buf.pending = torch.randn(1, dim, generator=gen)
+    buf.add(torch.arange(6, 7), gen)
+    assert torch.equal(buf.features[:6], kept[:6])
+    never = FeatureReservoir(size, dim)  # refresh 1 (the default): sample records no slots, nothing moves
+    never.pending = before[:4]
+    never.add(torch.arange(4), gen)
+    never.sample(2, torch.Generator().manual_seed(1))
+    assert never.positions.numel() == 0
+
+
+@pytest.mark.parametrize("stored, refresh", [("first", 1.0), ("mean", 1.0), ("mean", 0.5)])
+def test_cla_r_stores_the_first_view_or_the_views_mean_and_the_replayed_rows_now(stored, refresh):
+    method, reg = _pair("cla_r", "simclr", buffer_size=8, replay_batch=4, stored_projection=stored,
+                        stored_refresh=refresh)
+    b, r = 6, 4
+    g = torch.Generator().manual_seed(5)
+    views = [torch.randn(b + r, 3, 8, 8, generator=g, dtype=torch.float64) for _ in range(2)]
+    reg.replay_buffer.picked = torch.randn(r, method.proj_dim, generator=g, dtype=torch.float64)
+    out = method.forward_views(views)
+    reg.end_of_step(out, {})
+    z1, z2 = (z.detach().float() for z in method.distill_input(out)[:2])
+    want = (z1 + z2) / 2 if stored == "mean" else z1
+    assert torch.equal(reg.replay_buffer.pending, want[:b])
+    if refresh < 1:
+        assert torch.equal(reg.replay_buffer.replayed_now, ((z1 + z2) / 2)[b:])
+    else:
+        assert reg.replay_buffer.replayed_now.numel() == 0
+
+
 def _pair(reg_name, method_name="simclr", **reg):
     cfg = build_config("smoke", {"method": method_name, "regularizer": reg_name, "data.scenario": "stream",
                                  "data.num_tasks": 4, "regularizer.distill_hidden": 8, "method.proj_hidden": 16,

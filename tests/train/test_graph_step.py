@@ -25,7 +25,7 @@ def _quiet(*_a, **_k):
     pass
 
 
-def _build(method_name, reg_name, cuda_graph, probe, seed=0, log=_quiet):
+def _build(method_name, reg_name, cuda_graph, probe, seed=0, log=_quiet, **reg_options):
     torch.manual_seed(seed)
     extra = {"proj_hidden": 32, "proj_out": 16}
     cfg_cls = METHODS[method_name][1]
@@ -36,7 +36,7 @@ def _build(method_name, reg_name, cuda_graph, probe, seed=0, log=_quiet):
     method = build_method(cfg_cls(name=method_name, **extra), ModelConfig(), num_classes=10)
     reg_cfg_cls = REGULARIZERS[reg_name][1]
     reg_kw = {"distill_hidden": 16} if "distill_hidden" in reg_cfg_cls.__dataclass_fields__ else {}
-    reg = build_regularizer(reg_cfg_cls(name=reg_name, **reg_kw), method)
+    reg = build_regularizer(reg_cfg_cls(name=reg_name, **reg_kw, **reg_options), method)
     method.to(memory_format=torch.channels_last)
     reg.to(memory_format=torch.channels_last)
     reg.begin_task(method, 0)
@@ -122,21 +122,26 @@ def _cla_r_replay(trainer, i):
     buffer.sample(REPLAYED, gen)
 
 
-def test_cla_r_graph_step_matches_eager_with_a_replaying_buffer():
+@pytest.mark.parametrize("options", [{}, {"stored_projection": "mean", "stored_refresh": 0.5,
+                                                 "align_criterion": "cosine"}])
+def test_cla_r_graph_step_matches_eager_with_a_replaying_buffer(options):
     """CLA-R's alignment is active (the buffer replays) and its targets change every step; the graph path follows the
-    eager one bit for bit, the projections waiting to enter the buffer included."""
-    eager, optim_cfg = _build("simclr", "cla_r", cuda_graph=False, probe="off")
-    graph, _ = _build("simclr", "cla_r", cuda_graph=True, probe="off")
+    eager one bit for bit, the projections waiting to enter the buffer (and to refresh their slots) included."""
+    eager, optim_cfg = _build("simclr", "cla_r", cuda_graph=False, probe="off", **options)
+    graph, _ = _build("simclr", "cla_r", cuda_graph=True, probe="off", **options)
     batches = _batches(STEPS, "off")
     ref = _trajectory(eager, optim_cfg, batches, before_step=_cla_r_replay)
     got = _trajectory(graph, optim_cfg, batches, before_step=_cla_r_replay)
-    assert eager.regularizer.active and all(float(r["cla"]) > 0 for r in ref)
+    assert eager.regularizer.active and all(float(r["cla"]) != 0 for r in ref)  # cosine: negative
     assert len({round(float(r["cla"]), 6) for r in ref}) == STEPS  # other targets at every step
     for r, g in zip(ref, got):
         for k in r:
             torch.testing.assert_close(g[k], r[k], **TOL, msg=lambda m, k=k: f"{k}: {m}")
-    torch.testing.assert_close(graph.regularizer.replay_buffer.pending, eager.regularizer.replay_buffer.pending, **TOL)
+    for name in ("pending", "replayed_now"):
+        torch.testing.assert_close(getattr(graph.regularizer.replay_buffer, name),
+                                   getattr(eager.regularizer.replay_buffer, name), **TOL)
     assert graph.regularizer.replay_buffer.pending.shape[0] == B - REPLAYED
+    assert graph.regularizer.replay_buffer.replayed_now.shape[0] == (REPLAYED if options else 0)
 
 
 def test_static_buffers_are_refilled_in_place_and_reallocated_on_new_shapes():

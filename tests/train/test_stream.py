@@ -116,11 +116,22 @@ def test_known_boundaries_call_begin_task_at_each_chunk_start(data_root, tmp_pat
     assert calls == [0, 1, 2, 3] and run.regularizer.active
 
 
+# CLA-R as the authors' command line runs it: the views' mean stored, refreshed half way at each replay
+CLA_R_AUTHORS = {"regularizer.stored_projection": "mean", "regularizer.stored_refresh": 0.5,
+                 "regularizer.align_criterion": "cosine"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("reg", ["finetune", "cla_r", "cla_e", "pnr"])
-def test_a_stream_killed_mid_way_resumes_to_the_same_weights_and_curve(data_root, tmp_path, reg):
-    ov = stream_overrides(data_root, reg)
+@pytest.mark.parametrize("reg, extra", [("finetune", {}), ("cla_r", {}), ("cla_r", CLA_R_AUTHORS), ("cla_e", {}),
+                                        ("pnr", {})])
+def test_a_stream_killed_mid_way_resumes_to_the_same_weights_and_curve(data_root, tmp_path, reg, extra):
+    ov = stream_overrides(data_root, reg, **extra)
     full = ContinualRun(build_config("smoke", ov), tmp_path / "full", log=quiet).fit()
+    if extra:  # the refresh reaches the run through the loader: without it (alpha 1) other weights
+        never = {**extra, "regularizer.stored_refresh": 1.0}
+        ContinualRun(build_config("smoke", stream_overrides(data_root, reg, **never)), tmp_path / "never", log=quiet).fit()
+        a, b = (torch.load(tmp_path / f / "task0.pt", weights_only=False)["method"] for f in ("full", "never"))
+        assert any(not torch.equal(a[k], b[k]) for k in a)
     out = tmp_path / "killed"
     killed = ContinualRun(build_config("smoke", ov), out, log=quiet)
     killed.stop_stream_after_step = 4 if reg != "cla_r" else 8  # cla_r: replay began (16 images at step 1)
@@ -140,6 +151,9 @@ def test_a_stream_killed_mid_way_resumes_to_the_same_weights_and_curve(data_root
     ({"regularizer": "cla_e", "regularizer.ema_momentum": 1.0}, "regularizer.ema_momentum=1.0 is invalid; allowed: 0 <"),
     ({"regularizer": "cla_e", "regularizer.ema_momentum": 0}, "regularizer.ema_momentum=0.0 is invalid"),
     ({"regularizer": "er", "regularizer.buffer_size": 500}, "regularizer.buffer_size=500 is invalid; allowed: <= 192"),
+    ({"regularizer": "cla_r", "regularizer.stored_refresh": 1.5}, "regularizer.stored_refresh=1.5 is invalid; allowed: 0 <"),
+    ({"regularizer": "cla_r", "regularizer.stored_projection": "last"}, "regularizer.stored_projection='last' is invalid"),
+    ({"regularizer": "cla_e", "regularizer.align_criterion": "l2"}, "regularizer.align_criterion='l2' is invalid"),
 ])
 def test_bad_stream_input_is_one_line_naming_the_value(data_root, tmp_path, override, message):
     override = dict(override)
@@ -150,14 +164,14 @@ def test_bad_stream_input_is_one_line_naming_the_value(data_root, tmp_path, over
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("reg", ["cla_r", "cla_e"])
-def test_two_ranks_run_the_stream_as_one_process(data_root, tmp_path, reg):
+@pytest.mark.parametrize("reg, extra", [("cla_r", {}), ("cla_r", CLA_R_AUTHORS), ("cla_e", {})])
+def test_two_ranks_run_the_stream_as_one_process(data_root, tmp_path, reg, extra):
     """float64 (see tests/system/test_distributed.py::equivalence_overrides): the same step losses, final weights and
-    stream curve from 2 gloo ranks as from one process."""
+    stream curve from 2 gloo ranks as from one process (CLA-R's refresh: each rank's replayed rows gathered)."""
     # the ranks run tests/system/test_distributed.py::_train (a module that does not import conftest at import)
     from tests.system.test_distributed import TB_LOSS_RTOL, WEIGHT_TOL, _train, errors, run_ranks, step_losses
 
-    ov = stream_overrides(data_root, reg, **{"train.precision": "fp64", "train.deterministic": True,
+    ov = stream_overrides(data_root, reg, **extra, **{"train.precision": "fp64", "train.deterministic": True,
                                              "train.device": "cpu", "train.threads": 1, "optim.lr": 0.0001})
     one, two = tmp_path / "one", tmp_path / "two"
     assert run_ranks(1, _train, ov, str(one), report_dir=tmp_path) == [0], errors(tmp_path)
