@@ -27,7 +27,8 @@ FIXED = {
     "contrastive_distill": ["p1", "p2", "f1", "f2", "temperature"],
     "pfr_distill": ["p1", "p2", "f1", "f2"],
     "pocon_distill": ["p1", "p2", "t1", "t2"],
-    "alignment_loss": ["kind", "u1", "u2", "f1", "f2", "temperature", "barlow_lamb", "barlow_scale", "correlation"],
+    "alignment_loss": ["kind", "u1", "u2", "f1", "f2", "temperature", "barlow_lamb", "barlow_scale", "correlation",
+                       "criterion"],
     "gsg_pairing": ["z11", "z12", "z21", "z22"],
     "gsg_loss": ["p11", "p12", "p21", "p22", "z11", "z12", "z21", "z22"],
 }
