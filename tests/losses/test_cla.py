@@ -61,13 +61,16 @@ REFS = {"simclr": ref_contrastive, "mocov2plus": ref_contrastive, "byol": ref_pr
         "vicreg": ref_mse, "barlow": ref_barlow}
 
 
+def _views(variant, b, d, seed):
+    """(u1, u2, f1, f2): predicted current and past projections of two views; CLA-R: one stored one for both."""
+    u1, u2, f1 = (rand(b, d, seed=seed + k) for k in range(3))
+    return u1, u2, f1, f1 if variant == "cla_r" else rand(b, d, seed=seed + 3)
+
+
 @pytest.mark.parametrize("kind", sorted(REFS))
 @pytest.mark.parametrize("variant", ["cla_e", "cla_r"])
 def test_alignment_loss_matches_the_restatement(kind, variant):
-    b, d = 6, 4
-    u1, u2 = rand(b, d, seed=1), rand(b, d, seed=2)
-    f1 = rand(b, d, seed=3)
-    f2 = f1 if variant == "cla_r" else rand(b, d, seed=4)  # CLA-R: one stored projection for both views
+    u1, u2, f1, f2 = _views(variant, 6, 4, seed=1)
     ours = alignment_loss(kind, u1, u2, f1, f2, temperature=T, barlow_lamb=LAMB, barlow_scale=SCALE)
     assert_values_and_grads(ours, REFS[kind](u1, u2, f1, f2), [u1, u2])
     assert_no_grad(ours, [f1, f2])  # the past is a target: no gradient flows into it
@@ -84,10 +87,8 @@ def test_alignment_is_smallest_when_the_prediction_is_the_past():
 @pytest.mark.parametrize("variant", ["cla_e", "cla_r"])
 def test_the_cosine_criterion_is_minus_the_mean_cosine_for_every_kind(kind, variant):
     """The authors' command-line criterion: -1/2 sum_v mean_i cos(u_v,i, sg f_v,i), whatever the method."""
-    b, d = 5, 4
-    u1, u2 = rand(b, d, seed=11), rand(b, d, seed=12)
-    f1 = rand(b, d, seed=13)
-    f2 = f1 if variant == "cla_r" else rand(b, d, seed=14)
+    b = 5
+    u1, u2, f1, f2 = _views(variant, b, 4, seed=11)
     ours = alignment_loss(kind, u1, u2, f1, f2, temperature=T, barlow_lamb=LAMB, barlow_scale=SCALE,
                           criterion="cosine")
     ref = -0.5 * sum(mean(cos(u[i], f[i].detach()) for i in range(b)) for u, f in ((u1, f1), (u2, f2)))
