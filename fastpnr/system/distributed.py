@@ -360,9 +360,14 @@ class ProcessGroup(Dist):
                            "checkpoint is intact: continue with --resume RUN_DIR")
 
     def close(self):
+        # The heartbeat must not be inside a C++ store call when the group (and the store) go away: a daemon thread
+        # caught there at interpreter exit can abort the process ("terminate called without an active exception").
         self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=2 * HEARTBEAT_S)
         if self.owns_group and tdist.is_initialized():
             tdist.destroy_process_group()
+        self.store = None
 
 
 def _nothing(*args, **kwargs):
