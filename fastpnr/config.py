@@ -42,6 +42,7 @@ class DataConfig:
     scenario: str = "class"               # class-, data- or domain-incremental task split
     num_tasks: int = 5                    # number of tasks the stream is split into (scenario stream: its chunks)
     stream_of: str = "class"                # scenario stream: the order of the chunks (class-, data-, domain-IL)
+    batch_passes: int = 1                   # scenario stream: optimizer steps on each minibatch, fresh views and replay each (CLA authors' --mb-passes 3)
     split_seed: int = 5                     # class-IL permutation seed (anchors: seed_everything(5))
     data_split_seed: int = 42               # data-IL random_split seed (anchors: Generator().manual_seed(42))
     domain_order: Optional[tuple] = None    # domain-IL task order; default: the dataset's order
@@ -66,6 +67,8 @@ class DataConfig:
         require(self.scenario in SCENARIOS, "data.scenario", self.scenario, SCENARIOS)
         require(isinstance(self.num_tasks, int) and self.num_tasks >= 1, "data.num_tasks", self.num_tasks, "an integer >= 1")
         require(self.stream_of in STREAM_OF, "data.stream_of", self.stream_of, STREAM_OF)
+        require(isinstance(self.batch_passes, int) and self.batch_passes >= 1, "data.batch_passes", self.batch_passes,
+                "an integer >= 1")
         require(0 < self.train_fraction <= 1, "data.train_fraction", self.train_fraction, "0 < fraction <= 1")
         require(0 < self.test_fraction <= 1, "data.test_fraction", self.test_fraction, "0 < fraction <= 1")
         require(0 < self.min_scale <= 1, "data.min_scale", self.min_scale, "0 < min_scale <= 1")

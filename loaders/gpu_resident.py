@@ -60,6 +60,8 @@ class GpuResidentLoader(EpochBatches):
     generator seeded with (seed, e, 0) and its augmentations come from one seeded with (seed, e, 1): batches are a
     function of (seed, e). Call `set_epoch(e)` before iterating; the epoch does not advance by itself.
     drop_last=True keeps every batch the same shape (CUDA graphs); otherwise the last partial batch is yielded.
+    batch_passes: each batch is yielded that many times in a row, each time with fresh augmentations (the next draws
+    of the epoch's generator; 1: the batches as always), so ``len()`` counts every pass (online CL's minibatch passes).
     shard: this rank's rows of every global batch of ``batch_size`` (``distributed.Dist.shard``); their
     augmentation parameters are the ones the whole batch would get in one process (``gpu_aug.draw_rows``).
     resident: "device" keeps (N,3,H,W) uint8 on `device`; "host" keeps it in host memory (pinned when `device` is
@@ -69,7 +71,7 @@ class GpuResidentLoader(EpochBatches):
 
     def __init__(self, source, batch_size: int, num_views: int, device, seed: int, shuffle: bool = True,
                  drop_last: bool = True, view_configs=None, subset=None, resident: str = "auto",
-                 max_resident_bytes: int | None = None, shard: slice | None = None):
+                 max_resident_bytes: int | None = None, shard: slice | None = None, batch_passes: int = 1):
         images = getattr(source, "images", None)
         require(isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3,
                 "source.images", None if images is None else getattr(images, "shape", type(images)),
@@ -86,6 +88,8 @@ class GpuResidentLoader(EpochBatches):
         default = ViewConfig(size=height, mean=tuple(getattr(source, "mean", CIFAR_MEAN)),
                              std=tuple(getattr(source, "std", CIFAR_STD)))
         self.view_configs = resolve_views(view_configs, num_views, default)
+        require(isinstance(batch_passes, int) and batch_passes >= 1, "batch_passes", batch_passes, "an int >= 1")
+        self.batch_passes = batch_passes
         self.num_views = num_views
         self.epoch = 0
 
@@ -121,12 +125,16 @@ class GpuResidentLoader(EpochBatches):
             order = order[torch.randperm(len(order), generator=perm_gen, device=self.device)]
         # host-resident images are gathered on the host: one copy of the order per epoch, none per step
         order_host = order.cpu() if self.resident == "host" else None
-        for b in range(len(self)):
+        for b in range(len(self) // self.batch_passes):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
             idx, idx_host = order[sl], None if order_host is None else order_host[sl]
             if self.shard is not None:  # this rank's rows of the global batch
                 idx, idx_host = idx[self.shard], None if idx_host is None else idx_host[self.shard]
             x = self._gather(idx, idx_host).float().div_(255.0)
-            with draw_rows(self.batch_size, self.shard):  # the global batch's augmentation draws
-                views = [augment_batch(x, cfg, gen) for cfg in self.view_configs]
-            yield views, self.labels[idx], idx
+            for _ in range(self.batch_passes):
+                with draw_rows(self.batch_size, self.shard):  # the global batch's augmentation draws
+                    views = [augment_batch(x, cfg, gen) for cfg in self.view_configs]
+                yield views, self.labels[idx], idx
+
+    def __len__(self) -> int:
+        return EpochBatches.__len__(self) * self.batch_passes

@@ -1,7 +1,9 @@
 """The stream scenario (``data.scenario stream``): online, task-free continual learning.
 
 The training split is ordered as ``data.stream_of`` says and cut into ``data.num_tasks`` chunks of (nearly) equal
-size, seen in order, ``optim.epochs`` passes over each chunk before the next one starts:
+size, seen in order, ``optim.epochs`` passes over each chunk before the next one starts, and ``data.batch_passes``
+optimizer steps on each minibatch (each with fresh views and, with replay, a fresh buffer batch; the CLA authors'
+``--mb-passes``, 3 in their runs):
 
 - class: the classes in the order of ``torch.randperm(num_classes, manual_seed(data.split_seed))`` (class-IL's order),
   each class's images shuffled (``data.data_split_seed``); the sequence cut into equal chunks. When the chunks divide
@@ -60,6 +62,11 @@ def chunk_steps(chunk_sizes, batch_size: int, passes: int) -> list[int]:
     return [(n // batch_size) * passes for n in chunk_sizes]
 
 
+def steps_per_batch(cfg) -> int:
+    """How many steps each batch of a chunk gets: ``optim.epochs`` passes over the chunk x ``data.batch_passes``."""
+    return cfg.optim.epochs * cfg.data.batch_passes
+
+
 def stream_lr(step: int, base_lr: float, warmup_steps: int, start_lr: float) -> float:
     """The stream's learning rate at ``step``: linear from ``start_lr`` to ``base_lr`` over ``warmup_steps``, then
     ``base_lr`` to the end (the online papers' constant schedule; no decay: a stream has no known end)."""
@@ -86,6 +93,8 @@ def check_stream_config(cfg) -> None:
     # on a stream any strategy takes it (a study grid sets it for every cell); only REFRESHABLE ones use it
     require(reg.refresh_every is None or stream, "regularizer.refresh_every", reg.refresh_every,
             "None unless data.scenario is stream")
+    require(cfg.data.batch_passes == 1 or stream, "data.batch_passes", cfg.data.batch_passes,
+            "1 unless data.scenario is stream")
     if not stream:
         return
     require(cfg.data.loader == "gpu", "data.loader", cfg.data.loader,
@@ -106,7 +115,8 @@ def check_stream_length(total_steps: int, every_steps: int) -> None:
 
 
 class StreamLoader:
-    """The loop's one task: the chunks' batches in order, ``passes`` shuffled passes over each, no pause between.
+    """The loop's one task: the chunks' batches in order, ``passes`` shuffled passes over each, no pause between
+    (each batch ``loader.batch_passes`` times in a row).
 
     ``loader``: a ``GpuResidentLoader`` over the stream's images (its ``subset`` is swapped per chunk). Chunk c's
     pass p is the inner loader's epoch ``(epoch * STREAM_SEED_STRIDE) + c * passes + p``: the batches are a
@@ -117,7 +127,8 @@ class StreamLoader:
         self.loader, self.passes = loader, int(passes)
         device = loader.subset.device
         self.chunks = [torch.as_tensor(np.asarray(c, np.int64), device=device) for c in chunks]
-        self.per_chunk = chunk_steps([len(c) for c in chunks], loader.batch_size, self.passes)
+        self.per_chunk = chunk_steps([len(c) for c in chunks], loader.batch_size,
+                                     self.passes * getattr(loader, "batch_passes", 1))
         self.starts = np.concatenate([[0], np.cumsum(self.per_chunk)]).astype(np.int64)
         self.epoch = 0
 

@@ -177,10 +177,10 @@ class TaskData:
 
     def stream_steps(self) -> int:
         """The stream's steps: every chunk's whole batches times optim.epochs, at most ``train.steps_per_epoch``."""
-        from .stream import chunk_steps
+        from .stream import chunk_steps, steps_per_batch
 
         self.steps_per_epoch(int(np.argmin([len(t) for t in self.task_train])), cap=False)  # the smallest chunk's check
-        total = sum(chunk_steps([len(t) for t in self.task_train], self.cfg.optim.batch_size, self.cfg.optim.epochs))
+        total = sum(chunk_steps([len(t) for t in self.task_train], self.cfg.optim.batch_size, steps_per_batch(self.cfg)))
         cap = self.cfg.train.steps_per_epoch
         return min(total, cap) if cap else total
 
@@ -215,7 +215,7 @@ class TaskData:
                                     solarize_prob=pick(d.solarize_prob), mean=mean, std=std))
         return views
 
-    def loader(self, indices, num_views, view_configs, seed, shuffle=True, drop_last=True):
+    def loader(self, indices, num_views, view_configs, seed, shuffle=True, drop_last=True, batch_passes=1):
         """Training batches of ``indices`` (``optim.batch_size``, this rank's shard under torchrun) on the run's
         ``data.loader``, wrapped in ``loaders.Prefetcher``: on CUDA the next batch is produced on a side stream while
         the current step runs (values unchanged; ``data.prefetch false`` turns it off); elsewhere the wrapper is the
@@ -234,6 +234,8 @@ class TaskData:
             source = self.encoded_train_set()
         elif kind == "torchvision":
             extra = {"num_workers": self.cfg.data.num_workers}
+        if batch_passes != 1:  # the stream's minibatch passes (the gpu loader: check_stream_config)
+            extra["batch_passes"] = batch_passes
         batch = self.cfg.optim.batch_size
         loader = make_loader(kind, source, batch_size=batch, num_views=num_views,
                              device=self.device, seed=seed, shuffle=shuffle, drop_last=drop_last,
@@ -250,7 +252,8 @@ class TaskData:
 
             from .stream import StreamLoader
 
-            inner = self.loader(np.concatenate(self.task_train), num_views, views, seed=seed).loader
+            inner = self.loader(np.concatenate(self.task_train), num_views, views, seed=seed,
+                                batch_passes=self.cfg.data.batch_passes).loader
             loader = Prefetcher(StreamLoader(inner, self.task_train, self.cfg.optim.epochs), self.device,
                                 ahead=None if self.cfg.data.prefetch else False)
         else:

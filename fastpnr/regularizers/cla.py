@@ -108,6 +108,11 @@ class FeatureReservoir(ReservoirBuffer):
             self.picked.copy_(rows)
         return self.slots[positions]
 
+    def between_passes(self) -> None:
+        """Each pass's replay refreshes its slots (the authors' ``update_features`` in every pass's
+        ``after_forward``); the batch itself enters after its last pass, with that pass's projections."""
+        self._refresh_replayed()
+
     def _refresh_replayed(self) -> None:
         """The last replay's slots move towards their rows' current projections (once: the slots are then cleared)."""
         if self.refresh >= 1.0 or self.positions.numel() == 0 or self.replayed_now.numel() == 0:

@@ -12,7 +12,8 @@ of the wrapped loader it
    ``lam * x_cur_v + (1 - lam) * x_buf_v`` with one ``lam ~ Beta(alpha, alpha)`` per batch (mixup.py L46-49);
 4. after the step (when the next batch is asked for) streams the step's *global* batch indices (``dist.gather``)
    through the reservoir (UCL adds ``notaug_inputs`` after ``opt.step()``, mixup.py L54-60), so every rank holds the
-   same buffer.
+   same buffer. With ``data.batch_passes`` k > 1 (the stream) a batch comes k times in a row, each with a fresh
+   replay draw, and enters the buffer after its last pass only (the CLA authors' ``after_mb_passes``).
 
 No per-sample Python, no host sync: the buffer's fill level is a host counter. Every draw comes from generators
 seeded by (loader seed, epoch, stream), and checkpoints fall on epoch boundaries, so a resumed run draws what the
@@ -77,8 +78,10 @@ def with_replay(loader, regularizer, seed: int, task0_steps: int, epochs: int, b
     if cfg.replay == "none":
         return loader
     if per_step:
+        passes = getattr(loader, "batch_passes", 1)  # a batch enters the buffer once, after its last pass
+        task0_steps //= passes
         require(cfg.buffer_size <= task0_steps * batch_size, "regularizer.buffer_size", cfg.buffer_size,
-                f"<= {task0_steps * batch_size}, the images the stream holds ({task0_steps} steps x batch "
+                f"<= {task0_steps * batch_size}, the images the stream holds ({task0_steps} batches x batch "
                 f"{batch_size}), so that the buffer fills")
     else:
         check_buffer_fills(cfg.buffer_size, task0_steps * batch_size * epochs,
@@ -129,6 +132,7 @@ class ReplayLoader:
         # untouched (their replay is in the checkpointed buffer), but the last one's entry into the buffer, which
         # the uninterrupted run made after its checkpoint
         self.per_step, self.skip = per_step, int(skip)
+        self.batch_passes = getattr(loader, "batch_passes", 1)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -171,7 +175,7 @@ class ReplayLoader:
                 if step < skip:
                     yield views, labels, indices
                     if step == skip - 1:
-                        self.buffer.add(self.dist.gather(indices), reservoir_gen)
+                        self._after_step(step, indices, reservoir_gen)
                     continue
             if self.buffer.filled() >= self.replay_batch:
                 replayed, replayed_labels = self.replayed_views(pick_gen, augment_gen)
@@ -185,4 +189,11 @@ class ReplayLoader:
             yield views, labels, indices
             # Runs when the next batch is asked for, i.e. after this batch's step: a batch the epoch loop fetches
             # but does not train on (train.steps_per_epoch) never enters the buffer.
+            self._after_step(step, indices, reservoir_gen)
+
+    def _after_step(self, step: int, indices, reservoir_gen) -> None:
+        """The step's batch enters the buffer after its last pass; the passes before only end (``between_passes``)."""
+        if (step + 1) % self.batch_passes == 0:
             self.buffer.add(self.dist.gather(indices), reservoir_gen)
+        else:
+            self.buffer.between_passes()

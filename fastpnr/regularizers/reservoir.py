@@ -99,6 +99,10 @@ class ReservoirBuffer(nn.Module):
         self.seen.copy_(seen)
         self._seen_host += int(indices.shape[0])
 
+    def between_passes(self) -> None:
+        """After a step that is not its batch's last pass (``data.batch_passes``): the batch enters only after the
+        last one. Nothing to do here; ``FeatureReservoir`` refreshes the replayed slots' stored projections."""
+
     @torch.no_grad()
     def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """``n`` distinct buffered dataset indices (``size`` float64 draws from ``gen``); needs ``filled() >= n``."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastpnr.data.stream import check_stream_length, chunk_steps, set_stream_lr
+from fastpnr.data.stream import check_stream_length, chunk_steps, set_stream_lr, steps_per_batch
 from fastpnr.eval import stream_eval
 
 STREAM_PNG = "stream_accuracy.png"
@@ -29,7 +29,7 @@ class StreamRun:
         self.run, cfg = run, run.cfg
         self.total = run.steps[0]
         check_stream_length(self.total, cfg.eval.every_steps)
-        per_chunk = chunk_steps([len(t) for t in run.data.task_train], cfg.optim.batch_size, cfg.optim.epochs)
+        per_chunk = chunk_steps([len(t) for t in run.data.task_train], cfg.optim.batch_size, steps_per_batch(cfg))
         starts = np.concatenate([[0], np.cumsum(per_chunk)])
         self.chunk_starts = [int(min(s, self.total)) for s in starts]  # train.steps_per_epoch may cut the stream
         self.protocols = ("knn", "linear") if cfg.eval.stream_linear else ("knn",)

@@ -53,6 +53,19 @@ def test_batches_are_a_function_of_seed_and_epoch():
     assert not torch.equal(first[0][2], collect(loader(seed=1))[0][2])
 
 
+def test_batch_passes_yield_each_batch_k_times_with_fresh_views_in_the_same_order():
+    """Online CL's minibatch passes: batch b comes k times in a row (same indices and labels), every pass with new
+    augmentations; the order over the epoch is the one-pass loader's (its permutation has its own generator)."""
+    one, three = loader(subset=np.arange(40)), loader(subset=np.arange(40), batch_passes=3)
+    once, thrice = collect(one), collect(three)
+    assert len(three) == 3 * len(one) == len(thrice) == 15
+    for b, (views, labels, idx) in enumerate(once):
+        passes = thrice[3 * b:3 * b + 3]
+        assert all(torch.equal(i, idx) and torch.equal(l, labels) for _, l, i in passes)
+        assert not torch.equal(passes[0][0], passes[1][0]) and not torch.equal(passes[1][0], passes[2][0])
+    torch.testing.assert_close(thrice[0][0], once[0][0], rtol=0, atol=0)  # the first draws of the epoch: the same
+
+
 def test_views_labels_indices():
     ds = random_dataset(n=40, size=12)
     ev = ViewConfig.eval(12, ds.mean, ds.std)
@@ -86,7 +99,7 @@ def test_host_resident_matches_device_resident():
     (dict(batch_size=101), "batch_size"), (dict(subset=[]), "subset"), (dict(subset=[0, 100]), "subset"),
     (dict(batch_size=0), "batch_size"), (dict(num_views=0), "num_views"), (dict(seed=-1), "seed"),
     (dict(view_configs=[ViewConfig(size=8)] * 3), "len(view_configs)"), (dict(resident="disk"), "resident"),
-    (dict(subset=[0.5, 1.0]), "subset.dtype"),
+    (dict(subset=[0.5, 1.0]), "subset.dtype"), (dict(batch_passes=0), "batch_passes"),
 ])
 def test_bad_inputs_give_one_line_errors(kw, field):
     with pytest.raises(ConfigError) as e:

@@ -7,6 +7,7 @@ from fastpnr.config import build_config
 from fastpnr.methods import build_method
 from fastpnr.regularizers import build_regularizer
 from fastpnr.regularizers.cla import FeatureReservoir, ema_update
+from fastpnr.regularizers.reservoir import ReservoirBuffer
 from tests.losses._ref import assert_close
 from tests.losses.test_cla import REFS
 
@@ -81,6 +82,30 @@ def test_feature_reservoir_refreshes_the_replayed_slots_once_before_the_batch_en
     never.add(torch.arange(4), gen)
     never.sample(2, torch.Generator().manual_seed(1))
     assert never.positions.numel() == 0
+
+
+def test_feature_reservoir_refreshes_at_every_pass_and_adds_after_the_last():
+    """data.batch_passes: between two passes of a batch the replayed slots move (the authors refresh in every pass's
+    after_forward); no image enters until the batch's last pass."""
+    size, dim, alpha = 8, 3, 0.5
+    buf = FeatureReservoir(size, dim, refresh=alpha)
+    gen = torch.Generator().manual_seed(0)
+    buf.pending = torch.randn(4, dim, generator=gen)
+    buf.add(torch.arange(4), gen)
+    before, seen = buf.features.clone(), buf.seen_host
+    buf.sample(2, torch.Generator().manual_seed(1))
+    positions = buf.positions.clone()
+    now = torch.randn(2, dim, generator=gen)
+    buf.replayed_now = now
+    buf.between_passes()
+    expected = before.clone()
+    expected[positions] = alpha * before[positions] + (1 - alpha) * now
+    assert torch.allclose(buf.features, expected, rtol=0, atol=1e-7) and buf.seen_host == seen
+    buf.between_passes()  # nothing replayed since: nothing moves twice
+    assert torch.allclose(buf.features, expected, rtol=0, atol=1e-7)
+    plain = ReservoirBuffer(size)  # ER's buffer: nothing to do between passes
+    plain.between_passes()
+    assert plain.seen_host == 0
 
 
 @pytest.mark.parametrize("stored, refresh", [("first", 1.0), ("mean", 1.0), ("mean", 0.5)])

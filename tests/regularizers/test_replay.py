@@ -108,6 +108,31 @@ def test_a_batch_fetched_but_not_trained_never_enters_the_buffer():
     assert ld.buffer.seen_host == 2 * B
 
 
+def test_batch_passes_draw_a_replay_batch_per_pass_and_buffer_each_batch_once():
+    """data.batch_passes 2 (the CLA authors' after_mb_passes): every pass of a batch has its own buffer draw, and the
+    batch enters the reservoir once, after its last pass; so the reservoir holds what the one-pass loader's holds."""
+    inner = GpuResidentLoader(random_dataset(n=120, size=16), batch_size=B, num_views=2, device="cpu", seed=SEED,
+                              view_configs=VIEWS, subset=np.arange(40), batch_passes=2)
+    twice = ReplayLoader(inner, ReservoirBuffer(16), "er", R, SEED, Dist(), 0.4, per_step=True)
+    once = ReplayLoader(gpu_loader(), ReservoirBuffer(16), "er", R, SEED, Dist(), 0.4, per_step=True)
+    twice.set_epoch(0), once.set_epoch(0)
+    seen = []
+    for step, (views, labels, idx) in enumerate(twice):
+        seen.append(twice.buffer.seen_host)
+        assert views[0].shape[0] == (B if step < 2 else B + R)  # replay once the first batch entered (8 = R)
+        if step % 2 == 1:  # the second pass: the same current images, other views, another replay draw
+            assert torch.equal(idx, prev[0]) and not torch.equal(views[0][:B], prev[1][:B])
+            assert step < 2 or not torch.equal(views[0][B:], prev[1][B:])
+        prev = (idx, views[0])
+    assert seen == [0, 0, 8, 8, 16, 16, 24, 24, 32, 32] and twice.buffer.seen_host == 40
+    for _ in once:
+        pass
+    assert once.buffer.seen_host == 40
+    # the reservoir's draws are the stream's step's: the same slots only where both loaders drew alike; the content is
+    # the 40 images either way, 16 of them kept
+    assert set(twice.buffer.slots.tolist()) <= set(range(40)) and len(set(twice.buffer.slots.tolist())) == 16
+
+
 @pytest.mark.parametrize("mode", ["er", "lump"])
 def test_resume_at_an_epoch_boundary_continues_identically(mode):
     full = replay_loader(mode)

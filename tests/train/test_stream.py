@@ -76,6 +76,29 @@ def test_the_stream_loader_yields_the_chunks_in_order_with_its_passes(data_root,
     assert data.stream_steps() == 24 and loader.chunk_of_step(5) == 0 and loader.chunk_of_step(6) == 1
 
 
+def test_batch_passes_repeat_each_minibatch_and_multiply_the_stream(data_root, tmp_path):
+    """data.batch_passes 3 (the CLA authors' --mb-passes 3): each minibatch three steps in a row, fresh views each; the
+    stream's steps, chunk starts and evaluation points count them."""
+    from fastpnr.data.task_data import TaskData
+
+    cfg = build_config("smoke", stream_overrides(data_root, **{"data.batch_passes": 3}))
+    data = TaskData(cfg, None, log=quiet)
+    loader, _ = data.task_loaders(0, 2)
+    loader.set_epoch(0)
+    batches = [(v[0], idx) for v, _, idx in loader]
+    assert len(batches) == len(loader) == data.stream_steps() == 4 * 3 * 3
+    for b in range(0, len(batches), 3):
+        (v0, i0), (v1, i1), (v2, i2) = batches[b:b + 3]
+        assert torch.equal(i0, i1) and torch.equal(i1, i2) and not torch.equal(v0, v1) and not torch.equal(v1, v2)
+    assert not torch.equal(batches[2][1], batches[3][1]) and loader.chunk_of_step(8) == 0 and loader.chunk_of_step(9) == 1
+    run = ContinualRun(build_config("smoke", stream_overrides(data_root, "cla_r", **{"data.batch_passes": 3,
+                                                                                  "eval.every_steps": 12})),
+                       tmp_path, log=quiet)
+    m = run.fit()
+    assert m["stream"]["chunk_starts"] == [0, 9, 18, 27, 36] and [p["step"] for p in m["stream"]["curve"]] == [12, 24, 36]
+    assert run.regularizer.replay_buffer.seen_host == 12 * 16  # each of the 12 minibatches entered once
+
+
 @pytest.mark.parametrize("reg", ["cla_e", "cla_r", "pnr", "cassle", "pfr", "er", "lump"])
 def test_every_strategy_runs_a_stream_without_boundaries(data_root, tmp_path, reg):
     run = ContinualRun(build_config("smoke", stream_overrides(data_root, reg)), tmp_path, log=quiet)
@@ -119,22 +142,24 @@ def test_known_boundaries_call_begin_task_at_each_chunk_start(data_root, tmp_pat
 # CLA-R as the authors' command line runs it: the views' mean stored, refreshed half way at each replay
 CLA_R_AUTHORS = {"regularizer.stored_projection": "mean", "regularizer.stored_refresh": 0.5,
                  "regularizer.align_criterion": "cosine"}
+PASSES = {"data.batch_passes": 2, "eval.every_steps": 3}  # 24 steps; evaluated (and checkpointed) every 3
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("reg, extra", [("finetune", {}), ("cla_r", {}), ("cla_r", CLA_R_AUTHORS), ("cla_e", {}),
-                                        ("pnr", {})])
+                                        ("pnr", {}), ("cla_r", {**CLA_R_AUTHORS, **PASSES})])
 def test_a_stream_killed_mid_way_resumes_to_the_same_weights_and_curve(data_root, tmp_path, reg, extra):
     ov = stream_overrides(data_root, reg, **extra)
     full = ContinualRun(build_config("smoke", ov), tmp_path / "full", log=quiet).fit()
-    if extra:  # the refresh reaches the run through the loader: without it (alpha 1) other weights
+    if "regularizer.stored_refresh" in extra:  # the refresh reaches the run through the loader: without it (alpha 1) other weights
         never = {**extra, "regularizer.stored_refresh": 1.0}
         ContinualRun(build_config("smoke", stream_overrides(data_root, reg, **never)), tmp_path / "never", log=quiet).fit()
         a, b = (torch.load(tmp_path / f / "task0.pt", weights_only=False)["method"] for f in ("full", "never"))
         assert any(not torch.equal(a[k], b[k]) for k in a)
     out = tmp_path / "killed"
     killed = ContinualRun(build_config("smoke", ov), out, log=quiet)
-    killed.stop_stream_after_step = 4 if reg != "cla_r" else 8  # cla_r: replay began (16 images at step 1)
+    # cla_r: replay began (16 images at step 1); PASSES: step 9 is minibatch 4's first pass, the second is resumed
+    killed.stop_stream_after_step = 9 if PASSES.items() <= extra.items() else 4 if reg != "cla_r" else 8
     killed.fit()
     assert not (out / "task0.pt").exists()
     resumed = resume_run(out, log=quiet)
@@ -154,6 +179,8 @@ def test_a_stream_killed_mid_way_resumes_to_the_same_weights_and_curve(data_root
     ({"regularizer": "cla_r", "regularizer.stored_refresh": 1.5}, "regularizer.stored_refresh=1.5 is invalid; allowed: 0 <"),
     ({"regularizer": "cla_r", "regularizer.stored_projection": "last"}, "regularizer.stored_projection='last' is invalid"),
     ({"regularizer": "cla_e", "regularizer.align_criterion": "l2"}, "regularizer.align_criterion='l2' is invalid"),
+    ({"data.batch_passes": 0}, "data.batch_passes=0 is invalid; allowed: an integer >= 1"),
+    ({"data.scenario": "class", "data.batch_passes": 2}, "data.batch_passes=2 is invalid; allowed: 1 unless data.scenario is stream"),
 ])
 def test_bad_stream_input_is_one_line_naming_the_value(data_root, tmp_path, override, message):
     override = dict(override)
@@ -164,7 +191,8 @@ def test_bad_stream_input_is_one_line_naming_the_value(data_root, tmp_path, over
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("reg, extra", [("cla_r", {}), ("cla_r", CLA_R_AUTHORS), ("cla_e", {})])
+@pytest.mark.parametrize("reg, extra", [("cla_r", {}), ("cla_r", CLA_R_AUTHORS), ("cla_e", {}),
+                                        ("cla_r", {**CLA_R_AUTHORS, "data.batch_passes": 2})])
 def test_two_ranks_run_the_stream_as_one_process(data_root, tmp_path, reg, extra):
     """float64 (see tests/system/test_distributed.py::equivalence_overrides): the same step losses, final weights and
     stream curve from 2 gloo ranks as from one process (CLA-R's refresh: each rank's replayed rows gathered)."""
