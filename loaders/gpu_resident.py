@@ -125,7 +125,7 @@ class GpuResidentLoader(EpochBatches):
             order = order[torch.randperm(len(order), generator=perm_gen, device=self.device)]
         # host-resident images are gathered on the host: one copy of the order per epoch, none per step
         order_host = order.cpu() if self.resident == "host" else None
-        for b in range(len(self) // self.batch_passes):
+        for b in range(EpochBatches.__len__(self)):  # the batches; each yielded batch_passes times
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
             idx, idx_host = order[sl], None if order_host is None else order_host[sl]
             if self.shard is not None:  # this rank's rows of the global batch

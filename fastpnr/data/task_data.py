@@ -176,7 +176,8 @@ class TaskData:
         return 1 if self.stream else len(self.task_train)
 
     def stream_steps(self) -> int:
-        """The stream's steps: every chunk's whole batches times optim.epochs, at most ``train.steps_per_epoch``."""
+        """The stream's steps: every chunk's whole batches times optim.epochs times data.batch_passes, at most
+        ``train.steps_per_epoch``."""
         from .stream import chunk_steps, steps_per_batch
 
         self.steps_per_epoch(int(np.argmin([len(t) for t in self.task_train])), cap=False)  # the smallest chunk's check

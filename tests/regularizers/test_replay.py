@@ -110,7 +110,7 @@ def test_a_batch_fetched_but_not_trained_never_enters_the_buffer():
 
 def test_batch_passes_draw_a_replay_batch_per_pass_and_buffer_each_batch_once():
     """data.batch_passes 2 (the CLA authors' after_mb_passes): every pass of a batch has its own buffer draw, and the
-    batch enters the reservoir once, after its last pass; so the reservoir holds what the one-pass loader's holds."""
+    batch enters the reservoir once, after its last pass: as many images enter as with the one-pass loader."""
     inner = GpuResidentLoader(random_dataset(n=120, size=16), batch_size=B, num_views=2, device="cpu", seed=SEED,
                               view_configs=VIEWS, subset=np.arange(40), batch_passes=2)
     twice = ReplayLoader(inner, ReservoirBuffer(16), "er", R, SEED, Dist(), 0.4, per_step=True)
@@ -128,8 +128,7 @@ def test_batch_passes_draw_a_replay_batch_per_pass_and_buffer_each_batch_once():
     for _ in once:
         pass
     assert once.buffer.seen_host == 40
-    # the reservoir's draws are the stream's step's: the same slots only where both loaders drew alike; the content is
-    # the 40 images either way, 16 of them kept
+    # which 16 are kept differs from the one-pass loader's (the reservoir's draws are seeded by step): 16 distinct ones
     assert set(twice.buffer.slots.tolist()) <= set(range(40)) and len(set(twice.buffer.slots.tolist())) == 16
 
 
